@@ -1,0 +1,32 @@
+# Entry points. Everything runs inside the project venv with the colcon workspace sourced.
+SHELL := /bin/bash
+RUN := source scripts/env.sh &&
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-fast models models-ensure lock clean
+
+help:
+	@echo "make setup   - create .venv (ROS 2 Jazzy wheels, torch CPU, transformers) and colcon build"
+	@echo "make test    - setup if needed, then the whole test suite"
+	@echo "make models  - (re)create every model artefact (trains what is missing)"
+	@echo "make lock    - re-pin requirements/constraints.txt from the current .venv"
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup models-ensure
+	$(RUN) python -m pytest $(PYTEST_ARGS)
+
+# Builds the cached model folders from committed artefacts (no training).
+models-ensure: setup
+	@if [ -f scripts/make_models.py ]; then $(RUN) python scripts/make_models.py --ensure; fi
+
+models: setup
+	$(RUN) python scripts/make_models.py $(MODELS_ARGS)
+
+lock: setup
+	@{ echo "# Exact versions CI tested (pip freeze of a fresh 'make setup'). Regenerate with 'make lock'."; \
+	  .venv/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//'; } > requirements/constraints.txt
+
+clean:
+	rm -rf build install log .venv .cache results

@@ -1,0 +1,1 @@
+"""Model-side pieces of specdec: adapters over HF models, early exits, fingerprints."""
