@@ -24,21 +24,13 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 from ..protocol import EndReason, Message, ProtocolError, SessionEnd, SessionStart
 from . import wire
+from .base import CloudTimeout, CloudTransport, EdgeTransport, TransportClosed, TransportError
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[Message], None]
-# The cloud-side service behind the server: handle one message, emit replies (possibly several,
-# possibly from inside a model forward pass, e.g. an early-exit hint before the final result).
-Service = Callable[[Message, Emit], None]
-
-
-class TransportError(RuntimeError):
-    """The link to the cloud failed."""
 
 
 class AuthenticationError(TransportError):
@@ -49,25 +41,25 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class VerifierServer:
+class VerifierServer(CloudTransport):
     """Serve a cloud verifier over WebSockets to authenticated robots.
 
+    It is the verifier's :class:`CloudTransport`: messages from every connected robot come out
+    of :meth:`recv` in arrival order, and :meth:`send` routes a reply to the robot that owns
+    its session (over that robot's current connection, so a session survives a reconnect).
     ``tokens`` maps robot id -> sha256 hex digest of its token (see :func:`hash_token`).
-    Messages from all robots are handled one at a time (``service`` owns one target model);
-    the time a message waits for its turn is what the verifier reports as queue time.
     """
 
-    def __init__(self, service: Service, tokens: Dict[str, str], host: str = "127.0.0.1", port: int = 0,
-                 ssl_context=None):
-        self.service = service
+    def __init__(self, tokens: Dict[str, str], host: str = "127.0.0.1", port: int = 0, ssl_context=None):
         self.tokens = dict(tokens)
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.bytes_in = 0
         self.bytes_out = 0
         self.refused = 0
-        self._lock = threading.Lock()  # one target model: serialise service calls
-        self._connections: Dict[str, object] = {}
+        self._inbox: "queue.Queue[Message]" = queue.Queue()
+        self._connections: Dict[str, object] = {}  # robot id -> its current connection
+        self._session_robot: Dict[str, str] = {}  # session id -> robot id
         self._server = None
         self._thread: Optional[threading.Thread] = None
 
@@ -84,45 +76,50 @@ class VerifierServer:
         connection.robot_id = robot_id
         return None
 
+    # -- CloudTransport ----------------------------------------------------------------
+    def recv(self, timeout: float) -> Optional[Message]:
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def send(self, msg: Message) -> None:
+        robot_id = self._session_robot.get(msg.session_id)
+        connection = self._connections.get(robot_id) if robot_id else None
+        if connection is None:
+            log.warning("no connection for session %r; dropping %s", msg.session_id, msg.KIND)
+            return
+        self._send_frame(connection, msg)
+
+    def _send_frame(self, connection, msg: Message):
+        frame = wire.encode(msg)
+        try:
+            connection.send(frame)
+            self.bytes_out += len(frame)
+        except Exception as exc:  # closed mid-send: the edge times out and retries
+            log.warning("send to robot %s failed: %s", getattr(connection, "robot_id", "?"), exc)
+
     # -- per connection ----------------------------------------------------------------
-    def _emit_to(self, robot_id: str) -> Emit:
-        def emit(message: Message):
-            frame = wire.encode(message)
-            connection = self._connections.get(robot_id)
-            if connection is None:
-                log.warning("robot %s disconnected; dropping %s", robot_id, message.KIND)
-                return
-            try:
-                connection.send(frame)
-                self.bytes_out += len(frame)
-            except Exception as exc:  # closed mid-send: the edge will retry the block
-                log.warning("send to robot %s failed: %s", robot_id, exc)
-
-        return emit
-
     def _handler(self, connection):
         robot_id = connection.robot_id
         self._connections[robot_id] = connection
-        emit = self._emit_to(robot_id)
         try:
             for frame in connection:
                 self.bytes_in += len(frame)
                 try:
                     message = wire.decode(frame)
                 except ProtocolError as exc:
-                    emit(SessionEnd(reason=int(EndReason.BAD_REQUEST), detail=f"malformed message: {exc}"))
+                    self._send_frame(connection, SessionEnd(reason=int(EndReason.BAD_REQUEST),
+                                                            detail=f"malformed message: {exc}"))
                     continue
-                if isinstance(message, SessionStart) and message.robot_id != robot_id:
-                    emit(SessionEnd(session_id=message.session_id, reason=int(EndReason.UNAUTHORIZED),
-                                    detail=f"session names robot {message.robot_id!r}, credential is {robot_id!r}"))
+                owner = self._session_robot.get(message.session_id)
+                if isinstance(message, SessionStart) and message.robot_id != robot_id or owner not in (None, robot_id):
+                    self._send_frame(connection, SessionEnd(
+                        session_id=message.session_id, reason=int(EndReason.UNAUTHORIZED),
+                        detail=f"session does not belong to robot {robot_id!r}"))
                     continue
-                with self._lock:
-                    try:
-                        self.service(message, emit)
-                    except Exception as exc:  # never let one bad session kill the server
-                        log.exception("service failed")
-                        emit(SessionEnd(session_id=message.session_id, reason=int(EndReason.INTERNAL_ERROR),
-                                        detail=f"{type(exc).__name__}: {exc}"))
+                self._session_robot[message.session_id] = robot_id
+                self._inbox.put(message)
         finally:
             if self._connections.get(robot_id) is connection:
                 del self._connections[robot_id]
@@ -145,14 +142,16 @@ class VerifierServer:
         self.start()
         self._thread.join()
 
-    def stop(self):
+    def close(self):
         if self._server is not None:
             self._server.shutdown()
             self._thread.join(5)
             self._server = None
 
+    stop = close
 
-class WebSocketClient:
+
+class WebSocketClient(EdgeTransport):
     """Edge end of the link: send protocol messages, receive replies with deadlines."""
 
     def __init__(self, uri: str, robot_id: str, token: str, ssl_context=None, connect_timeout: float = 5.0,
@@ -217,7 +216,7 @@ class WebSocketClient:
         frame = wire.encode(message)
         with self._lock:
             if self._closed:
-                raise TransportError("link closed")
+                raise TransportClosed("link closed")
             for attempt in range(2):
                 if self._conn is None:
                     if attempt or self.reconnects or self._ever_connected:
@@ -234,12 +233,12 @@ class WebSocketClient:
 
     _ever_connected = False
 
-    def recv(self, timeout: Optional[float]) -> Optional[Message]:
-        """Next message from the cloud, or None when ``timeout`` seconds pass first."""
+    def recv(self, timeout: float) -> Message:
+        """Next message from the cloud; :class:`CloudTimeout` when ``timeout`` seconds pass first."""
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
-            return None
+            raise CloudTimeout(f"no message from {self.uri} within {timeout:.3g} s") from None
 
     def close(self):
         with self._lock:

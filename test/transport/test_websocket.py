@@ -11,14 +11,14 @@ import pytest
 from specdec.protocol import DraftBlock, EarlyExitHint, EndReason, SessionEnd, SessionStart, VerifyResult
 from specdec.transport import wire
 from specdec.transport.link_emulator import LinkEmulator, LinkProfile
-from specdec.transport.websocket import (AuthenticationError, TransportError, VerifierServer, WebSocketClient,
-                                         hash_token)
+from specdec.transport.base import CloudTimeout, TransportError
+from specdec.transport.websocket import AuthenticationError, VerifierServer, WebSocketClient, hash_token
 
 TOKENS = {"go2-a": hash_token("secret-a"), "go2-b": hash_token("secret-b")}
 
 
 def slow_echo_service(message, emit):
-    """Replies to a block with a hint at once and the result 0.3 s later."""
+    """Replies to a block with a hint at once and the result 0.3 s later (a stand-in verifier)."""
     if isinstance(message, DraftBlock):
         emit(EarlyExitHint(session_id=message.session_id, round=message.round, predicted_accepted=1))
         time.sleep(0.3)
@@ -27,12 +27,30 @@ def slow_echo_service(message, emit):
         emit(SessionEnd(session_id=message.session_id, reason=int(EndReason.COMPLETED), tokens=[1, 2, 3]))
 
 
+def start_server(**kwargs):
+    """A VerifierServer with a loop that feeds its messages to slow_echo_service."""
+    srv = VerifierServer(TOKENS, **kwargs)
+    srv.start()
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            message = srv.recv(timeout=0.05)
+            if message is not None:
+                slow_echo_service(message, srv.send)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    srv.stop_loop = lambda: (stop.set(), thread.join(2))
+    return srv
+
+
 @pytest.fixture
 def server():
-    srv = VerifierServer(slow_echo_service, TOKENS)
-    srv.start()
+    srv = start_server()
     yield srv
-    srv.stop()
+    srv.stop_loop()
+    srv.close()
 
 
 def test_hint_arrives_before_result(server):
@@ -63,7 +81,15 @@ def test_session_for_another_robot_is_refused(server):
     client.send(SessionStart(session_id="s", robot_id="go2-b"))
     reply = client.recv(timeout=5)
     assert isinstance(reply, SessionEnd) and reply.reason == EndReason.UNAUTHORIZED
+    # A robot cannot inject blocks into another robot's session either.
+    owner = WebSocketClient(f"ws://127.0.0.1:{server.port}", "go2-b", "secret-b")
+    owner.send(SessionStart(session_id="b-session", robot_id="go2-b"))
+    assert owner.recv(timeout=5).session_id == "b-session"
+    client.send(DraftBlock(session_id="b-session", tokens=[1]))
+    reply = client.recv(timeout=5)
+    assert isinstance(reply, SessionEnd) and reply.reason == EndReason.UNAUTHORIZED
     client.close()
+    owner.close()
 
 
 def test_malformed_frames_get_bad_request_and_server_survives(server):
@@ -106,7 +132,8 @@ def test_silent_cloud_times_out(server):
     client = WebSocketClient(f"ws://127.0.0.1:{server.port}", "go2-a", "secret-a")
     client.send(VerifyResult())  # the service ignores it: nothing comes back
     t0 = time.monotonic()
-    assert client.recv(timeout=0.3) is None
+    with pytest.raises(CloudTimeout):
+        client.recv(timeout=0.3)
     assert 0.25 < time.monotonic() - t0 < 2
 
 
@@ -117,8 +144,7 @@ def test_tls(tmp_path):
                    check=True, capture_output=True)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
-    srv = VerifierServer(slow_echo_service, TOKENS, ssl_context=server_ctx)
-    srv.start()
+    srv = start_server(ssl_context=server_ctx)
     try:
         client_ctx = ssl.create_default_context(cafile=str(cert))
         client = WebSocketClient(f"wss://localhost:{srv.port}", "go2-a", "secret-a", ssl_context=client_ctx)
@@ -130,7 +156,8 @@ def test_tls(tmp_path):
         with pytest.raises(TransportError):
             untrusting.send(DraftBlock())
     finally:
-        srv.stop()
+        srv.stop_loop()
+        srv.close()
 
 
 def test_link_emulator_adds_round_trip_delay(server):
