@@ -59,7 +59,7 @@ fi
 
 # 4. colcon build -------------------------------------------------------------------------
 build_inputs() {  # what colcon's output depends on (Python sources are symlinked)
-  for d in msg launch config rviz resource; do [ -d "$d" ] && find "$d" -type f; done
+  for d in msg launch config rviz resource models; do [ -d "$d" ] && find "$d" -type f; done
   echo package.xml setup.py setup.cfg | tr ' ' '\n'
 }
 SRC_HASH=$(build_inputs | sort | xargs cat | sha256sum | cut -c1-16)

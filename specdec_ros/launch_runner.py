@@ -79,6 +79,33 @@ def substitute(text, variables: Dict[str, str]) -> str:
     return text
 
 
+def typed_value(text: str):
+    """A parameter value string typed the way launch_ros does it: as a YAML scalar."""
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, int, float, str)) else text
+
+
+_TEMP_FILES: List[str] = []
+
+
+def write_params_file(params: dict) -> str:
+    import atexit
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", prefix="launch_params_", suffix=".yaml", delete=False)
+    with handle:
+        yaml.safe_dump({"/**": {"ros__parameters": params}}, handle)
+    if not _TEMP_FILES:
+        atexit.register(lambda: [os.unlink(f) for f in _TEMP_FILES if os.path.exists(f)])
+    _TEMP_FILES.append(handle.name)
+    return handle.name
+
+
 def truthy(value: str) -> bool:
     lowered = str(value).strip().lower()
     if lowered in ("true", "1", "yes"):
@@ -145,6 +172,7 @@ def plan(path: str, cli_args: Dict[str, str]) -> List[Process]:
             cmd += ["-r", f"__node:={name}"]
         if "namespace" in spec:
             cmd += ["-r", f"__ns:={substitute(spec['namespace'], variables)}"]
+        inline = {}
         for param in spec.get("param", []):
             if "from" in param:
                 params_file = substitute(param["from"], variables)
@@ -152,7 +180,11 @@ def plan(path: str, cli_args: Dict[str, str]) -> List[Process]:
                     raise LaunchError(f"parameter file not found: {params_file}")
                 cmd += ["--params-file", params_file]
             else:
-                cmd += ["-p", f"{param['name']}:={substitute(str(param['value']), variables)}"]
+                inline[param["name"]] = typed_value(substitute(str(param["value"]), variables))
+        if inline:
+            # As launch_ros does: name/value parameters go through a generated parameter file
+            # (after the files, so they override them), which also carries empty strings.
+            cmd += ["--params-file", write_params_file(inline)]
         for remap in spec.get("remap", []):
             cmd += ["-r", f"{substitute(remap['from'], variables)}:={substitute(remap['to'], variables)}"]
         processes.append(Process(name, cmd, env))
@@ -204,7 +236,7 @@ def main(argv=None):
     parser.add_argument("arguments", nargs="*", help="name:=value launch arguments")
     parser.add_argument("--print", action="store_true", help="print the resolved commands and exit")
     parser.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cli = {}
     for item in args.arguments:
         if ":=" not in item:

@@ -28,14 +28,21 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the config's shape fields and a sample of the weights."""
+    """sha256 over the decoder's shape and a sample of the weights.
+
+    Only structural facts go in (not the config dict, whose paths, dtype and library version
+    change when the same weights are saved and loaded again).
+    """
     from .layout import decoder_layout
 
-    config = getattr(model, "config", None)
-    shape = config.to_dict() if config is not None else {}
-    keep = {k: shape[k] for k in sorted(shape) if isinstance(shape[k], (int, str, float, bool))}
-    digest = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
     layout = decoder_layout(model)
+    shape = {
+        "model_type": getattr(getattr(model, "config", None), "model_type", type(model).__name__),
+        "layers": len(layout.layers),
+        "hidden_size": layout.hidden_size,
+        "vocab_size": layout.vocab_size,
+    }
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
     with torch.no_grad():
         samples = [
             layout.lm_head.weight[:16].float().flatten(),
@@ -43,6 +50,6 @@ def model_fingerprint(model: nn.Module) -> str:
             next(layout.layers[0].parameters()).float().flatten()[:256],
         ]
         for tensor in samples:
-            # round so the same weights in another dtype/device give the same answer
-            digest.update(torch.round(tensor.cpu() * 1e4).to(torch.int64).numpy().tobytes())
+            # hashed as bfloat16 bits, so fp32 and bf16 copies of the same weights agree
+            digest.update(tensor.cpu().to(torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""verifier_server: the cloud verifier behind an authenticated WebSocket endpoint (no ROS).
+
+    verifier_server --model models/go2_vlm/target --exits models/go2_vlm/target/early_exit.safetensors \
+        --tokens config/robot_tokens.yaml --port 8765 [--tls-cert cert.pem --tls-key key.pem]
+
+The tokens file maps robot ids to the sha256 of their tokens (never the tokens themselves):
+
+    robots:
+      go2-demo: {token_sha256: "<hex>"}
+
+``verifier_server --hash-token`` reads a token on stdin and prints its digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+
+import yaml
+
+
+def load_tokens(path: str) -> dict:
+    with open(path) as handle:
+        doc = yaml.safe_load(handle) or {}
+    robots = doc.get("robots")
+    if not isinstance(robots, dict) or not robots:
+        raise ValueError(f"{path}: expected 'robots: {{<robot id>: {{token_sha256: <hex>}}}}'")
+    tokens = {}
+    for robot_id, entry in robots.items():
+        digest = (entry or {}).get("token_sha256", "")
+        if len(digest) != 64:
+            raise ValueError(f"{path}: robot {robot_id!r} needs a 64-hex-digit token_sha256")
+        tokens[str(robot_id)] = digest.lower()
+    return tokens
+
+
+def build_arg_parser():
+    parser = argparse.ArgumentParser(prog="verifier_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="target model folder")
+    parser.add_argument("--exits", default="", help="early-exit adapter file ('' = no early exits)")
+    parser.add_argument("--exit-layer", type=int, default=-1, help="exit layer for hints (-1: first in the file)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--tokens", help="YAML file of robot ids and token digests")
+    parser.add_argument("--tls-cert", default="")
+    parser.add_argument("--tls-key", default="")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0: never)")
+    parser.add_argument("--hash-token", action="store_true", help="print sha256 of a token read from stdin")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from specdec.transport.websocket import VerifierServer, hash_token
+
+    if args.hash_token:
+        print(hash_token(sys.stdin.readline().strip()))
+        return 0
+    if not args.model or not args.tokens:
+        print("verifier_server: --model and --tokens are required", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .target import build_verifier
+
+    try:
+        tokens = load_tokens(args.tokens)
+        verifier = build_verifier(args.model, args.exits or None, args.exit_layer, args.dtype, args.device)
+    except Exception as exc:  # missing/mismatched files: say which and stop
+        print(f"verifier_server: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    context = None
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key or None)
+    server = VerifierServer(tokens, args.host, args.port, ssl_context=context)
+    port = server.start()
+    scheme = "wss" if context else "ws"
+    print(f"verifier_server: listening on {scheme}://{args.host}:{port} for {len(tokens)} robot(s)", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.max_seconds:
+        threading.Timer(args.max_seconds, stop.set).start()
+    started = time.monotonic()
+    try:
+        verifier.serve(server, stop)
+    finally:
+        server.close()
+        s = verifier.stats
+        print(f"verifier_server: stopped after {time.monotonic() - started:.1f} s; {s}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
