@@ -43,6 +43,8 @@ setup(
             "verifier_server = cloud_verifier_bridge.server:main",
             "link_emulator = specdec.transport.link_emulator:main",
             "launch_runner = specdec_ros.launch_runner:main",
+            "bag_recorder = specdec_ros.bags:record_main",
+            "bag_replay = specdec_ros.bags:replay_main",
             "go2_vlm_control = go2_vlm_control.controller_node:main",
             "go2_sim = go2_sim.sim_node:main",
         ],

@@ -161,7 +161,7 @@ class EdgeSpecDrafter(Node):
     def _decide(self, rgb, header):
         self.decision_id += 1
         out = DecodedAction(decision_id=self.decision_id, instruction=self.instruction)
-        out.header.stamp = self.get_clock().now().to_msg()
+        out.header.stamp = header.stamp  # which frame this decision saw (replay tests match on it)
         out.header.frame_id = self.frame_id
         action, stats = None, None
         try:
@@ -191,7 +191,7 @@ class EdgeSpecDrafter(Node):
     def _publish_monitoring(self, out, action, stats, rgb, header):
         summary = self.rolling.fields()
         stats_msg = SpecStats(node_name=self.get_name(), window_s=0.0, **summary)
-        stats_msg.header.stamp = out.header.stamp
+        stats_msg.header.stamp = self.get_clock().now().to_msg()
         stats_msg.last = out.stats
         self.stats_pub.publish(stats_msg)
         verdict = out.text if out.valid else f"REJECTED: {out.reject_reason[:40]}"
@@ -200,7 +200,7 @@ class EdgeSpecDrafter(Node):
             lines.append(f"{stats.latency_ms:.0f} ms  acc {stats.acceptance_rate:.2f}  "
                          f"hint {stats.hints_correct}/{stats.hints}  pre {stats.predraft_hits}/{stats.predrafts}")
         self.image_pub.publish(rgb_to_image(annotate(rgb, lines), header=header))
-        self.marker_pub.publish(planned_motion_markers(action, verdict, self.frame_id, out.header.stamp))
+        self.marker_pub.publish(planned_motion_markers(action, verdict, self.frame_id, stats_msg.header.stamp))
 
     def _publish_diagnostics(self):
         summary = self.rolling.fields()
