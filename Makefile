@@ -30,3 +30,10 @@ lock: setup
 
 clean:
 	rm -rf build install log .venv .cache results
+
+.PHONY: bench bench-quick
+bench: models-ensure
+	$(RUN) python -m bench.run $(BENCH_ARGS)
+
+bench-quick: models-ensure
+	$(RUN) python -m bench.run --quick $(BENCH_ARGS)

@@ -1,0 +1,79 @@
+"""The two benchmark workloads: the SmolLM2 text pair and the Go2 VLM pair."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Workload:
+    name: str
+    draft: str  # model folders
+    target: str
+    exits: Optional[str]
+    items: List[Tuple[str, Optional[np.ndarray]]] = field(default_factory=list)  # (prompt, image)
+    max_new_tokens: int = 32
+    description: str = ""
+
+    def missing(self) -> List[str]:
+        return [p for p in (self.draft, self.target, self.exits) if p and not os.path.exists(p)]
+
+
+def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
+    """SmolLM2-135M-Instruct target, the project's distilled draft, held-out chat + prose prompts."""
+    from specdec.training import corpus, paths
+
+    prompts = corpus.eval_prompts()
+    # alternate chat and prose so small prompt counts still cover both
+    chat = [p.text for p in prompts if p.kind == "chat"]
+    prose = [p.text for p in prompts if p.kind == "prose"]
+    mixed = [x for pair in zip(chat, prose) for x in pair] + chat[len(prose):] + prose[len(chat):]
+    return Workload("text", paths.draft_dir(), paths.target_dir(), paths.committed_exits_path(),
+                    [(p, None) for p in mixed[:n_prompts]], max_new_tokens,
+                    "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts")
+
+
+def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
+    """The Go2 VLM pair on simulator frames with their instructions (seeded episodes)."""
+    from go2_sim import vlm_pair
+    from go2_sim.episode import Go2Episode
+
+    paths = vlm_pair.artefact_paths()
+    env = Go2Episode()
+    items = []
+    for seed in range(n_frames):
+        env.reset(seed)
+        image = env.render()
+        items.append((env.instruction, vlm_pair.bgr_to_rgb(image) if image.shape[-1] == 3 else image))
+    return Workload("go2", paths["draft"], paths["target"], paths.get("exits"), items, max_new_tokens,
+                    "Go2 VLM pair (Qwen2-VL classes) on simulator frames, 'go to the <object>' instructions")
+
+
+def tiny_workload(n_items: int, max_new_tokens: int) -> Workload:
+    """A random-init tiny Qwen2-VL pair (plumbing smoke test; its speed numbers mean nothing)."""
+    import tempfile
+
+    import torch
+
+    from specdec.models.early_exit import EarlyExitHeads
+    from specdec.models.tiny import tiny_pair
+
+    torch.manual_seed(0)
+    root = tempfile.mkdtemp(prefix="bench_tiny_")
+    draft, target = tiny_pair("qwen2_vl", noise=0.1, draft_image_size=28)
+    for name, adapter in (("draft", draft), ("target", target)):
+        adapter.model.save_pretrained(os.path.join(root, name))
+        adapter.processor.save_pretrained(os.path.join(root, name))
+    exits = os.path.join(root, "target", "early_exit.safetensors")
+    EarlyExitHeads(target.model, [1]).save(exits)
+    rng = np.random.default_rng(0)
+    items = [(f"go to the {c} ball", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+             for c in ("red", "green", "blue", "yellow", "red", "green")[:n_items]]
+    return Workload("tiny", os.path.join(root, "draft"), os.path.join(root, "target"), exits, items,
+                    max_new_tokens, "random-init tiny Qwen2-VL pair (plumbing check only)")
