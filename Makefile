@@ -37,3 +37,8 @@ bench: models-ensure
 
 bench-quick: models-ensure
 	$(RUN) python -m bench.run --quick $(BENCH_ARGS)
+
+.PHONY: demo
+# The simulated Go2 closed loop: DEMO_ARGS="--episodes 5 --rtt-ms 50 --mode speculative_early_exit"
+demo: models-ensure
+	$(RUN) python scripts/demo.py $(DEMO_ARGS)

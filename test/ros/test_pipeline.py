@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import Probe, launched, random_frame, ros_env
+from specdec_ros.harness import Probe, launched, random_frame, ros_env
 
 pytestmark = pytest.mark.timeout(300)
 

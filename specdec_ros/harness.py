@@ -1,4 +1,4 @@
-"""Helpers for tests that run real nodes in separate processes and talk to them over DDS."""
+"""Run real nodes in separate processes and talk to them over DDS (tests, demo, tools)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def ros_env(**extra) -> dict:
