@@ -8,7 +8,7 @@ rclpy serialises, so nothing is converted on the way in or out.
 Two nodes:
 
   bag_recorder  --ros-args -p output:=run.bag -p storage:=mcap -p topics:="['/camera/image_raw', ...]"
-  bag_replay    --ros-args -p bag:=test/data/sim_red_ball -p rate:=1.0 -p loop:=false
+  bag_replay    --ros-args -p bag:=test/data/sim_seed7_mcap -p rate:=1.0 -p loop:=false
 
 The recorder needs each topic's type (``types`` parameter, parallel to ``topics``) because a
 subscription must be typed before any message arrives; the replayer takes types from the bag.
@@ -124,6 +124,9 @@ class BagReplay(Node):
         self.loop = bool(self.declare_parameter("loop", False).value)
         self.start_delay_s = float(self.declare_parameter("start_delay_s", 1.0).value)
         self.restamp = bool(self.declare_parameter("restamp", False).value)
+        # > 0: before playing, wait (up to 30 s) until every topic has this many subscribers,
+        # so nothing published during DDS discovery is lost
+        self.wait_subscribers = int(self.declare_parameter("wait_subscribers", 0).value)
         self.messages = list(read_bag(self.path))
         if not self.messages:
             raise ValueError(f"{self.path}: no messages")
@@ -136,6 +139,10 @@ class BagReplay(Node):
 
     def play(self):
         time.sleep(self.start_delay_s)
+        deadline = time.monotonic() + 30
+        while self.wait_subscribers and time.monotonic() < deadline and any(
+                pub.get_subscription_count() < self.wait_subscribers for pub in self.publishers_.values()):
+            time.sleep(0.05)
         while rclpy.ok():
             t0_bag, t0_wall = self.messages[0][2], time.monotonic()
             for topic, _, stamp, msg in self.messages:
