@@ -1,0 +1,70 @@
+"""Expert policy in closed loop (ROS-free) and the dataset generator."""
+
+import math
+import time
+
+import numpy as np
+
+from go2_sim.closed_loop import evaluate, run_episode
+from go2_sim.dataset import generate_dataset, load_dataset, save_dataset
+from go2_sim.episode import Go2Episode
+from go2_sim.expert import expert_action, expert_policy
+from go2_vlm_control.action_language import parse_action
+
+
+def test_expert_reaches_target_in_closed_loop():
+    t0 = time.perf_counter()
+    r = evaluate(expert_policy, range(1000, 1030))
+    failures = [(x.seed, x.actions[-5:]) for x in r["results"] if not x.success]
+    print(f"expert success {r['success_rate']:.3f} over {r['episodes']} episodes, "
+          f"{r['mean_decisions']:.1f} decisions/episode, {time.perf_counter() - t0:.1f} s")
+    assert r["success_rate"] >= 0.95, failures
+    for x in r["results"]:
+        assert x.invalid == 0
+        if x.success:
+            assert x.final_distance <= 0.5 and abs(x.final_bearing_deg) <= 20
+
+
+def test_policy_without_done_or_with_garbage_fails():
+    env = Go2Episode()
+    r = run_episode(env, lambda e: "forward 0.5; left 30", seed=3, max_decisions=5)
+    assert not r.success and r.invalid == 5
+    r = run_episode(env, lambda e: "stop", seed=3, max_decisions=3)
+    assert not r.success and not r.said_done
+
+
+def test_expert_decisions():
+    env = Go2Episode()
+    env.reset(4)
+    t = env.target
+    # behind the robot -> search turn
+    env.world.yaw = math.atan2(t.y - env.world.y, t.x - env.world.x) + math.pi
+    assert expert_action(env).startswith("left ")
+    # at the target and facing it -> done
+    for ang in np.linspace(0, 2 * math.pi, 24, endpoint=False):
+        x, y = t.x + (t.radius + 0.4) * math.cos(ang), t.y + (t.radius + 0.4) * math.sin(ang)
+        if not env.world.collides(x, y):
+            break
+    env.world.x, env.world.y, env.world.yaw = x, y, ang + math.pi
+    assert expert_action(env) == "done"
+    env.world.yaw = ang + math.pi + math.radians(35)  # close but 35 deg off -> turn right
+    assert expert_action(env) == "right 35"
+
+
+def test_dataset_deterministic_and_roundtrip(tmp_path):
+    a = generate_dataset(3, seed=7)
+    b = generate_dataset(3, seed=7)
+    assert len(a) == len(b) > 5
+    assert all(np.array_equal(x.image, y.image) and x.action == y.action for x, y in zip(a, b))
+    assert generate_dataset(1, seed=8)[0].meta["episode_seed"] != a[0].meta["episode_seed"]
+    for s in a:
+        assert s.image.shape == (120, 160, 3) and s.image.dtype == np.uint8
+        assert s.instruction.startswith("go to the ")
+        parse_action(s.action)  # every label is valid in the action language
+    assert a[-1].action == "done"
+    for fmt in ("png", "npz"):
+        save_dataset(a, str(tmp_path / fmt), fmt)
+        back = load_dataset(str(tmp_path / fmt))
+        assert [s.action for s in back] == [s.action for s in a]
+        assert all(np.array_equal(x.image, y.image) for x, y in zip(back, a))
+        assert back[0].meta == a[0].meta
