@@ -1,0 +1,172 @@
+"""Instrumentation of one decoded decision.
+
+:class:`DecisionStats` uses the field names of ``msg/msg/DecisionStats.msg`` so a
+ROS node can copy them (:meth:`DecisionStats.to_msg_fields`); it also keeps the
+per-round log (:class:`RoundStats`) and a few derived rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+# Field names of msg/msg/DecisionStats.msg, in order.
+MSG_FIELDS = (
+    "mode",
+    "latency_ms",
+    "new_tokens",
+    "rounds",
+    "drafted_tokens",
+    "accepted_tokens",
+    "acceptance_rate",
+    "hints",
+    "hints_correct",
+    "predrafts",
+    "predraft_hits",
+    "target_forward_passes",
+    "draft_ms",
+    "wait_ms",
+    "cloud_compute_ms",
+    "bytes_sent",
+    "bytes_received",
+)
+
+
+@dataclass
+class RoundStats:
+    """One verification round as the edge saw it."""
+
+    round: int
+    position: int  # generated tokens committed before the block
+    drafted: int  # draft tokens in the block
+    accepted: int = 0
+    next_token: int = -1
+    predrafted: bool = False  # the block was drafted on the previous round's hint
+    draft_ms: float = 0.0  # edge time drafting this block (0 extra when pre-drafted)
+    wait_ms: float = 0.0  # send -> result, edge side (network + queue + verification)
+    queue_ms: float = 0.0  # as reported by the verifier
+    verify_ms: float = 0.0  # as reported by the verifier
+    hint: bool = False  # an early-exit hint arrived for this round
+    hint_accepted: int = -1  # hint's predicted accepted count
+    hint_next_token: int = -1
+    hint_confidence: float = 0.0
+    hint_correct: bool = False
+    exit_ms: float = 0.0  # verifier's time from verification start to the hint
+    hint_lead_ms: float = 0.0  # how long before the result the hint arrived at the edge
+    predraft_ms: float = 0.0  # edge time spent pre-drafting on this round's hint
+
+    @property
+    def full_accept(self) -> bool:
+        return self.drafted > 0 and self.accepted == self.drafted
+
+    @property
+    def first_rejected(self) -> bool:
+        return self.drafted > 0 and self.accepted == 0
+
+
+@dataclass
+class DecisionStats:
+    """Statistics of one decoded decision (names as in DecisionStats.msg)."""
+
+    mode: int = 0
+    latency_ms: float = 0.0
+    new_tokens: int = 0
+    rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    acceptance_rate: float = 0.0
+    hints: int = 0
+    hints_correct: int = 0
+    predrafts: int = 0
+    predraft_hits: int = 0
+    target_forward_passes: int = 0
+    draft_ms: float = 0.0
+    wait_ms: float = 0.0
+    cloud_compute_ms: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    # not in the message
+    draft_forward_passes: int = 0
+    verify_ms: float = 0.0  # sum of the verifier's per-round verify_ms
+    prefill_ms: float = 0.0  # edge prefill (draft) time
+    finish_reason: int = 0
+    round_log: List[RoundStats] = field(default_factory=list)
+
+    # -- derived ---------------------------------------------------------------------------
+    def finalize(self) -> "DecisionStats":
+        self.rounds = len(self.round_log) if self.round_log else self.rounds
+        if self.round_log:
+            self.drafted_tokens = sum(r.drafted for r in self.round_log)
+            self.accepted_tokens = sum(r.accepted for r in self.round_log)
+            self.hints = sum(r.hint for r in self.round_log)
+            self.hints_correct = sum(r.hint_correct for r in self.round_log)
+            self.verify_ms = sum(r.verify_ms for r in self.round_log)
+        self.acceptance_rate = self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+        return self
+
+    @property
+    def hint_accuracy(self) -> float:
+        return self.hints_correct / self.hints if self.hints else 0.0
+
+    @property
+    def predraft_hit_rate(self) -> float:
+        return self.predraft_hits / self.predrafts if self.predrafts else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def full_accept_rounds(self) -> int:
+        return sum(r.full_accept for r in self.round_log)
+
+    @property
+    def partial_accept_rounds(self) -> int:
+        return sum(0 < r.accepted < r.drafted for r in self.round_log)
+
+    @property
+    def first_reject_rounds(self) -> int:
+        return sum(r.first_rejected for r in self.round_log)
+
+    def to_msg_fields(self) -> Dict[str, object]:
+        """The DecisionStats.msg fields, ready to copy into the ROS message."""
+        return {name: getattr(self, name) for name in MSG_FIELDS}
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(hint_accuracy=self.hint_accuracy, predraft_hit_rate=self.predraft_hit_rate,
+                   tokens_per_round=self.tokens_per_round)
+        return out
+
+    @staticmethod
+    def merge(items: List["DecisionStats"]) -> "DecisionStats":
+        """Sum of several decisions (rates recomputed; latency summed; round logs concatenated)."""
+        total = DecisionStats(mode=items[0].mode if items else 0)
+        for s in items:
+            for name in ("latency_ms", "new_tokens", "rounds", "drafted_tokens", "accepted_tokens", "hints",
+                         "hints_correct", "predrafts", "predraft_hits", "target_forward_passes", "draft_ms",
+                         "wait_ms", "cloud_compute_ms", "bytes_sent", "bytes_received", "draft_forward_passes",
+                         "verify_ms", "prefill_ms"):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+            total.round_log.extend(s.round_log)
+        total.acceptance_rate = total.accepted_tokens / total.drafted_tokens if total.drafted_tokens else 0.0
+        return total
+
+
+@dataclass
+class VerifierStats:
+    """Cloud-side totals over all sessions of a verifier."""
+
+    sessions_started: int = 0
+    sessions_refused: int = 0
+    sessions_completed: int = 0
+    sessions_timed_out: int = 0
+    rounds: int = 0
+    target_forward_passes: int = 0
+    compute_ms: float = 0.0
+    hints_sent: int = 0
+    duplicates: int = 0  # duplicate blocks answered from the result cache
+    stale: int = 0  # stale/unknown messages ignored
+    errors: int = 0  # protocol errors answered with SessionEnd
+    last_error: Optional[str] = None

@@ -1,0 +1,456 @@
+"""Adapters over Hugging Face models for speculative decoding (draft and target alike).
+
+One class hierarchy covers text causal LMs (Llama / SmolLM2 / Qwen2 ...) and VLMs
+(Qwen2-VL, Idefics3 / SmolVLM, LLaVA):
+
+* :meth:`ModelAdapter.encode` builds the prompt from (instruction, optional image)
+  with the chat template and processor. Draft and target call the same code, so
+  with the same tokenizer they get the same *text* tokens; the number of image
+  tokens may differ (which is why protocol positions count generated tokens only).
+* :meth:`ModelAdapter.prefill` runs ``prompt[:-1]`` (image included) and keeps the
+  last prompt token pending, so every later forward is ``pending + new tokens``
+  and a verification is uniformly ``[last committed token] + draft``.
+* :meth:`ModelAdapter.forward` appends tokens to the KV cache and returns logits;
+  :meth:`ModelAdapter.sync` rolls the cache back (``DynamicCache.crop`` with a
+  negative count) to the longest prefix shared with a committed sequence and
+  returns what is still pending. Positions are always derived from the cache
+  length, so Qwen2-VL's M-RoPE (``rope_deltas`` fixed at prefill) stays right
+  after any crop.
+
+The state of one sequence lives in a :class:`DecodeState`, not in the adapter, so
+one target adapter serves many sessions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .fingerprint import tokenizer_fingerprint
+from .layout import decoder_layout
+
+try:  # Qwen2-VL's processor insists on a video processor, which needs torchvision.
+    from transformers import Qwen2VLProcessor as _Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin as _ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(_Qwen2VLProcessor):
+        """Qwen2-VL processor without the video processor (images and text only)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            _ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+except ImportError:  # pragma: no cover - very old transformers
+    ImageOnlyQwen2VLProcessor = None  # type: ignore
+
+
+class ModelLoadError(FileNotFoundError):
+    """A model folder/file that is missing or incomplete."""
+
+
+class TokenizerMismatchError(ValueError):
+    """Draft and target do not tokenize identically: speculative decoding is refused."""
+
+
+ImageLike = Any  # PIL.Image.Image, HxWx3 uint8 numpy array, or encoded image bytes
+
+
+def to_pil(image: ImageLike):
+    """Normalise an image (PIL, numpy HxWx3 uint8, or encoded bytes) to an RGB PIL image."""
+    from PIL import Image
+
+    if image is None:
+        return None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image = Image.open(io.BytesIO(bytes(image)))
+        image.load()
+    elif not isinstance(image, Image.Image):
+        import numpy as np
+
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def encode_png(image: ImageLike) -> bytes:
+    """Lossless encoding for the wire, so the cloud sees exactly the edge's pixels."""
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+@dataclass
+class PromptInputs:
+    """A tokenized prompt: token ids plus the extra tensors the model's prefill needs."""
+
+    input_ids: List[int]
+    model_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw, ...
+    text: str = ""
+
+    def generate_kwargs(self, device=None) -> Dict[str, torch.Tensor]:
+        """Inputs for ``model.generate(**kwargs)`` (reference decoding in tests/benchmarks)."""
+        ids = torch.tensor([self.input_ids], device=device)
+        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        out.update({k: v.to(device) if device is not None else v for k, v in self.model_inputs.items()})
+        return out
+
+
+@dataclass
+class DecodeState:
+    """KV cache of one sequence: ``prompt[:-1]`` plus ``cached`` (which starts with the
+    last prompt token once it has been fed)."""
+
+    cache: Any
+    prompt_ids: List[int]
+    cached: List[int] = field(default_factory=list)
+    rope_delta: int = 0  # Qwen2-VL family: M-RoPE position offset of text after the image
+    prompt_positions: Optional[torch.Tensor] = None  # Qwen2-VL family: prefill positions, dropped after use
+
+    @property
+    def base(self) -> int:
+        """Prompt tokens in the cache that never change (``len(prompt) - 1``)."""
+        return len(self.prompt_ids) - 1
+
+    @property
+    def length(self) -> int:
+        return self.base + len(self.cached)
+
+
+class ModelAdapter:
+    """A causal LM (text or VLM) plus its tokenizer/processor, with explicit decode state."""
+
+    is_vlm = False
+
+    def __init__(self, model: nn.Module, processor=None, *, tokenizer=None, use_chat_template: Optional[bool] = None,
+                 name: str = ""):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", processor)
+        if self.tokenizer is None:
+            raise ValueError(f"{type(model).__name__}: a tokenizer or processor is required")
+        self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
+        layout = decoder_layout(model)
+        self.num_layers = len(layout.layers)
+        self.vocab_size = layout.vocab_size
+        self.fingerprint = tokenizer_fingerprint(self.tokenizer)
+        template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        self.use_chat_template = bool(template) if use_chat_template is None else use_chat_template
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.eos_token_ids = self._eos_ids()
+
+    # -- identity ------------------------------------------------------------------------
+    def _eos_ids(self) -> List[int]:
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return []
+        return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}, layers={self.num_layers}, vocab={self.vocab_size})"
+
+    # -- prompting -----------------------------------------------------------------------
+    def prompt_text(self, prompt: str, has_image: bool = False) -> str:
+        """The instruction rendered with the chat template (image placeholder included)."""
+        if not self.use_chat_template:
+            return prompt
+        if self.is_vlm:
+            content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
+            templater = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        else:
+            content = prompt
+            templater = self.tokenizer
+        messages = [{"role": "user", "content": content}]
+        return templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, prompt: str, image: ImageLike = None) -> PromptInputs:
+        """Tokenize ``prompt`` (and ``image``) exactly as both sides of the link do."""
+        if image is not None and not self.is_vlm:
+            raise ValueError(f"{self.name} is a text-only model; it cannot take an image")
+        text = self.prompt_text(prompt, has_image=image is not None)
+        if image is None:
+            ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+            return PromptInputs(input_ids=list(ids), text=text)
+        batch = self.processor(text=[text], images=[to_pil(image)], return_tensors="pt")
+        ids = batch.pop("input_ids")[0].tolist()
+        batch.pop("attention_mask", None)
+        extra = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        for key, value in extra.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                extra[key] = value.to(self.dtype)
+        return PromptInputs(input_ids=ids, model_inputs=extra, text=text)
+
+    def decode_text(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    # -- decoding ------------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if hasattr(cache, "activate_past_recording"):
+            try:  # sliding-window layers must keep their past to be croppable
+                cache.activate_past_recording()
+            except Exception:  # pragma: no cover - layer types without it
+                pass
+        return cache
+
+    def _positions(self, state: DecodeState, start: int, count: int) -> Optional[torch.Tensor]:
+        """Explicit position ids for ``count`` tokens from cache position ``start`` (None: model default)."""
+        return None
+
+    def _prefill_extra(self, inputs: PromptInputs, state: DecodeState) -> Dict[str, Any]:
+        """Model kwargs for the prefill forward (vision tensors)."""
+        return {}
+
+    @torch.inference_mode()
+    def prefill(self, inputs: Union[PromptInputs, str], image: ImageLike = None) -> DecodeState:
+        """Run ``prompt[:-1]`` through the model; the last prompt token stays pending."""
+        if isinstance(inputs, str):
+            inputs = self.encode(inputs, image)
+        if not inputs.input_ids:
+            raise ValueError("empty prompt")
+        state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
+        extra = self._prefill_extra(inputs, state)
+        head = inputs.input_ids[:-1]
+        if head:
+            ids = torch.tensor([head], device=self.device)
+            self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
+                       position_ids=self._positions(state, 0, len(head)), logits_to_keep=1, **extra)
+        elif extra:
+            raise ValueError("a prompt with an image needs text after the image")
+        return state
+
+    @torch.inference_mode()
+    def forward(self, state: DecodeState, tokens: Sequence[int], keep: int = 0) -> torch.Tensor:
+        """Feed ``tokens`` after the cache; return float logits ``[n, vocab]`` for the last
+        ``keep`` of them (all when 0). One forward pass."""
+        n = len(tokens)
+        start = state.length
+        ids = torch.tensor([list(tokens)], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
+                         position_ids=self._positions(state, start, n), logits_to_keep=keep)
+        state.cached.extend(tokens)
+        return out.logits[0].float()
+
+    def block_logits(self, state: DecodeState, committed: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """Verification in ONE forward pass: roll the cache back to ``prompt + committed``, feed
+        ``[last committed token] + tokens`` and return logits ``[len(tokens) + 1, vocab]``: row ``i``
+        predicts ``tokens[i]``, the last row is the bonus position."""
+        pending = self.sync(state, committed)
+        return self.forward(state, pending + list(tokens), keep=len(tokens) + 1)
+
+    def truncate(self, state: DecodeState, length: int) -> None:
+        """Drop cached tokens beyond ``length`` (total, prompt included)."""
+        remove = state.length - length
+        if remove < 0 or length < state.base:
+            raise ValueError(f"cannot truncate a cache of {state.length} tokens to {length}")
+        if remove:
+            state.cache.crop(-remove)
+            del state.cached[len(state.cached) - remove:]
+
+    def sync(self, state: DecodeState, generated: Sequence[int]) -> List[int]:
+        """Make the cache a prefix of ``prompt + generated`` and return the pending tokens
+        (at least one) that must be fed next. Rolls the cache back where it diverged."""
+        want_len = len(generated) + 1  # last prompt token + generated
+        cached = state.cached
+        limit = min(len(cached), want_len - 1)
+        common = 0
+        if limit:
+            if cached[0] == state.prompt_ids[-1]:
+                common = 1
+                while common < limit and cached[common] == generated[common - 1]:
+                    common += 1
+        if common < len(cached):
+            self.truncate(state, state.base + common)
+        if common == 0:
+            return [state.prompt_ids[-1]] + list(generated)
+        return list(generated[common - 1:])
+
+
+class TextAdapter(ModelAdapter):
+    """Text-only causal LMs (Llama, SmolLM2, Qwen2, ...)."""
+
+
+class VisionLanguageAdapter(ModelAdapter):
+    """VLMs whose image enters only at prefill and whose positions are 1-D (LLaVA, Idefics3/SmolVLM)."""
+
+    is_vlm = True
+
+    def _prefill_extra(self, inputs: PromptInputs, state: DecodeState) -> Dict[str, Any]:
+        extra = dict(inputs.model_inputs)
+        extra.pop("mm_token_type_ids", None)
+        return extra
+
+
+class Qwen2VLAdapter(VisionLanguageAdapter):
+    """Qwen2-VL family: M-RoPE. Positions are computed here from the cache length plus the
+    ``rope_delta`` fixed at prefill, never from the model's own (stateful) ``rope_deltas``."""
+
+    def _prefill_extra(self, inputs: PromptInputs, state: DecodeState) -> Dict[str, Any]:
+        extra = dict(inputs.model_inputs)
+        ids = torch.tensor([inputs.input_ids], device=self.device)
+        if extra.get("image_grid_thw") is not None or extra.get("video_grid_thw") is not None:
+            if extra.get("mm_token_type_ids") is None:
+                raise ValueError("Qwen2-VL needs mm_token_type_ids from the processor when an image is passed")
+            rope_kwargs = {k: v for k, v in extra.items()
+                           if k in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+            positions, deltas = self.model.model.get_rope_index(ids, **rope_kwargs)
+            state.rope_delta = int(deltas.reshape(-1)[0])
+            state.prompt_positions = positions  # [3, 1, len(prompt)], used by the prefill only
+        extra.pop("mm_token_type_ids", None)
+        return extra
+
+    def _positions(self, state: DecodeState, start: int, count: int) -> torch.Tensor:
+        if state.prompt_positions is not None and start < state.base:
+            positions = state.prompt_positions[:, :, start:start + count]
+            state.prompt_positions = None  # only the prefill needs them
+            return positions
+        pos = torch.arange(start + state.rope_delta, start + state.rope_delta + count, device=self.device)
+        return pos.view(1, 1, -1).expand(3, 1, -1)
+
+
+_QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def adapter_class_for(model: nn.Module) -> type:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", "")
+    if model_type in _QWEN_VL_TYPES:
+        return Qwen2VLAdapter
+    if getattr(config, "vision_config", None) is not None:
+        return VisionLanguageAdapter
+    return TextAdapter
+
+
+def wrap_model(model: Union[nn.Module, ModelAdapter], processor=None, **kwargs) -> ModelAdapter:
+    """The right adapter for an HF model (an adapter is returned unchanged)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    if isinstance(model, (tuple, list)) and len(model) == 2:
+        model, processor = model
+    if processor is None:
+        raise ValueError(f"{type(model).__name__}: pass its tokenizer (text) or processor (VLM) to wrap it")
+    return adapter_class_for(model)(model, processor, **kwargs)
+
+
+def check_pair(draft: ModelAdapter, target: ModelAdapter) -> None:
+    """Refuse a draft/target pair that does not tokenize identically."""
+    if draft.fingerprint != target.fingerprint:
+        raise TokenizerMismatchError(
+            f"draft {draft.name} and target {target.name} have different tokenizers "
+            f"(fingerprints {draft.fingerprint[:12]} vs {target.fingerprint[:12]}); "
+            "speculative decoding needs identical vocabularies, special tokens and chat templates"
+        )
+    if draft.vocab_size != target.vocab_size:
+        raise TokenizerMismatchError(
+            f"draft {draft.name} has {draft.vocab_size} output logits, target {target.name} has {target.vocab_size}"
+        )
+
+
+# -- loading ---------------------------------------------------------------------------------
+_VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "llava_next", "idefics2")
+
+
+def _load_processor(path: str, model_type: str):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    if model_type not in _VLM_TYPES:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    error: Optional[Exception] = None
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        if getattr(processor, "image_processor", None) is not None:
+            return processor
+    except Exception as exc:  # e.g. Qwen2-VL's video processor needs torchvision
+        error = exc
+    # AutoProcessor failed or fell back to a bare tokenizer: build an image-only processor
+    if model_type in _QWEN_VL_TYPES and ImageOnlyQwen2VLProcessor is not None:
+        from transformers import AutoImageProcessor
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        template = _read_chat_template(path) or getattr(tokenizer, "chat_template", None)
+        return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                         chat_template=template)
+    raise ModelLoadError(f"{path}: cannot load the image processor ({error or 'AutoProcessor returned a tokenizer'})")
+
+
+def _read_chat_template(path: str) -> Optional[str]:
+    import json
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file, encoding="utf-8") as handle:
+                text = handle.read()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+def load_model(
+    path_or_config,
+    *,
+    processor=None,
+    dtype: Optional[torch.dtype] = None,
+    device: Union[str, torch.device] = "cpu",
+    name: str = "",
+) -> ModelAdapter:
+    """Load a model folder (``config.json`` + safetensors/bin weights + tokenizer/processor files)
+    or build a random-init model from a ``PretrainedConfig`` (then ``processor`` is required).
+
+    Missing folders/files raise :class:`ModelLoadError` naming what is missing. Nothing is
+    downloaded (``local_files_only``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
+
+    if isinstance(path_or_config, PretrainedConfig):
+        config = path_or_config
+        if processor is None:
+            raise ModelLoadError("building a model from a config needs processor= (its tokenizer or processor)")
+        auto = AutoModelForImageTextToText if config.model_type in _VLM_TYPES else AutoModelForCausalLM
+        model = auto.from_config(config)
+        if dtype is not None:
+            model = model.to(dtype)
+        return wrap_model(model.to(device), processor, name=name or config.model_type)
+
+    path = os.fspath(path_or_config)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model folder not found: {path}")
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"{path} is a file; pass the model folder (with config.json and weights)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(f"{path}: no config.json (not a Hugging Face model folder)")
+    names = os.listdir(path)
+    if not any(n.endswith(".safetensors") or n.startswith("pytorch_model") or n.endswith(".gguf") for n in names):
+        raise ModelLoadError(f"{path}: no weights (*.safetensors or pytorch_model*.bin) in the folder")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: unreadable config.json ({exc})") from exc
+    if processor is None:
+        try:
+            processor = _load_processor(path, config.model_type)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load the tokenizer ({exc})") from exc
+    auto = AutoModelForImageTextToText if config.model_type in _VLM_TYPES else AutoModelForCausalLM
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load the weights ({exc})") from exc
+    return wrap_model(model.to(device), processor, name=name or os.path.basename(os.path.normpath(path)))
