@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-MODE_ORDER = ("cloud_only", "edge_only", "speculative", "spec_early_exit")
+MODE_ORDER = ("cloud_only", "edge_only", "speculative", "spec_early_exit", "spec_ee_eager")
 
 
 def _fmt(x, digits=2):
@@ -56,15 +56,15 @@ def write(report: dict, out_dir: str) -> str:
                 f"| {r['target_passes_per_token']:.2f} | {r['cloud_s_per_token'] * 1000:.1f} ms "
                 f"| {compute:.2f}x | {r['bytes_per_token']:.0f} |")
         lines += ["", "RTT sweep (median latency per decision, ms; ratio to cloud-only):", "",
-                  "| RTT ms | cloud_only | speculative | spec_early_exit | spec/cloud | ee/cloud | ee/spec |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| RTT ms | cloud_only | speculative | spec_early_exit | spec_ee_eager | spec/cloud | ee/cloud "
+                  "| ee/spec | eager/cloud | eager/ee |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for rtt in s["rtts_ms"]:
             row = {r["mode"]: r["latency_ms_median"] for r in wl["rtt_sweep"] if r["rtt_ms"] == rtt}
-            if {"cloud_only", "speculative", "spec_early_exit"} <= set(row):
-                lines.append(f"| {rtt:.0f} | {row['cloud_only']:.0f} | {row['speculative']:.0f} | "
-                             f"{row['spec_early_exit']:.0f} | {row['speculative'] / row['cloud_only']:.2f} | "
-                             f"{row['spec_early_exit'] / row['cloud_only']:.2f} | "
-                             f"{row['spec_early_exit'] / row['speculative']:.2f} |")
+            if {"cloud_only", "speculative", "spec_early_exit", "spec_ee_eager"} <= set(row):
+                c, sp, ee, ea = (row[m] for m in ("cloud_only", "speculative", "spec_early_exit", "spec_ee_eager"))
+                lines.append(f"| {rtt:.0f} | {c:.0f} | {sp:.0f} | {ee:.0f} | {ea:.0f} | {sp / c:.2f} | {ee / c:.2f} "
+                             f"| {ee / sp:.2f} | {ea / c:.2f} | {ea / ee:.2f} |")
         if wl["gamma_sweep"]:
             lines += ["", f"Gamma sweep at RTT {s['reference_rtt_ms']:.0f} ms:", "",
                       "| gamma | mode | latency median ms | tokens/round | acceptance | pre-draft hits |",
@@ -135,7 +135,7 @@ def _plots(report: dict, out_dir: str) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.2), squeeze=False)
     for ax, wl in zip(axes[0], workloads):
-        for mode in ("speculative", "spec_early_exit"):
+        for mode in ("speculative", "spec_early_exit", "spec_ee_eager"):
             pts = sorted((r["gamma"], r["latency_ms_median"]) for r in wl["gamma_sweep"] if r["mode"] == mode)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=mode)

@@ -33,13 +33,16 @@ import torch  # noqa: E402
 from bench import cluster, workloads  # noqa: E402
 from specdec.protocol import DecodingMode  # noqa: E402
 
+# name -> (protocol mode, EdgeDecoder overrides)
 MODES = {
-    "cloud_only": DecodingMode.CLOUD_ONLY,
-    "edge_only": DecodingMode.EDGE_ONLY,
-    "speculative": DecodingMode.SPECULATIVE,
-    "spec_early_exit": DecodingMode.SPECULATIVE_EARLY_EXIT,
+    "cloud_only": (DecodingMode.CLOUD_ONLY, {}),
+    "edge_only": (DecodingMode.EDGE_ONLY, {}),
+    "speculative": (DecodingMode.SPECULATIVE, {}),
+    "spec_early_exit": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "hint"}),  # the paper
+    "spec_ee_eager": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager"}),  # ours
 }
-LOSSLESS = ("cloud_only", "speculative", "spec_early_exit")
+SPECULATIVE_MODES = ("speculative", "spec_early_exit", "spec_ee_eager")
+LOSSLESS = ("cloud_only",) + SPECULATIVE_MODES
 
 
 @dataclass
@@ -113,9 +116,10 @@ class OutputMismatch(AssertionError):
 
 def run_cell(decoder, workload, mode_name, gamma):
     results = []
+    mode, overrides = MODES[mode_name]
     for prompt, image in workload.items:
-        results.append(decoder.decode(prompt, image, MODES[mode_name], gamma=gamma,
-                                      max_new_tokens=workload.max_new_tokens))
+        results.append(decoder.decode(prompt, image, mode, gamma=gamma, max_new_tokens=workload.max_new_tokens,
+                                      **overrides))
     return results
 
 
@@ -171,14 +175,14 @@ def bench_workload(workload, cfg: Settings, edge_cores, cloud_cores, log):
                         if gamma == cfg.reference_gamma:
                             continue
                         g_cells = {"cloud_only": cells["cloud_only"]}
-                        for mode in ("speculative", "spec_early_exit"):
+                        for mode in SPECULATIVE_MODES:
                             g_cells[mode] = run_cell(decoder, workload, mode, gamma)
                             log(f"  {workload.name} rtt={rtt:>5.0f} ms  gamma={gamma} {mode}")
                         check_lossless(g_cells, f"{workload.name} gamma={gamma}")
-                        for mode in ("speculative", "spec_early_exit"):
+                        for mode in SPECULATIVE_MODES:
                             out["gamma_sweep"].append({"rtt_ms": rtt, "gamma": gamma, "mode": mode,
                                                        **summarise(g_cells[mode])})
-                    for mode in ("speculative", "spec_early_exit"):
+                    for mode in SPECULATIVE_MODES:
                         row = next(r for r in out["rtt_sweep"] if r["rtt_ms"] == rtt and r["mode"] == mode)
                         out["gamma_sweep"].append({**row})
                 decoder = None

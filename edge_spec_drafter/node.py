@@ -80,7 +80,8 @@ class EdgeSpecDrafter(Node):
             self.draft, self.transport, robot_id=p("robot_id", "go2"), gamma=p("gamma", 4),
             max_new_tokens=p("max_new_tokens", 8), do_sample=p("do_sample", False),
             temperature=p("temperature", 1.0), top_k=p("top_k", 0), seed=p("seed", 0),
-            timeout_s=p("cloud_timeout_s", 5.0), predraft=p("predraft", True))
+            timeout_s=p("cloud_timeout_s", 5.0), predraft=p("predraft", True),
+            predraft_policy=p("predraft_policy", "hint"))
 
         self.rolling = RollingStats(p("stats_window", 50))
         self.decision_id = 0

@@ -43,6 +43,7 @@ from ..protocol import (
     VerifyResult,
 )
 from ..transport.base import CloudTimeout, EdgeTransport
+from .predraft import EagerPredrafter
 from .sampling import SamplingParams, choose_token, draft_sample, make_generator
 from .stats import DecisionStats, RoundStats
 
@@ -81,6 +82,10 @@ class DecodeConfig:
     stop_token_ids: Optional[Sequence[int]] = None  # default: the draft's eos ids
     timeout_s: float = 30.0  # longest wait for any one cloud message
     predraft: bool = True  # pre-draft on early-exit hints (SPECULATIVE_EARLY_EXIT mode)
+    # "hint": the paper's policy, pre-draft a whole block when the hint arrives.
+    # "eager": ours (predraft.py), pre-draft from the moment a block is sent, switch on the hint,
+    # stop the moment the result arrives.
+    predraft_policy: str = "hint"
     end_wait_s: float = 0.25  # after the final result, wait this long for the cloud's cost totals
 
 
@@ -116,6 +121,8 @@ class EdgeDecoder:
             raise ValueError(f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})")
         if cfg.do_sample and not cfg.temperature > 0:
             raise ValueError("sampling needs temperature > 0")
+        if cfg.predraft_policy not in ("hint", "eager"):
+            raise ValueError(f"predraft_policy must be 'hint' or 'eager', got {cfg.predraft_policy!r}")
         if mode != DecodingMode.EDGE_ONLY and self.transport is None:
             raise ValueError(f"{mode.name} needs a transport to a cloud verifier")
         stats = DecisionStats(mode=int(mode))
@@ -200,6 +207,16 @@ class EdgeDecoder:
             except CloudTimeout:
                 raise CloudTimeout(
                     f"cloud did not answer {what} of session {sid[:8]} within {timeout:g} s") from None
+            if getattr(msg, "session_id", None) == sid:
+                return msg
+
+    def _poll(self, sid: str) -> Optional[Message]:
+        """A waiting message of this session, or None at once (others' messages are dropped)."""
+        while True:
+            try:
+                msg = self.transport.recv(0)
+            except CloudTimeout:
+                return None
             if getattr(msg, "session_id", None) == sid:
                 return msg
 
@@ -310,12 +327,23 @@ class EdgeDecoder:
                 self.transport.send(msg_out)
                 deadline = time.monotonic() + cfg.timeout_s  # for this round's result, hints included
                 predraft: Optional[_Block] = None
+                eager = None
+                if use_hints and cfg.predraft_policy == "eager":
+                    eager = EagerPredrafter(self, state, cfg, k, stop, generator, stats)
+                    eager.aim_full_acceptance(committed, block.tokens)
                 t_hint = 0.0
                 blocked = 0.0
                 while True:
-                    t_wait = time.perf_counter()
-                    msg = self._recv(sid, cfg.timeout_s, f"round {round_no}", deadline)
-                    blocked += time.perf_counter() - t_wait
+                    msg = None
+                    if eager is not None and not eager.complete:
+                        msg = self._poll(sid)  # never wait while there is pre-drafting to do
+                        if msg is None:
+                            eager.step()
+                            continue
+                    if msg is None:
+                        t_wait = time.perf_counter()
+                        msg = self._recv(sid, cfg.timeout_s, f"round {round_no}", deadline)
+                        blocked += time.perf_counter() - t_wait
                     if isinstance(msg, VerifyResult):
                         if msg.round != round_no:
                             continue  # duplicate or stale result
@@ -329,7 +357,11 @@ class EdgeDecoder:
                         rs.hint_next_token = msg.predicted_next_token
                         rs.hint_confidence = msg.confidence
                         rs.exit_ms = msg.exit_ms
-                        if use_hints:
+                        if eager is not None:
+                            if self._hint_usable(msg, block):
+                                eager.aim(committed + block.tokens[:msg.predicted_accepted]
+                                          + [msg.predicted_next_token])
+                        elif use_hints:
                             predraft = self._predraft(block, committed, msg, cfg, stop, draft_after)
                             if predraft is not None:
                                 stats.predrafts += 1
@@ -357,6 +389,10 @@ class EdgeDecoder:
                     break
                 if len(committed) >= cfg.max_new_tokens:
                     raise ProtocolError(f"cloud did not finish at max_new_tokens={cfg.max_new_tokens}")
+                if eager is not None and eager.tokens:
+                    stats.predrafts += 1
+                    rs.predraft_ms = eager.ms
+                    predraft = eager.block_for(committed)  # None when the guess was wrong
                 if predraft is not None and predraft.base == committed:
                     block, predrafted = predraft, True
                     stats.predraft_hits += 1
@@ -379,7 +415,7 @@ class EdgeDecoder:
                   stop: frozenset, draft_after) -> Optional[_Block]:
         """Draft the next block from the hinted state, or None when the hint ends generation."""
         accepted = hint.predicted_accepted
-        if not 0 <= accepted <= len(block.tokens) or not 0 <= hint.predicted_next_token < self.draft.vocab_size:
+        if not self._hint_usable(hint, block):
             return None
         hinted = committed + block.tokens[:accepted] + [hint.predicted_next_token]
         if hinted[-1] in stop or len(hinted) >= cfg.max_new_tokens:
@@ -387,6 +423,11 @@ class EdgeDecoder:
         if any(t in stop for t in block.tokens[:accepted]):
             return None
         return draft_after(hinted)
+
+    def _hint_usable(self, hint: EarlyExitHint, block: _Block) -> bool:
+        """A hint naming an impossible outcome (bad count or token id) is ignored."""
+        return (0 <= hint.predicted_accepted <= len(block.tokens)
+                and 0 <= hint.predicted_next_token < self.draft.vocab_size)
 
     def _collect_end(self, sid: str, cfg: DecodeConfig, stats: DecisionStats) -> None:
         """The cloud follows a finished result with SessionEnd carrying its cost totals."""

@@ -21,7 +21,7 @@ def test_bench_quick_tiny(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     rows = report["workloads"][0]["rtt_sweep"]
-    assert {r["mode"] for r in rows} == {"cloud_only", "edge_only", "speculative", "spec_early_exit"}
+    assert {r["mode"] for r in rows} == {"cloud_only", "edge_only", "speculative", "spec_early_exit", "spec_ee_eager"}
     assert {r["rtt_ms"] for r in rows} == {0, 20}
     ee = next(r for r in rows if r["mode"] == "spec_early_exit" and r["rtt_ms"] == 20)
     cloud = next(r for r in rows if r["mode"] == "cloud_only" and r["rtt_ms"] == 20)

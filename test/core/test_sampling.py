@@ -110,15 +110,16 @@ def test_end_to_end_sampling_matches_target(tiny_pair):
     heads = EarlyExitHeads(target.model, [0])
     pvalues = {}
     cases = (
-        ("exact", rejection_accept, DecodingMode.SPECULATIVE_EARLY_EXIT, 300),
-        ("broken", broken_rule, DecodingMode.SPECULATIVE, 200),
+        ("exact", rejection_accept, DecodingMode.SPECULATIVE_EARLY_EXIT, 300, "hint"),
+        ("exact_eager_predraft", rejection_accept, DecodingMode.SPECULATIVE_EARLY_EXIT, 300, "eager"),
+        ("broken", broken_rule, DecodingMode.SPECULATIVE, 200, "hint"),
     )
-    for name, rule, mode, runs in cases:
+    for name, rule, mode, runs, policy in cases:
         counts = Counter()
         rejected = 0
         with LocalSpeculativeDecoder(draft, target, exit_heads=heads, verifier_kwargs={"sampling_rule": rule},
                                      do_sample=True, temperature=1.0, top_k=TOP_K, gamma=2,
-                                     max_new_tokens=3) as runner:
+                                     max_new_tokens=3, predraft_policy=policy) as runner:
             for seed in range(runs):
                 result = runner.generate(PROMPT, None, mode, seed=seed)
                 counts[tuple(result.tokens[:2])] += 1
@@ -126,6 +127,7 @@ def test_end_to_end_sampling_matches_target(tiny_pair):
         assert rejected > runs // 4  # the residual path is exercised a lot
         pvalues[name] = chi_square_pvalue(counts, joint, runs)
     assert pvalues["exact"] > 1e-3, pvalues
+    assert pvalues["exact_eager_predraft"] > 1e-3, pvalues
     assert pvalues["broken"] < 1e-6, pvalues
 
 
