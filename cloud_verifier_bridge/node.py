@@ -16,14 +16,13 @@ import os
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from specdec.protocol import EndReason, SessionEnd
 from specdec.transport.base import CloudTimeout, TransportError
 from specdec.transport.websocket import AuthenticationError
+from specdec_ros.node_runtime import run_node
 from specdec_ros.ros_transport import RosCloudTransport
 
 
@@ -146,23 +145,7 @@ class CloudVerifierBridge(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    try:
-        node = CloudVerifierBridge()
-    except Exception as exc:  # bad parameters or model files: say so and exit non-zero
-        rclpy.logging.get_logger("cloud_verifier_bridge").fatal(f"{type(exc).__name__}: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CloudVerifierBridge, "cloud_verifier_bridge", args, threads=2)
 
 
 if __name__ == "__main__":

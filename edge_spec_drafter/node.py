@@ -26,9 +26,7 @@ import json
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -38,6 +36,7 @@ from edge_cloud_vlm_msgs.msg import DecisionStats as DecisionStatsMsg
 from edge_cloud_vlm_msgs.msg import DecodedAction, SpecStats
 from go2_vlm_control.action_language import ActionLimits, ActionRejected, parse_action
 from specdec.protocol import DecodingMode
+from specdec_ros.node_runtime import run_node
 from specdec_ros.images import ImageConversionError, image_to_rgb, rgb_to_image
 from specdec_ros.qos import COMMAND_QOS, SENSOR_QOS
 from specdec_ros.ros_transport import RosEdgeTransport
@@ -225,23 +224,7 @@ MODES_BY_VALUE = {int(m): name for name, m in MODES.items()}
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    try:
-        node = EdgeSpecDrafter()
-    except Exception as exc:  # bad parameters or a missing model: say so, exit non-zero
-        rclpy.logging.get_logger("edge_spec_drafter").fatal(f"{type(exc).__name__}: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(EdgeSpecDrafter, "edge_spec_drafter", args, threads=2)
 
 
 if __name__ == "__main__":

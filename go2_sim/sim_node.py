@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 
 import numpy as np
-import rclpy
-import rclpy.executors
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Empty, String, UInt32
+
+from specdec_ros.node_runtime import declare_parameters, run_node
 
 from .camera import CameraConfig
 from .episode import EpisodeConfig, Go2Episode
@@ -112,12 +110,7 @@ def camera_info_msg(cfg: CameraConfig, stamp, frame_id: str) -> CameraInfo:
 class SimNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, default in PARAMETERS.items():
-            # numbers may come as int or float from YAML / the command line
-            desc = ParameterDescriptor(dynamic_typing=isinstance(default, float))
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.p = p
+        p = self.p = declare_parameters(self, PARAMETERS)
         wcfg = WorldConfig(room_size=float(p["room_size"]), min_objects=int(p["min_objects"]),
                            max_objects=int(p["max_objects"]), cmd_timeout=float(p["cmd_timeout"]),
                            response_tau=float(p["response_tau"]),
@@ -229,19 +222,8 @@ class SimNode(Node):
             "twists_dropped": self.twists_dropped})))
 
 
-def main(args=None) -> None:
-    rclpy.init(args=sys.argv if args is None else args)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args=None) -> int:
+    return run_node(SimNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ import rclpy
 import rclpy.executors
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Empty, String
+
+from specdec_ros.node_runtime import declare_parameters
 
 from . import sport_api
 from .action_language import ActionLimits
@@ -96,12 +97,7 @@ PARAMETERS = {
 class ControllerNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, default in PARAMETERS.items():
-            # numbers may come as int or float from YAML / the command line
-            desc = ParameterDescriptor(dynamic_typing=isinstance(default, float))
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.p = p
+        p = self.p = declare_parameters(self, PARAMETERS)
         self.motion_limits = MotionLimits(
             max_vx=float(p["max_vx"]), max_vy=float(p["max_vy"]), max_wz=float(p["max_wz"]),
             max_ax=float(p["max_ax"]), max_ay=float(p["max_ay"]), max_aw=float(p["max_aw"]),

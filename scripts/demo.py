@@ -122,7 +122,6 @@ class DemoMonitor:
             time.sleep(0.1)
             with self.lock:
                 decisions = list(self.decisions)
-                success = bool(self.state.get("success"))
             if decisions and decisions[-1]["valid"] and decisions[-1]["action"] == "done":
                 outcome = "done"
                 break
