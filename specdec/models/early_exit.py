@@ -39,6 +39,8 @@ class EarlyExitError(RuntimeError):
 class ExitAdapter(nn.Module):
     """Residual linear adapter ``h -> h + A h``; zero init = logit lens."""
 
+    kind = "linear"
+
     def __init__(self, hidden_size: int):
         super().__init__()
         self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
@@ -49,13 +51,60 @@ class ExitAdapter(nn.Module):
         return hidden + self.proj(hidden)
 
 
+class MLPExitAdapter(nn.Module):
+    """Residual affine + low-rank MLP on the RMS-normalised stream.
+
+    ``x = h / rms(h)``; ``x -> x + P x + b + U silu(D (g * x))``. More capacity than the linear
+    adapter for shallow exits. Normalising first makes the adapter independent of the (large,
+    layer-dependent) scale of intermediate residual streams, and makes the affine part
+    solvable in closed form (least squares onto the final layer's normalised stream) before
+    KL fine-tuning. The target's final norm is scale invariant, so with ``P``, ``b``, ``U``
+    zero-initialised the head starts as the logit lens.
+    """
+
+    kind = "mlp"
+
+    def __init__(self, hidden_size: int, rank: int = 128, eps: float = 1e-5):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.norm_weight = nn.Parameter(torch.ones(hidden_size))
+        self.down = nn.Linear(hidden_size, rank, bias=True)
+        self.up = nn.Linear(rank, hidden_size, bias=True)
+        self.eps = eps
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        nn.init.normal_(self.down.weight, std=hidden_size**-0.5)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def normalise(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.float()
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(hidden.dtype)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(hidden)
+        return x + self.proj(x) + self.up(nn.functional.silu(self.down(x * self.norm_weight)))
+
+
+ADAPTER_KINDS = ("linear", "mlp")
+
+
+def make_adapter(kind: str, hidden_size: int, rank: int = 128) -> nn.Module:
+    if kind == "linear":
+        return ExitAdapter(hidden_size)
+    if kind == "mlp":
+        return MLPExitAdapter(hidden_size, rank)
+    raise EarlyExitError(f"unknown exit adapter kind {kind!r} (known: {', '.join(ADAPTER_KINDS)})")
+
+
 ExitCallback = Callable[[int, torch.Tensor], None]
 
 
 class EarlyExitHeads(nn.Module):
     """Exit adapters for a set of decoder layers of one target model."""
 
-    def __init__(self, model: nn.Module, exit_layers: Sequence[int]):
+    def __init__(self, model: nn.Module, exit_layers: Sequence[int], adapter: str = "linear", rank: int = 128):
         super().__init__()
         layout = decoder_layout(model)
         n_layers = len(layout.layers)
@@ -69,7 +118,11 @@ class EarlyExitHeads(nn.Module):
         self.hidden_size = int(layout.hidden_size)
         self.vocab_size = int(layout.vocab_size)
         self.base_fingerprint = model_fingerprint(model)
-        self.adapters = nn.ModuleDict({str(layer): ExitAdapter(self.hidden_size) for layer in self.exit_layers})
+        self.adapter_kind = adapter
+        self.adapter_rank = int(rank) if adapter != "linear" else 0
+        self.adapters = nn.ModuleDict(
+            {str(layer): make_adapter(adapter, self.hidden_size, rank) for layer in self.exit_layers}
+        )
         # Shared, frozen parts of the target. Kept out of state_dict (not ours to save).
         object.__setattr__(self, "_layout", layout)
         self.to(dtype=layout.lm_head.weight.dtype, device=layout.lm_head.weight.device)
@@ -107,6 +160,8 @@ class EarlyExitHeads(nn.Module):
             "hidden_size": str(self.hidden_size),
             "vocab_size": str(self.vocab_size),
             "num_layers": str(len(self._layout.layers)),
+            "adapter": self.adapter_kind,
+            "adapter_rank": str(self.adapter_rank),
         }
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> str:
@@ -138,7 +193,15 @@ class EarlyExitHeads(nn.Module):
             raise EarlyExitError(f"{path}: not a readable early-exit adapter file ({exc})") from exc
         if meta.get("format") != ADAPTER_FORMAT:
             raise EarlyExitError(f"{path}: format {meta.get('format')!r}, expected {ADAPTER_FORMAT!r}")
-        heads = cls(model, json.loads(meta["exit_layers"]))
+        kind = meta.get("adapter", "linear")  # files written before adapter kinds existed are linear
+        if kind not in ADAPTER_KINDS:
+            raise EarlyExitError(f"{path}: unknown adapter kind {kind!r} (known: {', '.join(ADAPTER_KINDS)})")
+        try:
+            rank = int(meta.get("adapter_rank", "0") or 0)
+            exit_layers = json.loads(meta["exit_layers"])
+        except (KeyError, ValueError) as exc:
+            raise EarlyExitError(f"{path}: malformed metadata ({exc})") from exc
+        heads = cls(model, exit_layers, adapter=kind, rank=rank or 128)
         for key in ("hidden_size", "vocab_size"):
             if meta.get(key) != str(getattr(heads, key)):
                 raise EarlyExitError(

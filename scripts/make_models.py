@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""(Re)create every model artefact of the project, reproducibly (``make models``).
+
+Steps (each skipped when its output exists and matches its recipe; ``--force`` redoes them):
+
+  target    convert the packaged SmolLM2-135M-Instruct gguf to .cache/models/smollm2-135m-instruct/
+  labels    label training text with the target (cached under .cache/models/_work/; only when training)
+  draft     distil the draft -> models/smollm2-135m-draft/ (committed: own layers + config)
+  assemble  rebuild .cache/models/smollm2-135m-draft/ (HF folder) from the committed draft
+  exits     train early-exit adapters -> models/smollm2-135m-instruct-exits/early_exit.safetensors
+  eval      acceptance rate / losslessness / exit agreement -> models/eval_smollm2.json,
+            docs/models/eval_smollm2.md
+
+``--ensure`` is the fast path for demos, tests and benchmarks: only ``target`` and ``assemble``
+(no training, no evaluation); it fails if a committed artefact is missing.
+
+More pairs (e.g. a VLM pair) plug in by appending :class:`Step` objects to ``STEPS`` (or via
+``register_step`` from another module listed in ``SPECDEC_EXTRA_STEPS``): a step has a name,
+``ensure`` (part of the fast path?), ``is_done()`` and ``run(force)``.
+
+Usage: python scripts/make_models.py [--ensure] [--force] [--steps target draft ...] [--no-eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from specdec.training import paths  # noqa: E402
+
+# -- recipes (changing one retrains that artefact) -------------------------------------------------
+
+SEED = 0
+TEXT_DATA = "text:chat=160,prose=96,new=96,seed=0"
+# Exit layers of the sweep file (agreement vs depth); the hint file holds HINT_EXIT_LAYERS only,
+# since the verifier's default hint layer is the first layer of the file it loads.
+EXIT_LAYERS = [3, 6, 9, 12, 14, 15, 18, 21, 24, 27]
+HINT_EXIT_LAYERS = [15]
+EXIT_RECIPE = {"data": TEXT_DATA, "layers": EXIT_LAYERS, "hint_layers": HINT_EXIT_LAYERS, "adapter": "mlp",
+               "rank": 128, "least_squares_init": True, "epochs": 1.0, "batch": 512, "lr": 1e-4, "seed": SEED,
+               "held_out_every": 10, "version": 1}
+DRAFT_RECIPE = {"data": TEXT_DATA, "layers": 4, "init": "first-k-1+last", "epochs": 2.5, "lr": 1e-3,
+                "max_tokens": 512, "seed": SEED, "version": 1}
+
+
+def recipe_sha(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def log(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"[make_models] {msg}")
+
+
+# -- shared state (loaded lazily, once) ------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, force: bool):
+        self.force = force
+        self._target = None
+        self._labels = None
+        self.timings = {}
+
+    def target(self):
+        if self._target is None:
+            from specdec.training.train_exits import load_target, pick_device
+
+            self._target = load_target(paths.target_dir(), pick_device("auto"))
+        return self._target
+
+    def labels(self, capture_layers):
+        """Target-labelled training text with hidden states of ``capture_layers`` (cached on disk)."""
+        if self._labels is None:
+            from tqdm import tqdm
+
+            from specdec.training.data import cached_labels, make_source
+
+            model, tokenizer = self.target()
+            source = make_source(TEXT_DATA)
+            cache = os.path.join(paths.cache_root(), "_work", f"labels-{recipe_sha({'d': TEXT_DATA, 'l': capture_layers})}.pt")
+            start = time.time()
+            with tqdm(total=len(source), desc="labelling (target generates)", unit="prompt") as bar:
+                self._labels = cached_labels(source, model, tokenizer, capture_layers, cache, progress=bar)
+            self.timings["labels"] = round(time.time() - start, 1)
+            log(f"labels: {len(self._labels)} positions, {len(self._labels.sequences)} sequences")
+        return self._labels
+
+
+def _source_sha() -> Optional[str]:
+    from specdec.training.smollm2 import read_manifest
+
+    manifest = read_manifest(paths.target_dir()) or {}
+    return manifest.get("source_sha256")
+
+
+@dataclass
+class Step:
+    name: str
+    ensure: bool
+    is_done: Callable[[], bool]
+    run: Callable[[Context], None]
+    help: str = ""
+
+
+# -- text pair steps -------------------------------------------------------------------------------
+
+
+def _target_done() -> bool:
+    from specdec.training.smollm2 import file_sha256, gguf_location, is_converted
+
+    try:
+        folder, name = gguf_location()
+    except Exception:
+        return is_converted(paths.target_dir())
+    return is_converted(paths.target_dir(), file_sha256(os.path.join(folder, name)))
+
+
+def _target_run(ctx: Context) -> None:
+    from specdec.training.smollm2 import convert
+
+    convert(paths.target_dir(), force=ctx.force, log=log)
+
+
+def _draft_meta() -> Optional[dict]:
+    from specdec.training.distill_draft import DraftError, read_committed
+
+    try:
+        return read_committed(paths.committed_draft_dir())
+    except DraftError:
+        return None
+
+
+def _draft_done() -> bool:
+    meta = _draft_meta()
+    return bool(meta) and meta.get("recipe_sha") == recipe_sha(DRAFT_RECIPE) and all(
+        os.path.isfile(os.path.join(paths.committed_draft_dir(), s)) for s in meta.get("shards", [])
+    )
+
+
+def _draft_run(ctx: Context) -> None:
+    from specdec.training.distill_draft import build_draft, default_init_layers, distill, save_committed
+
+    model, tokenizer = ctx.target()
+    labels = ctx.labels(EXIT_LAYERS)
+    init = default_init_layers(model.config.num_hidden_layers, DRAFT_RECIPE["layers"])
+    draft = build_draft(model, init)
+    stats = distill(draft, labels, epochs=DRAFT_RECIPE["epochs"], lr=DRAFT_RECIPE["lr"],
+                    max_tokens=DRAFT_RECIPE["max_tokens"], seed=SEED, log=log)
+    stats["labelling_seconds"] = ctx.timings.get("labels")
+    save_committed(draft, model, tokenizer, paths.committed_draft_dir(), {
+        "init_layers": init, "training": stats, "recipe": DRAFT_RECIPE, "recipe_sha": recipe_sha(DRAFT_RECIPE),
+        "target_source_sha256": _source_sha(), "target": paths.TARGET_NAME,
+    })
+    ctx.timings["draft"] = stats["train_seconds"]
+    after = stats.get("held_out_after", {})
+    log(f"draft: held-out top-1 agreement {100 * after.get('agreement', 0):.1f}% in {stats['train_seconds']}s")
+
+
+def _assemble_done() -> bool:
+    from specdec.training.distill_draft import MANIFEST
+
+    meta = _draft_meta()
+    try:
+        with open(os.path.join(paths.draft_dir(), MANIFEST)) as handle:
+            have = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return bool(meta) and have.get("weights_sha256") == meta.get("weights_sha256") and os.path.isfile(
+        os.path.join(paths.draft_dir(), "model.safetensors"))
+
+
+def _assemble_run(ctx: Context) -> None:
+    from specdec.training.distill_draft import assemble
+
+    if _draft_meta() is None:
+        raise SystemExit(f"no committed draft in {paths.committed_draft_dir()}: run scripts/make_models.py "
+                         "without --ensure to train it")
+    assemble(paths.committed_draft_dir(), paths.target_dir(), paths.draft_dir(), force=ctx.force, log=log)
+
+
+def _exits_meta(path: Optional[str] = None) -> Optional[dict]:
+    from safetensors import safe_open
+
+    path = path or paths.committed_exits_path()
+    if not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception:
+        return None
+
+
+def _exits_done() -> bool:
+    want = recipe_sha(EXIT_RECIPE)
+    return all((_exits_meta(p) or {}).get("recipe_sha") == want
+               for p in (paths.committed_exits_path(), paths.committed_exits_sweep_path()))
+
+
+def _exits_run(ctx: Context) -> None:
+    import torch
+
+    from specdec.models.early_exit import EarlyExitHeads
+    from specdec.training.train_exits import format_table, train_exit_heads
+
+    model, _tokenizer = ctx.target()
+    labels = ctx.labels(EXIT_LAYERS)
+    train, held = labels.split_by_sequence(EXIT_RECIPE["held_out_every"])
+    r = EXIT_RECIPE
+    heads, report = train_exit_heads(model, train, r["layers"], adapter=r["adapter"], rank=r["rank"],
+                                     epochs=r["epochs"], batch=r["batch"], lr=r["lr"], seed=r["seed"],
+                                     held_out=held, ls_init=r["least_squares_init"], log=log)
+    report["data"] = TEXT_DATA
+    report["labelling_seconds"] = ctx.timings.get("labels")
+    meta = {"training": json.dumps(report, sort_keys=True), "recipe_sha": recipe_sha(EXIT_RECIPE),
+            "target_source_sha256": _source_sha() or "", "target": paths.TARGET_NAME}
+    os.makedirs(os.path.dirname(paths.committed_exits_path()), exist_ok=True)
+    # fp16 on disk keeps the files small; loading casts to the target's dtype
+    hint = EarlyExitHeads(model, HINT_EXIT_LAYERS, adapter=r["adapter"], rank=r["rank"])
+    for layer in HINT_EXIT_LAYERS:
+        hint.adapters[str(layer)].load_state_dict(heads.adapters[str(layer)].state_dict())
+    for obj, path in ((heads, paths.committed_exits_sweep_path()), (hint, paths.committed_exits_path())):
+        obj.to(dtype=torch.float16)
+        obj.save(path, extra_metadata=meta)
+    ctx.timings["exits"] = report["train_seconds"]
+    log("exits: held-out agreement (target-generated training text)\n" + format_table(report))
+
+
+def _eval_json() -> str:
+    return os.path.join(paths.models_root(), "eval_smollm2.json")
+
+
+def _eval_inputs_sha() -> str:
+    meta = _draft_meta() or {}
+    exits = _exits_meta(paths.committed_exits_sweep_path()) or {}
+    return recipe_sha({"draft": meta.get("weights_sha256"), "exits": exits.get("recipe_sha"),
+                       "eval": 1, "source": _source_sha()})
+
+
+def _eval_done() -> bool:
+    try:
+        with open(_eval_json()) as handle:
+            return json.load(handle).get("inputs_sha") == _eval_inputs_sha()
+    except (OSError, ValueError):
+        return False
+
+
+def _eval_run(ctx: Context) -> None:
+    from specdec.training import evaluate
+
+    start = time.time()
+    result = evaluate.evaluate(exits_path=paths.committed_exits_sweep_path(), log=log)
+    result["inputs_sha"] = _eval_inputs_sha()
+    evaluate.write(result, _eval_json(), paths.repo_path("docs", "models", "eval_smollm2.md"))
+    ctx.timings["eval"] = round(time.time() - start, 1)
+    o = result["overall"]
+    log(f"eval: acceptance {100 * o['acceptance_rate']:.1f}%, {o['tokens_per_round']:.2f} tokens/round, "
+        f"lossless {o['lossless']}/{o['prompts']}")
+
+
+STEPS: List[Step] = [
+    Step("target", True, _target_done, _target_run, "convert the packaged gguf target"),
+    Step("draft", False, _draft_done, _draft_run, "distil the draft (committed)"),
+    Step("assemble", True, _assemble_done, _assemble_run, "rebuild the HF draft folder"),
+    Step("exits", False, _exits_done, _exits_run, "train early-exit adapters (committed)"),
+    Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits"),
+]
+
+
+def register_step(step: Step, after: Optional[str] = None) -> None:
+    """Add a step (e.g. the VLM pair's), after step ``after`` or at the end."""
+    names = [s.name for s in STEPS]
+    if step.name in names:
+        STEPS[names.index(step.name)] = step
+    elif after in names:
+        STEPS.insert(names.index(after) + 1, step)
+    else:
+        STEPS.append(step)
+
+
+def _load_extra_steps() -> None:
+    for module in filter(None, os.environ.get("SPECDEC_EXTRA_STEPS", "").split(",")):
+        importlib.import_module(module.strip())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ensure", action="store_true", help="fast path: only rebuild .cache folders (no training)")
+    parser.add_argument("--force", action="store_true", help="redo the selected steps even if up to date")
+    parser.add_argument("--steps", nargs="+", default=None, help="only these steps (default: all)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation step")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--list", action="store_true", help="list the steps and whether they are up to date")
+    args = parser.parse_args(argv)
+
+    _load_extra_steps()
+    if args.list:
+        for step in STEPS:
+            print(f"{step.name:10s} {'done' if step.is_done() else 'TODO':5s} {'(ensure) ' if step.ensure else ''}{step.help}")
+        return 0
+    from specdec.training.train_exits import set_threads
+    from tqdm import tqdm
+
+    set_threads(args.threads)
+    import torch
+
+    torch.manual_seed(SEED)
+    selected = [s for s in STEPS if (args.steps is None or s.name in args.steps)]
+    if args.ensure:
+        selected = [s for s in selected if s.ensure]
+    if args.no_eval:
+        selected = [s for s in selected if s.name != "eval"]
+    ctx = Context(force=args.force)
+    start = time.time()
+    with tqdm(total=len(selected), desc="make models", unit="step") as bar:
+        for step in selected:
+            bar.set_postfix(step=step.name)
+            if not args.force and step.is_done():
+                log(f"{step.name}: up to date")
+            else:
+                t0 = time.time()
+                step.run(ctx)
+                ctx.timings.setdefault(step.name, round(time.time() - t0, 1))
+                ctx.timings[step.name + "_wall"] = round(time.time() - t0, 1)
+            bar.update(1)
+    log(f"done in {time.time() - start:.0f}s {json.dumps(ctx.timings) if ctx.timings else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

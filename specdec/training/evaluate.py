@@ -1,0 +1,264 @@
+"""Evaluate a draft/target pair and the target's early exits on held-out prompts.
+
+For each held-out prompt (:func:`specdec.training.corpus.eval_prompts`: hand-written chat
+prompts and openings of held-out prose; chat prompts go through the chat template, prose is
+continued raw):
+
+1. the target alone decodes greedily (reference; the exits' hidden states are captured in the
+   same passes, so exit agreement is measured on the target's own held-out text);
+2. the pair decodes through the engine (:func:`specdec.engine.local` - plain speculative
+   decoding, ``gamma`` drafts per round, greedy) and must produce exactly the reference tokens
+   (lossless check); its acceptance rate and tokens per round are recorded;
+3. every exit head's top-1 agreement with the final layer is measured on the reference
+   positions (prompt + generated), next to the untrained logit lens.
+
+    python -m specdec.training.evaluate [--target DIR] [--draft DIR] [--exits FILE] \\
+        [--json models/eval_smollm2.json] [--markdown docs/models/eval_smollm2.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import List, Optional
+
+import torch
+
+from . import corpus, paths
+from .data import prompt_ids
+from .teacher import Labels, label_batch
+
+
+def _engine():
+    try:
+        from ..engine.local import LocalSpeculativeDecoder  # noqa: F401
+        from ..models.adapters import wrap_model  # noqa: F401
+        from ..protocol import DecodingMode  # noqa: F401
+    except ImportError as exc:  # the engine is another package of this repo
+        raise RuntimeError(f"speculative engine unavailable ({exc})") from exc
+    from ..engine.local import LocalSpeculativeDecoder
+    from ..models.adapters import wrap_model
+    from ..protocol import DecodingMode
+
+    return LocalSpeculativeDecoder, wrap_model, DecodingMode
+
+
+def reference_decode(target, tokenizer, prompts: List[corpus.Prompt], max_new_tokens: int, exit_layers=(),
+                     progress=None) -> Labels:
+    """Target-alone greedy decode of each prompt (batch of one: no padding), labels + exit features."""
+    parts = []
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for prompt in prompts:
+        part = label_batch(
+            target,
+            [prompt_ids(tokenizer, prompt)],
+            max_new_tokens=max_new_tokens,
+            capture_layers=exit_layers,
+            top_k=4,
+            stop_ids=stop,
+            pad_id=tokenizer.pad_token_id or 0,
+            kind=prompt.kind,
+        )
+        parts.append(part)
+        if progress is not None:
+            progress.update(1)
+    return Labels.concat(parts)
+
+
+def evaluate(
+    target_dir: Optional[str] = None,
+    draft_dir: Optional[str] = None,
+    exits_path: Optional[str] = None,
+    *,
+    gamma: int = 4,
+    max_new_tokens: int = 32,
+    n_chat: int = 32,
+    n_prose: int = 24,
+    progress: bool = True,
+    all_positions: bool = False,
+    log=print,
+) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models.early_exit import EarlyExitHeads
+    from .train_exits import evaluate_exits
+
+    LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
+    target_dir = target_dir or paths.target_dir()
+    draft_dir = draft_dir or paths.draft_dir()
+    exits_path = exits_path or paths.committed_exits_sweep_path()
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval().requires_grad_(False)
+    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval().requires_grad_(False)
+    heads = EarlyExitHeads.load(target, exits_path) if exits_path and os.path.exists(exits_path) else None
+    prompts = corpus.eval_prompts(n_chat=n_chat, n_prose=n_prose)
+
+    start = time.time()
+    with tqdm(total=len(prompts), desc="eval: target alone", disable=not progress, leave=False) as bar:
+        ref = reference_decode(target, tokenizer, prompts, max_new_tokens,
+                               heads.exit_layers if heads else (), progress=bar)
+    ref_seconds = time.time() - start
+
+    # the engine: one decoder per prompt style (chat template on / off), plain speculative mode
+    rows = []
+    start = time.time()
+    decoders = {}
+    try:
+        for kind in ("chat", "prose"):
+            use_template = kind == "chat"
+            d = wrap_model(draft, tokenizer, use_chat_template=use_template)
+            t = wrap_model(target, tokenizer, use_chat_template=use_template)
+            decoders[kind] = LocalSpeculativeDecoder(d, t, gamma=gamma, max_new_tokens=max_new_tokens)
+        for i, prompt in enumerate(tqdm(prompts, desc="eval: speculative", disable=not progress, leave=False)):
+            result = decoders[prompt.kind].generate(prompt.text, mode=DecodingMode.SPECULATIVE)
+            n_prompt = len(prompt_ids(tokenizer, prompt))
+            reference = ref.sequences[i][n_prompt:].tolist()
+            s = result.stats
+            rows.append({
+                "kind": prompt.kind,
+                "source": prompt.source,
+                "lossless": list(result.tokens) == reference,
+                "new_tokens": s.new_tokens,
+                "rounds": s.rounds,
+                "drafted": s.drafted_tokens,
+                "accepted": s.accepted_tokens,
+                "prompt": prompt.text[:60],
+            })
+    finally:
+        for dec in decoders.values():
+            dec.close()
+    spec_seconds = time.time() - start
+
+    def summary(sel):
+        drafted = sum(r["drafted"] for r in sel)
+        accepted = sum(r["accepted"] for r in sel)
+        rounds = sum(r["rounds"] for r in sel)
+        new = sum(r["new_tokens"] for r in sel)
+        return {
+            "prompts": len(sel),
+            "acceptance_rate": round(accepted / drafted, 4) if drafted else 0.0,
+            "tokens_per_round": round(new / rounds, 3) if rounds else 0.0,
+            "accepted_per_round": round(accepted / rounds, 3) if rounds else 0.0,
+            "lossless": sum(r["lossless"] for r in sel),
+            "new_tokens": new,
+            "rounds": rounds,
+        }
+
+    exits = {}
+    gen_rows = ref.generated_rows()
+    if heads is not None:
+        generated = ref.subset(gen_rows)
+        after = evaluate_exits(heads, generated)
+        lens = evaluate_exits(heads, generated, lens=True)
+        after_all = evaluate_exits(heads, ref) if all_positions else {}
+        n_layers = target.config.num_hidden_layers
+        for layer in heads.exit_layers:
+            exits[str(layer)] = {
+                "depth": round((layer + 1) / n_layers, 3),
+                "agreement": round(after[layer]["agreement"], 4),
+                "lens_agreement": round(lens[layer]["agreement"], 4),
+                "kl": round(after[layer]["kl"], 4),
+            }
+            if after_all:
+                exits[str(layer)]["agreement_all_positions"] = round(after_all[layer]["agreement"], 4)
+    result = {
+        "target": os.path.basename(os.path.normpath(target_dir)),
+        "draft": os.path.basename(os.path.normpath(draft_dir)),
+        "exits": os.path.relpath(exits_path, paths.REPO_ROOT) if heads is not None else None,
+        "gamma": gamma,
+        "max_new_tokens": max_new_tokens,
+        "greedy": True,
+        "mode": "SPECULATIVE",
+        "overall": summary(rows),
+        "chat": summary([r for r in rows if r["kind"] == "chat"]),
+        "prose": summary([r for r in rows if r["kind"] == "prose"]),
+        "exit_agreement": exits,
+        "exit_positions": int(gen_rows.numel()),
+        "exit_positions_all": len(ref),
+        "seconds": {"target_alone": round(ref_seconds, 1), "speculative": round(spec_seconds, 1)},
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "per_prompt": rows,
+    }
+    return result
+
+
+def markdown(result: dict) -> str:
+    o, c, p = result["overall"], result["chat"], result["prose"]
+    lines = [
+        f"# Evaluation: {result['draft']} drafting for {result['target']}",
+        "",
+        "Generated by `python -m specdec.training.evaluate` (run by `scripts/make_models.py`). "
+        f"Held-out prompts: {c['prompts']} chat (chat template) + {p['prompts']} prose openings (raw continuation), "
+        f"none seen in training. Greedy, gamma={result['gamma']}, max_new_tokens={result['max_new_tokens']}, "
+        f"engine mode {result['mode']}.",
+        "",
+        "| prompts | acceptance rate | tokens / round | accepted drafts / round | lossless (= target alone) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, s in (("all", o), ("chat", c), ("prose", p)):
+        lines.append(
+            f"| {name} ({s['prompts']}) | {100 * s['acceptance_rate']:.1f}% | {s['tokens_per_round']:.2f} "
+            f"| {s['accepted_per_round']:.2f} | {s['lossless']}/{s['prompts']} |"
+        )
+    if result["exit_agreement"]:
+        has_all = all("agreement_all_positions" in row for row in result["exit_agreement"].values())
+        lines += [
+            "",
+            f"Early exits ({result['exits']}): top-1 agreement with the final layer on the "
+            f"{result['exit_positions']} generated positions of the target's own held-out decodes (what a "
+            "verifier sees)" + (f"; the last column counts all {result['exit_positions_all']} positions, prompts "
+                                "included." if has_all else "."),
+            "",
+            "| exit layer | depth | top-1 agreement | logit lens (untrained) | KL |" + (" all positions |" if has_all else ""),
+            "|---:|---:|---:|---:|---:|" + ("---:|" if has_all else ""),
+        ]
+        for layer, row in sorted(result["exit_agreement"].items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {layer} | {int(layer) + 1}/30 ({row['depth']:.2f}) | {100 * row['agreement']:.1f}% "
+                f"| {100 * row['lens_agreement']:.1f}% | {row['kl']:.3f} |"
+                + (f" {100 * row['agreement_all_positions']:.1f}% |" if has_all else "")
+            )
+    lines += ["", f"Timing: target alone {result['seconds']['target_alone']} s, "
+              f"speculative {result['seconds']['speculative']} s ({result['machine']})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from .train_exits import set_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default=None)
+    parser.add_argument("--draft", default=None)
+    parser.add_argument("--exits", default=None)
+    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", default=os.path.join(paths.models_root(), "eval_smollm2.json"))
+    parser.add_argument("--markdown", default=paths.repo_path("docs", "models", "eval_smollm2.md"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--all-positions", action="store_true", help="also score exits on prompt positions")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    result = evaluate(args.target, args.draft, args.exits, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+                      all_positions=args.all_positions)
+    write(result, args.json, args.markdown)
+    print(markdown(result))
+    return 0
+
+
+def write(result: dict, json_path: Optional[str], md_path: Optional[str]) -> None:
+    if json_path:
+        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+        with open(json_path, "w") as handle:
+            json.dump(result, handle, indent=2)
+    if md_path:
+        os.makedirs(os.path.dirname(md_path) or ".", exist_ok=True)
+        with open(md_path, "w") as handle:
+            handle.write(markdown(result))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""Train early-exit adapters for a frozen target.
+
+One adapter per exit layer (:class:`specdec.models.early_exit.EarlyExitHeads`), trained to match
+the target's *final* next-token distribution (KL over a candidate vocabulary, see
+:mod:`specdec.training.losses`). The target runs once over the data: the data source captures
+the outputs of all exit layers and the final top-k distribution in the same forward passes, then
+the adapters train on those cached features (cheap: the target is never run again).
+
+    python -m specdec.training.train_exits --target .cache/models/smollm2-135m-instruct \\
+        --layers 6 10 15 --data text:chat=192,prose=96 --out /tmp/exits.safetensors
+
+Prints and writes (``--report``) the per-exit top-1 agreement with the final layer on held-out
+sequences, next to the untrained "logit lens" baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..models.early_exit import EarlyExitHeads
+from ..models.layout import decoder_layout
+from .losses import candidate_set, full_vocab_stats, kl_on_candidates
+from .teacher import Labels
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def set_threads(n: Optional[int] = None) -> None:
+    n = n or int(os.environ.get("SPECDEC_THREADS", "0") or 0) or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(n)
+
+
+def load_target(path: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a text LM or a VLM folder; the model frozen and in eval mode."""
+    import transformers
+
+    model = None
+    errors = []
+    for auto in ("AutoModelForCausalLM", "AutoModelForImageTextToText"):
+        cls = getattr(transformers, auto, None)
+        if cls is None:
+            continue
+        try:
+            model = cls.from_pretrained(path, dtype=dtype)
+            break
+        except (ValueError, KeyError) as exc:
+            errors.append(f"{auto}: {exc}")
+    if model is None:
+        raise ValueError(f"cannot load {path}: {'; '.join(errors)}")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    except Exception:  # VLM folders may only have a processor
+        tokenizer = transformers.AutoProcessor.from_pretrained(path).tokenizer
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def evaluate_exits(heads: EarlyExitHeads, labels: Labels, batch: int = 512, lens: bool = False) -> Dict[int, dict]:
+    """Per exit layer: top-1 agreement with the final layer and KL (full vocabulary)."""
+    layout = heads._layout
+    device = layout.lm_head.weight.device
+    dtype = layout.lm_head.weight.dtype
+    out = {}
+    n = len(labels)
+    for layer in heads.exit_layers:
+        agree = kl = 0.0
+        for start in range(0, n, batch):
+            h = labels.hidden[layer][start : start + batch].to(device, dtype)
+            h = h if lens else heads.adapters[str(layer)](h)
+            logits = layout.lm_head(layout.final_norm(h))
+            a, k = full_vocab_stats(
+                logits, labels.topk_ids[start : start + batch].to(device), labels.topk_logp[start : start + batch].to(device)
+            )
+            agree += a
+            kl += k
+        out[layer] = {"agreement": agree / max(1, n), "kl": kl / max(1, n)}
+    return out
+
+
+def train_exit_heads(
+    model,
+    labels: Labels,
+    layers: Sequence[int],
+    *,
+    adapter: str = "mlp",
+    rank: int = 128,
+    epochs: float = 3.0,
+    batch: int = 1024,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    n_random: int = 2048,
+    seed: int = 0,
+    held_out: Optional[Labels] = None,
+    ls_init: bool = True,
+    progress: bool = True,
+    log=print,
+) -> tuple:
+    """Train adapters on ``labels`` (which must hold hidden states of ``layers``).
+
+    Returns (heads, report) where report has per-layer held-out agreement before/after.
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    heads = EarlyExitHeads(model, layers, adapter=adapter, rank=rank)
+    layout = decoder_layout(model)
+    device = layout.lm_head.weight.device
+    weight = layout.lm_head.weight.detach()
+    heads.to(device=device, dtype=torch.float32)
+    model_dtype = weight.dtype
+    norm = layout.final_norm
+
+    before = evaluate_exits(heads, held_out, lens=True) if held_out is not None and len(held_out) else {}
+    ls_seconds = 0.0
+    if ls_init and adapter == "mlp" and labels.final is not None:
+        t0 = time.time()
+        least_squares_init(heads, labels, norm)
+        ls_seconds = time.time() - t0
+        log(f"exit heads: least-squares init in {ls_seconds:.1f}s")
+    ls_eval = evaluate_exits(heads, held_out) if ls_seconds and held_out is not None and len(held_out) else {}
+    n = len(labels)
+    steps_per_epoch = max(1, math.ceil(n / batch))
+    total = max(0, int(round(epochs * steps_per_epoch)))
+    params = [p for p in heads.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    warm = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    start = time.time()
+    losses: List[float] = []
+    bar = tqdm(total=total, desc="exit heads", disable=not progress, leave=False)
+    step = 0
+    while step < total:
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch):
+            if step >= total:
+                break
+            rows = order[i : i + batch]
+            t_ids = labels.topk_ids[rows].to(device)
+            t_logp = labels.topk_logp[rows].to(device)
+            cand = candidate_set(t_ids, weight.shape[0], n_random, gen)
+            w_c = weight[cand].float().t()
+            index = torch.searchsorted(cand, t_ids)
+            loss = 0.0
+            for layer in heads.exit_layers:
+                h = labels.hidden[layer][rows].to(device, torch.float32)
+                y = heads.adapters[str(layer)](h)
+                normed = _norm(norm, y)
+                loss = loss + kl_on_candidates(normed @ w_c, index, t_logp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss.detach()) / len(heads.exit_layers))
+            bar.update(1)
+            bar.set_postfix(kl=f"{losses[-1]:.3f}")
+    bar.close()
+    elapsed = time.time() - start
+    heads.to(dtype=model_dtype)
+    after = evaluate_exits(heads, held_out) if held_out is not None and len(held_out) else {}
+    n_layers = len(layout.layers)
+    report = {
+        "exit_layers": heads.exit_layers,
+        "num_layers": n_layers,
+        "adapter": adapter,
+        "rank": rank if adapter != "linear" else 0,
+        "train_positions": n,
+        "held_out_positions": len(held_out) if held_out is not None else 0,
+        "epochs": epochs,
+        "steps": total,
+        "batch": batch,
+        "lr": lr,
+        "train_seconds": round(elapsed + ls_seconds, 1),
+        "least_squares_init": bool(ls_seconds),
+        "device": str(device),
+        "final_train_kl": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+        "per_layer": {
+            str(layer): {
+                "depth": round((layer + 1) / n_layers, 3),
+                "agreement": round(after.get(layer, {}).get("agreement", float("nan")), 4),
+                "kl": round(after.get(layer, {}).get("kl", float("nan")), 4),
+                "lens_agreement": round(before.get(layer, {}).get("agreement", float("nan")), 4),
+                "ls_agreement": round(ls_eval.get(layer, {}).get("agreement", float("nan")), 4),
+                "lens_kl": round(before.get(layer, {}).get("kl", float("nan")), 4),
+            }
+            for layer in heads.exit_layers
+        },
+    }
+    return heads, report
+
+
+@torch.no_grad()
+def least_squares_init(heads: EarlyExitHeads, labels: Labels, final_norm, ridge: float = 1e-3, chunk: int = 4096):
+    """Closed-form affine part of each MLP adapter: ridge regression of the normalised exit stream
+    onto the final layer's normalised stream (the input of the final norm, rescaled to unit RMS).
+
+    The final norm is ``g * y / rms(y)``, so reaching ``y = f / g`` (``f``: the target's final normed
+    hidden state, stored in ``labels.final``) reproduces the final logits exactly.
+    """
+    gain = final_norm.weight.detach().float().cpu()
+    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)
+    hidden = heads.hidden_size
+    for layer in heads.exit_layers:
+        module = heads.adapters[str(layer)]
+        xtx = torch.zeros(hidden + 1, hidden + 1, dtype=torch.float64)
+        xtz = torch.zeros(hidden + 1, hidden, dtype=torch.float64)
+        for start in range(0, len(labels), chunk):
+            x = module.normalise(labels.hidden[layer][start : start + chunk].float())
+            z = labels.final[start : start + chunk].float() / gain
+            z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6)
+            xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).double()
+            xtx += xa.t() @ xa
+            xtz += xa.t() @ (z - x).double()
+        lam = ridge * xtx.diagonal().mean()
+        sol = torch.linalg.solve(xtx + lam * torch.eye(hidden + 1, dtype=torch.float64), xtz)
+        device = module.proj.weight.device
+        module.proj.weight.copy_(sol[:hidden].t().to(device, module.proj.weight.dtype))
+        module.proj.bias.copy_(sol[hidden].to(device, module.proj.bias.dtype))
+
+
+def _norm(norm_module, y: torch.Tensor) -> torch.Tensor:
+    """The target's final norm applied in float32 (the module may hold another dtype)."""
+    weight = getattr(norm_module, "weight", None)
+    if weight is not None and weight.dtype != y.dtype:
+        eps = getattr(norm_module, "variance_epsilon", getattr(norm_module, "eps", 1e-6))
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+        return y * weight.float()
+    return norm_module(y)
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| exit layer | depth | top-1 agreement | KL | logit lens | least-squares init |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for layer in report["exit_layers"]:
+        row = report["per_layer"][str(layer)]
+        lines.append(
+            f"| {layer} | {layer + 1}/{report['num_layers']} ({row['depth']:.2f}) | {100 * row['agreement']:.1f}% "
+            f"| {row['kl']:.3f} | {100 * row['lens_agreement']:.1f}% | {100 * row.get('ls_agreement', float('nan')):.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from .data import cached_labels, make_source
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True, help="HF folder of the target model")
+    parser.add_argument("--layers", type=int, nargs="+", required=True, help="exit layer indices (0-based)")
+    parser.add_argument("--data", default="text", help="data source spec (see specdec.training.data)")
+    parser.add_argument("--out", required=True, help="adapter file (or folder) to write")
+    parser.add_argument("--adapter", default="mlp", choices=["linear", "mlp"])
+    parser.add_argument("--rank", type=int, default=128)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--held-out-every", type=int, default=10, help="hold out every N-th sequence")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--labels-cache", default=None, help="reuse/save the labelled data here (.pt)")
+    parser.add_argument("--report", default=None, help="write the JSON report here")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    model, tokenizer = load_target(args.target, device, getattr(torch, args.dtype))
+    source = make_source(args.data)
+    with tqdm(total=len(source) or None, desc="labelling") as bar:
+        labels = cached_labels(source, model, tokenizer, args.layers, args.labels_cache, progress=bar)
+    train, held = labels.split_by_sequence(args.held_out_every)
+    heads, report = train_exit_heads(
+        model, train, args.layers, adapter=args.adapter, rank=args.rank, epochs=args.epochs,
+        batch=args.batch, lr=args.lr, seed=args.seed, held_out=held,
+    )
+    report["data"] = args.data
+    path = heads.save(args.out, extra_metadata={"training": json.dumps(report, sort_keys=True)})
+    print(format_table(report))
+    print(f"saved {path} ({os.path.getsize(path) / 1e6:.2f} MB)")
+    if args.report:
+        with open(args.report, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

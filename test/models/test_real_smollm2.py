@@ -1,0 +1,102 @@
+"""The real pair (SmolLM2-135M-Instruct target + committed draft/exits), when .cache holds the target.
+
+Skipped with a reason when the converted target is absent (``make models-ensure`` creates it).
+"""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from specdec.training import paths
+
+ROOT = paths.REPO_ROOT
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("make_models", os.path.join(ROOT, "scripts", "make_models.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_models"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def committed():
+    from specdec.training.distill_draft import DRAFT_CONFIG
+
+    if not os.path.isfile(os.path.join(paths.committed_draft_dir(), DRAFT_CONFIG)):
+        pytest.skip(f"no committed draft in {paths.committed_draft_dir()} (run scripts/make_models.py)")
+    if not os.path.isfile(paths.committed_exits_path()):
+        pytest.skip(f"no committed exit adapters at {paths.committed_exits_path()}")
+    return paths.committed_draft_dir()
+
+
+@pytest.fixture(scope="module")
+def target(real_target_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(paths.target_dir(), dtype=torch.float32).eval()
+    return model.requires_grad_(False), AutoTokenizer.from_pretrained(paths.target_dir())
+
+
+def test_make_models_ensure_is_idempotent(real_target_dir, committed):
+    script = _load_script()
+    assert script.main(["--ensure"]) == 0  # builds .cache/models/<draft> if needed
+    draft_weights = os.path.join(paths.draft_dir(), "model.safetensors")
+    target_weights = os.path.join(paths.target_dir(), "model.safetensors")
+    stamps = (os.path.getmtime(draft_weights), os.path.getmtime(target_weights))
+    assert all(step.is_done() for step in script.STEPS if step.ensure)
+    assert script.main(["--ensure"]) == 0
+    assert (os.path.getmtime(draft_weights), os.path.getmtime(target_weights)) == stamps
+
+
+def test_committed_exits_load_on_the_real_target(target, committed):
+    from specdec.models.early_exit import EarlyExitHeads
+
+    model, tok = target
+    heads = EarlyExitHeads.load(model, paths.committed_exits_path())
+    assert heads.exit_layers and max(heads.exit_layers) <= 15
+    sweep = EarlyExitHeads.load(model, paths.committed_exits_sweep_path())
+    assert set(heads.exit_layers) <= set(sweep.exit_layers)
+    ids = tok("The robot walked to the door and", return_tensors="pt")["input_ids"]
+    seen = {}
+    with heads.attach(lambda layer, logits: seen.setdefault(layer, logits)):
+        out = model(ids)
+    assert seen[heads.exit_layers[0]].shape == out.logits.shape
+
+
+def test_assembled_draft_equals_committed_weights(target, committed):
+    from transformers import AutoModelForCausalLM
+
+    from specdec.training.distill_draft import assemble, assemble_model
+
+    model, _tok = target
+    assemble(committed, paths.target_dir(), paths.draft_dir(), log=lambda *_: None)
+    on_disk = AutoModelForCausalLM.from_pretrained(paths.draft_dir(), dtype=torch.float32)
+    rebuilt = assemble_model(committed, model, check_fingerprint=False)
+    want, got = rebuilt.state_dict(), on_disk.state_dict()
+    assert set(want) == set(got)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_real_pair_is_lossless_through_the_engine(target, committed):
+    pytest.importorskip("specdec.engine.local")
+    from transformers import AutoModelForCausalLM
+
+    from specdec.engine.local import speculative_generate
+    from specdec.protocol import DecodingMode
+
+    model, tok = target
+    draft = AutoModelForCausalLM.from_pretrained(paths.draft_dir(), dtype=torch.float32).eval()
+    prompt = "Name two things a robot dog can do."
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ref = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+    result = speculative_generate((draft, tok), (model, tok), prompt, mode=DecodingMode.SPECULATIVE, gamma=4,
+                                  max_new_tokens=12)
+    assert result.tokens == ref
+    assert result.stats.rounds >= 1
