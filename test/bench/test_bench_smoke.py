@@ -26,9 +26,11 @@ def test_bench_quick_tiny(tmp_path):
     ee = next(r for r in rows if r["mode"] == "spec_early_exit" and r["rtt_ms"] == 20)
     cloud = next(r for r in rows if r["mode"] == "cloud_only" and r["rtt_ms"] == 20)
     assert ee["bytes_per_token"] > 0 and cloud["target_passes_per_token"] > 0
-    # The emulated RTT shows up in the measured latency.
-    cloud0 = next(r for r in rows if r["mode"] == "cloud_only" and r["rtt_ms"] == 0)
-    assert cloud["latency_ms_median"] > cloud0["latency_ms_median"] + 8
+    # The link emulator is really in the path: no decision can beat one emulated round trip, and a
+    # speculative decision pays at least one per round. (Lower bounds: CPU load cannot break them.)
+    assert cloud["latency_ms_median"] >= 20
+    spec = next(r for r in rows if r["mode"] == "speculative" and r["rtt_ms"] == 20)
+    assert spec["latency_ms_median"] >= 20 * spec["tokens"] / spec["tokens_per_round"] / spec["decisions"] * 0.5
     assert (out / "report.md").exists() and (out / "latency_vs_rtt.png").exists()
     assert "PROJECTION" in (out / "report.md").read_text()
 
