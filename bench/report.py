@@ -26,6 +26,8 @@ def write(report: dict, out_dir: str) -> str:
         "Every lossless mode produced exactly cloud-only's greedy tokens on every input (checked in the run).",
         "",
     ]
+    for name, why in report.get("skipped", {}).items():
+        lines += [f"Workload **{name}** skipped: models not available ({'; '.join(map(str, why))}).", ""]
     for wl in report["workloads"]:
         ref = [r for r in wl["rtt_sweep"] if r["rtt_ms"] == s["reference_rtt_ms"]]
         by_mode = {r["mode"]: r for r in ref}
