@@ -40,19 +40,26 @@ def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
 
 
 def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
-    """The Go2 VLM pair on simulator frames with their instructions (seeded episodes)."""
-    from go2_sim import vlm_pair
-    from go2_sim.episode import Go2Episode
+    """The Go2 VLM pair on simulator frames with their instructions: every other decision of
+    expert rollouts on evaluation seeds (not the training data's), so the frames cover searching,
+    turning, walking, avoiding and arriving, not only start poses."""
+    from go2_sim.vlm.data import expert_rollouts
+    from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
 
-    paths = vlm_pair.artefact_paths()
-    env = Go2Episode()
+    paths = artefact_paths()
     items = []
-    for seed in range(n_frames):
-        env.reset(seed)
-        image = env.render()
-        items.append((env.instruction, vlm_pair.bgr_to_rgb(image) if image.shape[-1] == 3 else image))
+    for k, (env, _ep, image, _info, _label) in enumerate(
+            expert_rollouts(episodes=n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25)):
+        if k % 2 == 0:
+            items.append((env.instruction, bgr_to_rgb(image)))
+        if len(items) >= n_frames:
+            break
     return Workload("go2", paths["draft"], paths["target"], paths.get("exits"), items, max_new_tokens,
-                    "Go2 VLM pair (Qwen2-VL classes) on simulator frames, 'go to the <object>' instructions")
+                    "Go2 VLM pair (Qwen2-VL classes) on simulator frames of expert rollouts, "
+                    "'go to the <object>' instructions")
+
+
+BENCH_GO2_SEED = 777_777  # rollout seeds of the benchmark frames (training uses seed*100003+chunk)
 
 
 def tiny_workload(n_items: int, max_new_tokens: int) -> Workload:

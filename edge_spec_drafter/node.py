@@ -86,6 +86,7 @@ class EdgeSpecDrafter(Node):
         self.decision_id = 0
         self.waiting_for_instruction = not self.instruction
         self.last_frame = None  # (monotonic time, msg)
+        self.instruction_time = 0.0  # monotonic arrival of the current instruction
         self.last_status = {}
         self.trigger = threading.Event()
         self.stop_event = threading.Event()
@@ -121,6 +122,7 @@ class EdgeSpecDrafter(Node):
         if not text:
             return
         self.instruction = text
+        self.instruction_time = time.monotonic()
         self.waiting_for_instruction = False
         self.get_logger().info(f"instruction: {text!r}")
         self.trigger.set()
@@ -144,7 +146,9 @@ class EdgeSpecDrafter(Node):
             if self.waiting_for_instruction or not self.instruction:
                 continue
             frame = self.last_frame
-            if frame is None or time.monotonic() - frame[0] > self.max_frame_age_s:
+            # decide on a frame newer than the instruction: it is about the world as it is now
+            if (frame is None or time.monotonic() - frame[0] > self.max_frame_age_s
+                    or frame[0] < self.instruction_time):
                 self.get_logger().warning("no fresh camera frame; not deciding", throttle_duration_sec=5.0)
                 time.sleep(0.05)
                 self.trigger.set()  # try again when a frame arrives
@@ -160,12 +164,13 @@ class EdgeSpecDrafter(Node):
 
     def _decide(self, rgb, header):
         self.decision_id += 1
-        out = DecodedAction(decision_id=self.decision_id, instruction=self.instruction)
+        instruction = self.instruction  # one value for the whole decision (a new one may arrive meanwhile)
+        out = DecodedAction(decision_id=self.decision_id, instruction=instruction)
         out.header.stamp = header.stamp  # which frame this decision saw (replay tests match on it)
         out.header.frame_id = self.frame_id
         action, stats = None, None
         try:
-            result = self.decoder.decode(self.instruction, rgb, self.mode)
+            result = self.decoder.decode(instruction, rgb, self.mode)
             stats = result.stats
             out.session_id, out.text = result.session_id, result.text
             action = parse_action(result.text, self.limits)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
@@ -26,7 +27,7 @@ from go2_vlm_control.motion import ActionExecutor, MotionLimits
 from .camera import CameraConfig
 from .closed_loop import execute_action
 from .episode import Go2Episode
-from .expert import ExpertConfig, expert_action, expert_policy  # noqa: F401  (re-exported)
+from .expert import ExpertConfig, _blocker, expert_action, expert_policy  # noqa: F401  (re-exported)
 from .world import WorldConfig
 
 __all__ = ["Sample", "generate_samples", "generate_dataset", "save_dataset", "load_dataset",
@@ -49,6 +50,67 @@ def _random_action(rng: np.random.Generator) -> str:
     if verb == "forward":
         return format_action(verb, float(rng.integers(2, 9)) / 10.0)
     return format_action(verb, float(rng.integers(1, 4)) / 10.0)
+
+
+def blocked_start(env, rng: np.random.Generator, tries: int = 30) -> bool:
+    """Move the robot behind another object on its way to the target, roughly facing the target.
+
+    Expert rollouts rarely get there (the expert plans around objects early), yet it is where a
+    learned policy that drifted ends up: pushing forward into an object it cannot pass. Training
+    on these starts teaches the way out (strafe / walk around). Returns False, leaving the pose
+    as it was, when no object of the room offers such a start.
+    """
+    w, tgt = env.world, env.target
+    robot_r = w.cfg.robot_radius
+    others = [o for o in w.objects if o is not tgt]
+    saved = w.pose
+    for _ in range(tries):
+        if not others:
+            break
+        b = others[int(rng.integers(len(others)))]
+        dx, dy = tgt.x - b.x, tgt.y - b.y
+        d = math.hypot(dx, dy)
+        ux, uy = dx / d, dy / d
+        back = b.radius + robot_r + float(rng.uniform(0.05, 0.6))
+        side = float(rng.uniform(-0.8, 0.8)) * (b.radius + robot_r)
+        x, y = b.x - ux * back - uy * side, b.y - uy * back + ux * side
+        if w.collides(x, y, margin=0.05):
+            continue
+        yaw = math.atan2(tgt.y - y, tgt.x - x) + math.radians(float(rng.normal(0.0, 8.0)))
+        w.x, w.y, w.yaw = x, y, yaw
+        if env.surface_distance() >= 0.8 and _blocker(env, robot_r, 0.0) is not None:
+            return True
+        w.x, w.y, w.yaw = saved
+    w.x, w.y, w.yaw = saved
+    return False
+
+
+def near_object_start(env, rng: np.random.Generator, same_colour_prob: float = 0.5, tries: int = 30) -> bool:
+    """Move the robot close to an object (body 0.05-0.9 m from its surface, roughly facing it): the
+    instructed one, or, often, one of the instructed colour and the other shape.
+
+    Expert rollouts reach such close-up views only of the instructed object; a learned policy
+    also reaches them for the wrong one and must not say ``done`` there. Labelled for every
+    object of the room (same image, other instruction), these frames teach the shape word.
+    Returns False, leaving the pose as it was, when no free pose was found.
+    """
+    w, tgt = env.world, env.target
+    robot_r = w.cfg.robot_radius
+    twins = [o for o in w.objects if o is not tgt and o.color == tgt.color]
+    saved = w.pose
+    for _ in range(tries):
+        pool = twins if twins and rng.random() < same_colour_prob else w.objects
+        obj = pool[int(rng.integers(len(pool)))]
+        theta = float(rng.uniform(-math.pi, math.pi))
+        r = obj.radius + robot_r + float(rng.uniform(0.05, 0.9))
+        x, y = obj.x + r * math.cos(theta), obj.y + r * math.sin(theta)
+        if w.collides(x, y, margin=0.02):
+            continue
+        w.x, w.y = x, y
+        w.yaw = math.atan2(obj.y - y, obj.x - x) + math.radians(float(rng.normal(0.0, 12.0)))
+        return True
+    w.x, w.y, w.yaw = saved
+    return False
 
 
 def generate_samples(num_episodes: int, seed: int = 0, max_decisions: int = 30,

@@ -156,7 +156,9 @@ class SimNode(Node):
         self.episode_pub.publish(String(data=json.dumps({
             "seed": seed, "instruction": self.env.instruction, "target": info["target"],
             "objects": info["world"]["objects"], "pose": info["world"]["pose"],
-            "room_size": info["world"]["room_size"]})))
+            "room_size": info["world"]["room_size"],
+            # camera frames stamped before this belong to the previous episode
+            "start_stamp": self.get_clock().now().nanoseconds * 1e-9})))
         if self.instruction_pub is not None:
             self.instruction_pub.publish(String(data=self.env.instruction))
 

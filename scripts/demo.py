@@ -81,6 +81,8 @@ class DemoMonitor:
     def _on_action(self, msg):
         with self.lock:
             self.decisions.append({"t": time.monotonic(), "text": msg.text, "valid": msg.valid,
+                                   "instruction": msg.instruction,
+                                   "frame_stamp": msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
                                    "action": msg.action, "reject_reason": msg.reject_reason,
                                    "latency_ms": msg.stats.latency_ms, "new_tokens": msg.stats.new_tokens,
                                    "rounds": msg.stats.rounds, "drafted": msg.stats.drafted_tokens,
@@ -102,6 +104,13 @@ class DemoMonitor:
                 raise TimeoutError(f"nodes not ready after {timeout_s:.0f} s: {sorted(set(names) - self.ready)}")
             time.sleep(0.2)
 
+    def _belongs(self, decision) -> bool:
+        """A decision counts for the current episode only if it was made on one of its frames with
+        its instruction (the edge keeps deciding across a reset)."""
+        ep = self.episode or {}
+        return (decision["frame_stamp"] >= ep.get("start_stamp", 0.0)
+                and decision["instruction"] == ep.get("instruction"))
+
     def run_episode(self, seed, max_decisions, timeout_s):
         with self.lock:
             self.episode, self.decisions, self.path, self.state = None, [], [], {}
@@ -118,21 +127,25 @@ class DemoMonitor:
             self.path = []
         t0 = time.monotonic()
         outcome = "timeout"
+        decisions = []
         while time.monotonic() - t0 < timeout_s:
             time.sleep(0.1)
             with self.lock:
-                decisions = list(self.decisions)
-            if decisions and decisions[-1]["valid"] and decisions[-1]["action"] == "done":
+                decisions = [d for d in self.decisions if self._belongs(d)]
+            done = [i for i, d in enumerate(decisions) if d["valid"] and d["action"] == "done"]
+            if done:
                 outcome = "done"
+                decisions = decisions[:done[0] + 1]
                 break
             if len(decisions) >= max_decisions:
                 outcome = "max_decisions"
+                decisions = decisions[:max_decisions]
                 break
         time.sleep(0.3)
-        with self.lock:
+        with self.lock:  # decisions made after the episode ended (the edge keeps deciding) are not counted
             return {"seed": seed, "instruction": self.episode.get("instruction"), "outcome": outcome,
                     "success": bool(self.state.get("success")), "final_state": dict(self.state),
-                    "episode": self.episode, "decisions": list(self.decisions), "path": list(self.path),
+                    "episode": self.episode, "decisions": decisions, "path": list(self.path),
                     "seconds": time.monotonic() - t0}
 
 

@@ -10,6 +10,9 @@ Steps (each skipped when its output exists and matches its recipe; ``--force`` r
   exits     train early-exit adapters -> models/smollm2-135m-instruct-exits/early_exit.safetensors
   eval      acceptance rate / losslessness / exit agreement -> models/eval_smollm2.json,
             docs/models/eval_smollm2.md
+  go2_vlm   train the Go2 VLM pair on simulator data -> models/go2_vlm/{target,draft} (committed,
+            target/early_exit.safetensors included; go2_sim/vlm/)
+  go2_eval  closed-loop evaluation of the Go2 pair (50 seeded episodes) -> models/go2_vlm/eval_report.json
 
 ``--ensure`` is the fast path for demos, tests and benchmarks: only ``target`` and ``assemble``
 (no training, no evaluation); it fails if a committed artefact is missing.
@@ -273,12 +276,43 @@ def _eval_run(ctx: Context) -> None:
         f"lossless {o['lossless']}/{o['prompts']}")
 
 
+def _go2_done() -> bool:
+    from go2_sim.vlm.train import up_to_date
+
+    return up_to_date()
+
+
+def _go2_run(ctx: Context) -> None:
+    from go2_sim.vlm.train import build
+
+    report = build(force=True, log=log)
+    ctx.timings["go2_vlm"] = report.get("total_seconds")
+
+
+def _go2_eval_done() -> bool:
+    from go2_sim.vlm.evaluate import eval_up_to_date
+
+    return eval_up_to_date()
+
+
+def _go2_eval_run(ctx: Context) -> None:
+    from go2_sim.vlm import card
+    from go2_sim.vlm.evaluate import evaluate_and_save
+
+    report = evaluate_and_save(log=log)
+    card.write()
+    log(f"go2 eval: target success {report['target']['success_rate']:.2f}, draft {report['draft']['success_rate']:.2f}, "
+        f"acceptance {report['speculative']['acceptance_rate']:.2f}")
+
+
 STEPS: List[Step] = [
     Step("target", True, _target_done, _target_run, "convert the packaged gguf target"),
     Step("draft", False, _draft_done, _draft_run, "distil the draft (committed)"),
     Step("assemble", True, _assemble_done, _assemble_run, "rebuild the HF draft folder"),
     Step("exits", False, _exits_done, _exits_run, "train early-exit adapters (committed)"),
     Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits"),
+    Step("go2_vlm", False, _go2_done, _go2_run, "train the Go2 VLM pair + exits (committed)"),
+    Step("go2_eval", False, _go2_eval_done, _go2_eval_run, "closed-loop evaluation of the Go2 pair"),
 ]
 
 

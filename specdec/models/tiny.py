@@ -65,7 +65,6 @@ def chat_template(arch: str = "llama") -> str:
 def tiny_tokenizer(arch: str = "llama"):
     """A PreTrainedTokenizerFast over a fixed word list (unknown words map to <unk>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {}
     for word in _SPECIAL + _VISION + _WORDS:
@@ -73,16 +72,24 @@ def tiny_tokenizer(arch: str = "llama"):
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return chatml_tokenizer(backend, _SPECIAL[4:] + _VISION, chat_template(arch), qwen_vision=arch == "qwen2_vl")
+
+
+def chatml_tokenizer(backend, extra_specials, template: str, qwen_vision: bool = False):
+    """A PreTrainedTokenizerFast over ``backend`` with the ChatML specials (``<|im_end|>`` ends an
+    answer) and, for Qwen2-VL, the image/video token attributes its processor reads."""
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="<|im_end|>",
-        additional_special_tokens=[t for t in _SPECIAL[4:] + _VISION if t != "<|im_end|>"],
-        chat_template=chat_template(arch),
+        additional_special_tokens=[t for t in extra_specials if t != "<|im_end|>"],
+        chat_template=template,
     )
-    if arch == "qwen2_vl":
+    if qwen_vision:
         tok.image_token = "<|image_pad|>"
         tok.video_token = "<|video_pad|>"
         tok.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")

@@ -68,3 +68,41 @@ def test_dataset_deterministic_and_roundtrip(tmp_path):
         assert [s.action for s in back] == [s.action for s in a]
         assert all(np.array_equal(x.image, y.image) for x, y in zip(back, a))
         assert back[0].meta == a[0].meta
+
+
+def test_blocked_start_puts_an_object_between_robot_and_target():
+    from go2_sim.dataset import blocked_start
+    from go2_sim.expert import _blocker
+
+    env = Go2Episode()
+    placed = 0
+    for seed in range(20):
+        env.reset(seed)
+        before = env.world.pose
+        if not blocked_start(env, np.random.default_rng(seed)):
+            assert env.world.pose == before  # nothing found: pose untouched
+            continue
+        placed += 1
+        w = env.world
+        assert not w.collides(w.x, w.y)
+        assert _blocker(env, w.cfg.robot_radius, 0.0) is not None
+        assert abs(math.degrees(env.bearing())) < 45.0  # roughly facing the target
+        assert env.surface_distance() >= 0.8
+    assert placed >= 15
+
+
+def test_near_object_start_is_close_to_an_object_and_facing_it():
+    from go2_sim.dataset import near_object_start
+
+    env = Go2Episode()
+    twins = 0
+    for seed in range(30):
+        env.reset(seed)
+        assert near_object_start(env, np.random.default_rng(seed))
+        w = env.world
+        assert not w.collides(w.x, w.y)
+        faced = [o for o in w.objects if env.surface_distance(o) <= 0.9 + w.cfg.robot_radius + 1e-6
+                 and abs(math.degrees(env.bearing(o))) < 50.0]
+        assert faced, seed
+        twins += any(o is not env.target and o.color == env.target.color for o in faced)
+    assert twins >= 3  # the instructed colour's other shape is a frequent choice

@@ -61,7 +61,6 @@ def test_replay_of_missing_bag_is_a_clear_error(tmp_path):
     assert proc.returncode == 1 and "rosbag2 folder" in proc.stderr
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(GO2_MODELS, "target")), reason="Go2 VLM pair not built")
 @pytest.mark.parametrize("storage", ["mcap"])
 def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_path):
     import torch
@@ -72,6 +71,7 @@ def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_pat
     from specdec_ros.images import image_to_rgb
     from specdec_ros.qos import COMMAND_QOS
 
+    assert os.path.isfile(os.path.join(GO2_MODELS, "target", "model.safetensors")), "committed Go2 VLM pair missing"
     env = ros_env()
     probe = Probe(env)
     probe.record(DecodedAction, "/decoded_action", COMMAND_QOS)

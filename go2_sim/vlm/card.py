@@ -1,0 +1,167 @@
+"""Model card of the Go2 VLM pair (docs/models/go2_vlm.md), written from its train and eval reports.
+
+    python -m go2_sim.vlm --card [--out models/go2_vlm]
+
+The numbers in the card come only from ``train_report.json`` and ``eval_report.json`` (written by
+``scripts/make_models.py --steps go2_vlm go2_eval``), so the card never disagrees with the
+committed weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import pair
+from .evaluate import eval_up_to_date
+
+CARD_PATH = os.path.join(pair.REPO_ROOT, "docs", "models", "go2_vlm.md")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _size(path: str) -> str:
+    return f"{os.path.getsize(path) / 1e6:.2f} MB" if os.path.isfile(path) else "missing"
+
+
+def _spec_row(name: str, spec: pair.PairSpec, params: Optional[int]) -> str:
+    return (f"| {name} | `Qwen2VLForConditionalGeneration` | {spec.layers} x hidden {spec.hidden} "
+            f"({spec.heads} heads, {spec.kv_heads} KV) | {spec.vision_depth} x dim {spec.vision_dim} | "
+            f"{params or 0:,} |")
+
+
+def render(out_dir: str = pair.DEFAULT_OUT) -> str:
+    paths = pair.artefact_paths(out_dir)
+    train = pair.read_json(paths["train_report"]) or {}
+    ev = pair.read_json(paths["eval_report"]) or {}
+    cfg = train.get("config", {})
+    t, d, dag = train.get("target", {}), train.get("draft", {}), train.get("dagger", {})
+    spec = ev.get("speculative", {})
+    exits = train.get("exits", {}).get("per_layer", {})
+    n_layers = pair.TARGET_SPEC.layers
+    stale = "" if eval_up_to_date(out_dir) else (
+        "\n> **The evaluation below is not of the committed weights**: run "
+        "`python scripts/make_models.py --steps go2_eval`.\n")
+    lines = [
+        "# Model card: go2_vlm (Go2 VLM pair: target with early exits + edge draft)",
+        "",
+        "Written by `python -m go2_sim.vlm --card` from `models/go2_vlm/train_report.json` and",
+        "`eval_report.json`; rebuilt by `make models` (steps `go2_vlm`, `go2_eval`; code in",
+        "`go2_sim/vlm/`).",
+        stale,
+        "## What it is",
+        "",
+        "A vision-language pair that looks at the simulated Go2's front camera (160x120 bgr8, resized by",
+        "the processor to 96x64 RGB: 24 image tokens) and answers an instruction such as",
+        "`go to the red ball` with one command of the [action language](../action_language.md), e.g.",
+        "`left 35`, `forward 0.8`, `strafe_right 0.4` or `done` (2-3 tokens with the end token).",
+        "Both models are ordinary transformers `Qwen2VLForConditionalGeneration` built from configs and",
+        "trained from scratch here, so the code that serves them (adapters, speculative engine,",
+        "early exits, nodes) is the code that serves released Qwen2-VL checkpoints.",
+        "",
+        "| model | class | text decoder | vision tower | parameters |",
+        "|---|---|---|---|---:|",
+        _spec_row("target (cloud)", pair.TARGET_SPEC, t.get("params")),
+        _spec_row("draft (edge)", pair.DRAFT_SPEC, d.get("params")),
+        "",
+        f"* Tokenizer: shared by both (identical fingerprint, checked by `check_pair`): {len(pair.WORDS)} words",
+        "  (chat roles, instruction vocabulary, action verbs, every magnitude the expert writes as one",
+        "  token, WordPiece digit pieces so any other number still tokenizes) plus ChatML and Qwen2-VL",
+        "  vision specials. The chat template writes the instruction before the image.",
+        f"* Early exits: adapters ({train.get('exits', {}).get('adapter', '?')}) after decoder layers "
+        f"{', '.join(str(int(k) + 1) for k in sorted(exits))} of {n_layers}, in",
+        "  `target/early_exit.safetensors` (metadata: base-model fingerprint, layers, shapes).",
+        f"* Committed: `models/go2_vlm/target/model.safetensors` ({_size(os.path.join(paths['target'], 'model.safetensors'))}),"
+        f" `draft/model.safetensors` ({_size(os.path.join(paths['draft'], 'model.safetensors'))}),"
+        f" `target/early_exit.safetensors` ({_size(paths['exits'])}), configs, tokenizer, processor.",
+        "* Licence: trained here on simulator data only; same licence as the project.",
+        "",
+        "## Training",
+        "",
+        f"* **Data** ({train.get('data', {}).get('seconds', '?')} s): {cfg.get('episodes')} expert rollouts in",
+        f"  the simulator (3-6 objects, 4 colours x 2 shapes; {_pct(cfg.get('perturb_prob'))} of the executed actions",
+        f"  replaced by random ones; {_pct(cfg.get('blocked_prob'))} of the episodes start behind another object).",
+        "  Every frame is labelled for every object in the room as the instructed one (same image, other",
+        "  instruction, the expert's answer for it), except answers that depend on what the camera cannot",
+        f"  see. {train.get('data', {}).get('frames', '?')} samples; every {cfg.get('held_out_every')}th episode held out.",
+        f"* **Target**: {t.get('steps')} steps of AdamW (lr {t.get('lr')}, batch {t.get('batch')}), cross-entropy on the",
+        "  answer with ordinal label smoothing of the magnitudes, plus training-only auxiliary heads (objects",
+        "  per image token scored against the colour/shape word embeddings; instructed object per image",
+        f"  token; target visibility, bearing, distance): {t.get('seconds')} s.",
+        f"* **DAgger round**: {cfg.get('dagger_episodes')} rollouts driven by the trained target, every state",
+        "  labelled by the expert (this is where a learned policy goes wrong: a same-colour object of the other",
+        f"  shape, pressed against an obstacle), then {dag.get('steps')} fine-tuning steps on all data",
+        f"  (lr {dag.get('lr')}): rollouts {dag.get('rollout_seconds')} s, training {dag.get('seconds')} s.",
+        f"* **Draft**: {d.get('steps')} steps, same data, loss (1-a) CE + a KL(target || draft) with a = "
+        f"{cfg.get('kd_alpha')}: {d.get('seconds')} s.",
+        "* **Exits**: `specdec.training.train_exits` on the target's answer positions, target frozen.",
+        f"* **Total**: {train.get('total_seconds')} s on {train.get('threads')} CPU threads, seed {cfg.get('seed')}",
+        "  (deterministic for a config; the recipe hash in the report decides whether `make models` retrains).",
+        "",
+        "## Quality",
+        "",
+        "Teacher-forced on held-out episodes (all instructed objects):",
+        "",
+        "| | verb correct | whole answer correct |",
+        "|---|---:|---:|",
+        f"| target | {_pct(t.get('held_out', {}).get('verb_acc'))} | {_pct(t.get('held_out', {}).get('answer_acc'))} |",
+    ]
+    if dag:
+        lines.append(f"| target after DAgger (held-out set incl. DAgger episodes) | "
+                     f"{_pct(dag.get('held_out', {}).get('verb_acc'))} | {_pct(dag.get('held_out', {}).get('answer_acc'))} |")
+    lines += [
+        f"| draft | {_pct(d.get('held_out', {}).get('verb_acc'))} | {_pct(d.get('held_out', {}).get('answer_acc'))} |",
+        "",
+        "Closed loop (`go2_sim.closed_loop`: strict parser, the controller's motion executor, the simulated",
+        f"Go2), {ev.get('episodes', '?')} seeded episodes (seeds {ev.get('seeds')}) with 2-5 distractors, at most",
+        f"{ev.get('max_decisions', '?')} decisions; success = said `done` within 0.5 m of the instructed object, facing it:",
+        "",
+        "| policy | success | mean decisions | invalid actions |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("expert", "target", "draft", "speculative"):
+        r = ev.get(name)
+        if r:
+            label = {"speculative": f"speculative (draft + target, early exits, gamma {ev.get('gamma')})"}.get(name, name)
+            lines.append(f"| {label} | {_pct(r.get('success_rate'))} | {r.get('mean_decisions')} | "
+                         f"{r.get('invalid_actions')} |")
+    lines += [
+        "",
+        f"* Draft acceptance rate against the target (gamma {ev.get('gamma')}): **{_pct(spec.get('acceptance_rate'))}**,",
+        f"  {spec.get('tokens_per_round')} tokens per verification round, early-exit hint accuracy "
+        f"{_pct(spec.get('hint_accuracy'))}.",
+        f"* Lossless: speculative decoding reproduced the target alone at every one of "
+        f"{spec.get('decisions')} decisions ({spec.get('lossless_mismatches')} mismatches); same episode outcomes: "
+        f"{spec.get('same_outcomes_as_target')}.",
+        "",
+        "Early-exit top-1 agreement with the target's final layer:",
+        "",
+        "| exit after layer | depth | held-out answer positions (training) | closed-loop decoding (eval) |",
+        "|---:|---:|---:|---:|",
+    ]
+    agree_eval = ev.get("exit_agreement", {})
+    for k in sorted(exits, key=int):
+        lines.append(f"| {int(k) + 1} of {n_layers} | {exits[k].get('depth')} | {_pct(exits[k].get('agreement'))} | "
+                     f"{_pct(agree_eval.get(k))} |")
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "* A toy-sized pair for a toy world: it knows 8 objects, one room and one camera; it is here so",
+        "  the whole system runs, is tested and is measured end to end on a CPU. For a real robot use a",
+        "  released VLM pair (e.g. Qwen2-VL-2B / 7B) and train its exits with `specdec.training.train_exits`.",
+        "* Most remaining failures: walking to an object of the instructed colour but the other shape",
+        "  (at 96x64 a distant ball and box differ by a few pixels), and turning back and forth in front of",
+        "  an obstacle.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(out_dir: str = pair.DEFAULT_OUT, path: str = CARD_PATH) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(render(out_dir))
+    return path

@@ -1,0 +1,366 @@
+"""Training data of the Go2 VLM pair: simulator rollouts (expert- or learner-driven) labelled by
+the expert, rendered and preprocessed once into fixed-layout tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .pair import (IMAGE_H, IMAGE_W, MERGE, NUMBER_WORDS, PATCH, bgr_to_rgb, build_processor,
+                   build_tokenizer, prompt_text)
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+COMBOS = [(c, sh) for c in ("red", "green", "blue", "yellow") for sh in ("ball", "box")]
+REGION_MIN_PIXELS = 8  # camera pixels (of 160x120) of an object for it to count as present (regions, visibility)
+
+
+def expert_rollouts(episodes: int, seed: int, perturb_prob: float, camera_config=None, max_decisions: int = 30,
+                    blocked_prob: float = 0.0, near_prob: float = 0.0, policy=None):
+    """Like :func:`go2_sim.dataset.generate_samples` (same seeds, same expert, same perturbations),
+    but also yields the camera's :class:`~go2_sim.camera.RenderInfo` (which object each pixel
+    shows), used for auxiliary training targets. A ``blocked_prob`` share of the episodes start
+    behind another object (:func:`go2_sim.dataset.blocked_start`), a ``near_prob`` share close to
+    an object, often of the instructed colour and the other shape (:func:`go2_sim.dataset.near_object_start`).
+
+    With ``policy`` (``env -> action text``) the robot executes the policy's actions instead of
+    the expert's (DAgger: the states a learned policy visits, labelled by the expert); an action
+    that does not parse, or a ``done`` the expert disagrees with, is replaced by the expert's."""
+    from go2_vlm_control.action_language import parse_action, try_parse_action
+    from go2_vlm_control.motion import ActionExecutor, MotionLimits
+
+    from ..closed_loop import execute_action
+    from ..dataset import _random_action, blocked_start, near_object_start
+    from ..episode import Go2Episode
+    from ..expert import expert_action
+
+    env = Go2Episode(camera_config=camera_config)
+    executor = ActionExecutor(MotionLimits())
+    master = np.random.default_rng([seed, 0xDA7A])
+    for ep in range(episodes):
+        ep_seed = int(master.integers(0, 2 ** 31))
+        env.reset(ep_seed)
+        rng = np.random.default_rng([ep_seed, 0xBEEF])
+        if blocked_prob > 0.0 or near_prob > 0.0:
+            start_rng = np.random.default_rng([ep_seed, 0xB10C])
+            u = start_rng.random()
+            if u < blocked_prob:
+                blocked_start(env, start_rng)
+            elif u < blocked_prob + near_prob:
+                near_object_start(env, start_rng)
+        for step in range(max_decisions):
+            label = expert_action(env)
+            image, info = env.render(with_info=True)
+            yield env, ep, image, info, label
+            if label == "done":
+                break
+            executed = label
+            if policy is not None:
+                executed = policy(env)
+                action, _ = try_parse_action(executed)
+                if action is None or action.verb in ("done", "stop"):
+                    executed = label
+            if perturb_prob > 0.0 and rng.random() < perturb_prob:
+                executed = _random_action(rng)
+            execute_action(env, parse_action(executed), executor)
+
+
+def region_labels(env, info) -> np.ndarray:
+    """[merged image tokens, 8] presence of each colour+shape in each token's region of the frame."""
+    rows, cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
+    h, w = info.ids.shape
+    ys = np.linspace(0, h, rows + 1).round().astype(int)
+    xs = np.linspace(0, w, cols + 1).round().astype(int)
+    out = np.zeros((rows * cols, len(COMBOS)), dtype=bool)
+    for k, obj in enumerate(env.world.objects):
+        mask = info.ids == k
+        if not mask.any():
+            continue
+        combo = COMBOS.index((obj.color, obj.shape))
+        for r in range(rows):
+            for c in range(cols):
+                if np.count_nonzero(mask[ys[r]:ys[r + 1], xs[c]:xs[c + 1]]) >= REGION_MIN_PIXELS:
+                    out[r * cols + c, combo] = True
+    return out
+
+
+def _gen_chunk(job):
+    """Worker: ``episodes`` expert rollouts -> frames (patches, object regions) and samples.
+
+    Every frame is labelled for *every* object in the room as the instructed one (the expert's
+    action for that object from the same state): the same image with different instructions and
+    different answers, which is what teaches the models to read the instruction.
+    """
+    chunk_seed, episodes, perturb, supersample, blocked, near, absent_twins, use_policy = job
+    torch.set_num_threads(1)
+    from specdec.models.adapters import to_pil
+
+    from go2_vlm_control.action_language import format_action
+
+    from ..camera import CameraConfig
+    from ..episode import instruction_for
+    from ..expert import ExpertConfig, _blocker, expert_action, in_view
+
+    expert_cfg = ExpertConfig()
+    search = format_action("left", min(expert_cfg.search_turn_deg, expert_cfg.limits.max_turn_deg))
+    proc = build_processor()
+    tok = proc.tokenizer
+    frames: Dict[str, list] = {"pix": [], "regions": [], "episode": []}
+    samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
+                                "in_view": [], "absent": []}
+    for env, ep, image, info, label in expert_rollouts(episodes, chunk_seed, perturb,
+                                                       CameraConfig(supersample=supersample),
+                                                       blocked_prob=blocked, near_prob=near,
+                                                       policy=_ROLLOUT_POLICY if use_policy else None):
+        batch = proc(text=[prompt_text(proc, env.instruction)], images=[to_pil(bgr_to_rgb(image))],
+                     return_tensors="pt")
+        n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
+        frame = len(frames["pix"])
+        frames["pix"].append(batch["pixel_values"].numpy().astype(np.float16))
+        frames["regions"].append(region_labels(env, info))
+        frames["episode"].append(ep)
+        true_target = env.target
+        try:
+            for obj in env.world.objects:
+                env.target = obj
+                seen = in_view(env, expert_cfg.fov_margin_deg)
+                if obj is true_target:
+                    action = label
+                elif seen:
+                    action = expert_action(env, expert_cfg)
+                elif _blocker(env, env.world.cfg.robot_radius, expert_cfg.clearance) is None:
+                    action = search  # what expert_action answers here, without planning a path
+                else:
+                    continue  # out of view and the expert would follow a planned path: not observable
+                text = prompt_text(proc, instruction_for(obj)).replace("<|image_pad|>", "<|image_pad|>" * n_image)
+                ids = tok(text, add_special_tokens=False)["input_ids"]
+                if obj is true_target:
+                    assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
+                visible = info.visible_pixels.get(obj.name, 0) >= REGION_MIN_PIXELS
+                samples["frame"].append(frame)
+                samples["ids"].append(np.asarray(ids, dtype=np.int32))
+                samples["action"].append(action)
+                samples["combo"].append(COMBOS.index((obj.color, obj.shape)))
+                samples["state"].append((float(visible), math.degrees(env.bearing()), env.surface_distance()))
+                samples["true"].append(obj is true_target)
+                samples["in_view"].append(seen)
+                samples["absent"].append(False)
+            if absent_twins:
+                # The visible objects' twins that are not in the room (same colour, other shape): the
+                # answer is the search turn. Without these the colour alone predicts most answers and
+                # the shape word is never needed; with them every frame that shows a red ball also
+                # says what "go to the red box" means here.
+                present = {(o.color, o.shape) for o in env.world.objects}
+                for obj in env.world.objects:
+                    twin = (obj.color, "box" if obj.shape == "ball" else "ball")
+                    if twin in present or info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS:
+                        continue
+                    present.add(twin)
+                    text = prompt_text(proc, f"go to the {twin[0]} {twin[1]}").replace(
+                        "<|image_pad|>", "<|image_pad|>" * n_image)
+                    samples["frame"].append(frame)
+                    samples["ids"].append(np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int32))
+                    samples["action"].append(search)
+                    samples["combo"].append(COMBOS.index(twin))
+                    samples["state"].append((0.0, 0.0, 1.0))
+                    samples["true"].append(False)
+                    samples["in_view"].append(False)
+                    samples["absent"].append(True)
+        finally:
+            env.target = true_target
+    return {"frames": frames, "samples": samples, "grid": batch["image_grid_thw"][0].tolist()}
+
+
+@dataclass
+class Go2Data:
+    """Fixed-layout training tensors (all prompts have the same length). Frames are stored once;
+    each sample is (frame, instruction, expert answer)."""
+
+    ids: torch.Tensor          # [N, L + A - 1] prompt + answer[:-1] (padded)
+    targets: torch.Tensor      # [N, A] answer tokens (eos included), -100 = padding
+    frame: torch.Tensor        # [N] index into pix / regions
+    pix: torch.Tensor          # [F, patches, C*T*P*P] float16
+    grid: List[int]            # image_grid_thw of every frame
+    prompt_len: int
+    actions: List[str]
+    held_out: torch.Tensor     # [N] bool (whole episodes)
+    soft: Optional[torch.Tensor] = None     # [N, V] smoothed target of the number position (zeros: none)
+    regions: Optional[torch.Tensor] = None  # [F, image tokens, 8] objects present per image token (aux)
+    state: Optional[torch.Tensor] = None    # [N, 3] target visible, bearing deg, surface distance m (aux)
+    combo: Optional[torch.Tensor] = None    # [N] index in COMBOS of the instructed object (aux)
+    true_target: Optional[torch.Tensor] = None  # [N] bool: the episode's own target (the rollout's)
+    observable: Optional[torch.Tensor] = None   # [N] bool: in view, or the answer is the search turn
+    absent: Optional[torch.Tensor] = None       # [N] bool: the instructed object is not in the room
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def answer_len(self) -> int:
+        return int(self.targets.shape[1])
+
+
+def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_repeat: int = 1) -> torch.Tensor:
+    """Rows to train on: every sample of the episodes' own targets and of visible objects, and a
+    fraction of the (plentiful, all alike: "left 60") samples whose instructed object is out of view.
+    Samples whose answer depends on what the camera cannot see (the expert following a planned
+    path to an object out of view) are left out: no image-conditioned policy can imitate them."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = data.true_target | (data.state[:, 0] > 0) | (torch.rand(len(data), generator=gen) < other_hidden_frac)
+    if data.absent is not None:
+        keep |= data.absent
+    if data.observable is not None:
+        keep &= data.observable
+    rows = torch.nonzero(keep & ~data.held_out).flatten()
+    if rare_repeat > 1:
+        rare = torch.tensor([data.actions[int(r)].startswith("strafe") for r in rows], dtype=torch.bool)
+        rows = torch.cat([rows] + [rows[rare]] * (rare_repeat - 1))
+    return rows
+
+
+def _number_groups(tok) -> Dict[str, Dict[int, float]]:
+    """Token id -> value for the degree tokens and the metre tokens."""
+    deg = {tok.convert_tokens_to_ids(str(i)): float(i) for i in range(1, 91)}
+    metres = {tok.convert_tokens_to_ids(w): float(w) for w in NUMBER_WORDS if "." in w}
+    metres[tok.convert_tokens_to_ids("1")] = 1.0
+    return {"deg": deg, "m": metres}
+
+
+def _soft_number(tok, verb: str, number_id: int, sigma_deg: float, sigma_m: float) -> Optional[torch.Tensor]:
+    from go2_vlm_control.action_language import VERBS
+
+    groups = _number_groups(tok)
+    unit = VERBS.get(verb, ("", ""))[1]
+    group, sigma = (groups["deg"], sigma_deg) if unit == "deg" else (groups["m"], sigma_m)
+    if not unit or sigma <= 0 or number_id not in group:
+        return None
+    centre = group[number_id]
+    soft = torch.zeros(len(tok))
+    for tid, value in group.items():
+        soft[tid] = math.exp(-0.5 * ((value - centre) / sigma) ** 2)
+    return soft / soft.sum()
+
+
+# The learner driving DAgger rollouts; set in the parent before the data workers fork.
+_ROLLOUT_POLICY = None
+
+
+def set_rollout_policy(model, processor) -> None:
+    """Let ``model`` (greedy, through its adapter) drive the rollouts of data jobs with the policy flag."""
+    global _ROLLOUT_POLICY
+    from specdec.models.adapters import wrap_model
+
+    from .evaluate import greedy_decode
+
+    adapter = wrap_model(model.eval(), processor)
+
+    def policy(env) -> str:
+        with torch.no_grad():
+            return adapter.decode_text(greedy_decode(adapter, env.instruction, bgr_to_rgb(env.render())))
+
+    _ROLLOUT_POLICY = policy
+
+
+def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, policy: bool = False) -> list:
+    """Data jobs of ``cfg.chunk`` episodes each, numbered from ``first_chunk`` (chunk k's seed and
+    camera depend on k only, so the data are the same whatever the worker count)."""
+    n_chunks = max(1, math.ceil(episodes / cfg.chunk))
+    return [(cfg.seed * 100_003 + k, min(cfg.chunk, episodes - (k - first_chunk) * cfg.chunk), cfg.perturb_prob,
+             2 if k % cfg.exact_camera_every == 0 else cfg.supersample, cfg.blocked_prob, cfg.near_prob, cfg.absent_twins, policy)
+            for k in range(first_chunk, first_chunk + n_chunks)]
+
+
+def collect_chunks(jobs: list, workers: int, desc: str = "go2 data (chunks)", progress: bool = True) -> list:
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+    results = []
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for res in pool.imap(_gen_chunk, jobs):
+                results.append(res)
+                bar.update(1)
+    else:
+        for job in jobs:
+            results.append(_gen_chunk(job))
+            bar.update(1)
+    bar.close()
+    return results
+
+
+def make_dataset(cfg: TrainConfig, progress: bool = True, log=print) -> Go2Data:
+    """Expert rollouts rendered by the simulator's camera, preprocessed once (see :func:`_gen_chunk`)."""
+    return assemble_dataset(collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=progress), cfg, log)
+
+
+def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
+    """Fixed-layout tensors from the chunks of :func:`collect_chunks` (chunk k holds episodes
+    k*chunk.. ; every ``held_out_every``-th episode is held out)."""
+    from ..expert import ExpertConfig
+
+    tok = build_tokenizer()
+    eos = tok.eos_token_id
+    pix, regions, frame_held = [], [], []
+    prompts, answers, frame, actions, combos, state, true, seen, absent = [], [], [], [], [], [], [], [], []
+    for k, res in enumerate(results):
+        fr, sa = res["frames"], res["samples"]
+        base = len(pix)
+        pix.extend(fr["pix"])
+        regions.extend(fr["regions"])
+        frame_held.extend((k * cfg.chunk + ep) % cfg.held_out_every == cfg.held_out_every - 1 for ep in fr["episode"])
+        for f, ids, action in zip(sa["frame"], sa["ids"], sa["action"]):
+            ans = tok(action, add_special_tokens=False)["input_ids"] + [eos]
+            if tok.unk_token_id in ans:
+                raise ValueError(f"action {action!r} does not tokenize")
+            prompts.append(ids)
+            answers.append(ans)
+            frame.append(base + f)
+            actions.append(action)
+        combos.extend(sa["combo"])
+        state.extend(sa["state"])
+        true.extend(sa["true"])
+        seen.extend(sa["in_view"])
+        absent.extend(sa["absent"])
+    lengths = {len(p) for p in prompts}
+    if len(lengths) != 1:
+        raise ValueError(f"prompts of different lengths {sorted(lengths)}")
+    prompt_len = lengths.pop()
+    A = max(len(a) for a in answers)
+    n = len(prompts)
+    ids = torch.full((n, prompt_len + A - 1), tok.pad_token_id, dtype=torch.long)
+    targets = torch.full((n, A), -100, dtype=torch.long)
+    soft = torch.zeros(n, len(tok))
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        ids[i, :prompt_len] = torch.from_numpy(p.astype(np.int64))
+        ids[i, prompt_len:prompt_len + len(a) - 1] = torch.tensor(a[:-1])
+        targets[i, :len(a)] = torch.tensor(a)
+        if len(a) == 3:
+            s = _soft_number(tok, actions[i].split(" ")[0], a[1], cfg.sigma_deg, cfg.sigma_m)
+            if s is not None:
+                soft[i] = s
+    frame_t = torch.tensor(frame)
+    data = Go2Data(ids=ids, targets=targets, frame=frame_t, pix=torch.from_numpy(np.stack(pix)),
+                   grid=results[0]["grid"], prompt_len=prompt_len, actions=actions,
+                   held_out=torch.tensor(frame_held)[frame_t], soft=soft,
+                   regions=torch.from_numpy(np.stack(regions)), state=torch.tensor(state, dtype=torch.float32),
+                   combo=torch.tensor(combos), true_target=torch.tensor(true))
+    search = f"left {int(ExpertConfig().search_turn_deg)}"
+    data.observable = torch.tensor(seen) | torch.tensor([a == search for a in actions])
+    data.absent = torch.tensor(absent, dtype=torch.bool)
+    verbs: Dict[str, int] = {}
+    for a in actions:
+        verbs[a.split(" ")[0]] = verbs.get(a.split(" ")[0], 0) + 1
+    log(f"go2 data: {len(pix)} frames, {n} samples ({int(data.held_out.sum())} held out), prompt {prompt_len} "
+        f"tokens, answers <= {A} tokens, verbs {verbs}")
+    return data
+
+
+# -- training -----------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""Closed-loop evaluation of the Go2 VLM pair (expert, target, draft, speculative decoding)."""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .pair import DEFAULT_OUT, read_json, artefact_paths, bgr_to_rgb, load_pair
+
+
+def eval_up_to_date(out_dir: str = DEFAULT_OUT) -> bool:
+    train = read_json(artefact_paths(out_dir)["train_report"]) or {}
+    report = read_json(artefact_paths(out_dir)["eval_report"]) or {}
+    return bool(train) and report.get("weights") == train.get("fingerprints")
+
+
+EVAL_SEEDS = tuple(range(50))
+
+
+@torch.no_grad()
+def greedy_decode(adapter, prompt: str, image, max_new_tokens: int = 8, exit_heads=None,
+                  exit_stats: Optional[Dict[int, List[int]]] = None) -> List[int]:
+    """The model alone, greedy, token by token through its adapter (the reference the speculative
+    output must equal). With ``exit_heads``, counts per exit layer how often the exit's top-1
+    equals the final layer's at every generated position (``exit_stats[layer] = [agree, total]``)."""
+    state = adapter.prefill(adapter.encode(prompt, image))
+    pending = [state.prompt_ids[-1]]
+    stop = set(adapter.eos_token_ids)
+    out: List[int] = []
+    exit_top: Dict[int, int] = {}
+    handle = None
+    if exit_heads is not None:
+        handle = exit_heads.attach(lambda layer, logits: exit_top.__setitem__(layer, int(logits[0, -1].argmax())))
+    try:
+        for _ in range(max_new_tokens):
+            exit_top.clear()
+            token = int(adapter.forward(state, pending, keep=1)[-1].argmax())
+            if exit_stats is not None:
+                for layer, top in exit_top.items():
+                    agree_total = exit_stats.setdefault(layer, [0, 0])
+                    agree_total[0] += int(top == token)
+                    agree_total[1] += 1
+            out.append(token)
+            if token in stop:
+                break
+            pending = [token]
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out
+
+
+def _summary(res: dict) -> dict:
+    results = res["results"]
+    return {"episodes": res["episodes"], "success_rate": res["success_rate"], "reached_rate": res["reached_rate"],
+            "mean_decisions": round(res["mean_decisions"], 2),
+            "invalid_actions": sum(r.invalid for r in results),
+            "successes": [r.seed for r in results if r.success],
+            "wall_s": round(res["wall_s"], 1)}
+
+
+def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS, gamma: int = 4,
+                  max_decisions: int = 40, threads: int = 2, progress: bool = True, log=print,
+                  include_expert: bool = True) -> dict:
+    """Closed loop on seeded episodes: expert, target alone, draft alone, speculative decoding.
+
+    Speculative decoding runs with the exit heads (early-exit hints + pre-drafting) and, at every
+    decision, is also checked against the target alone on the same frame (lossless check).
+    """
+    from tqdm import tqdm
+
+    from specdec.engine.local import LocalSpeculativeDecoder
+    from specdec.protocol import DecodingMode
+
+    from ..closed_loop import evaluate
+    from ..expert import expert_policy
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        draft, target, heads = load_pair(out_dir)
+        seeds = list(seeds)
+        report: Dict[str, object] = {"seeds": [seeds[0], seeds[-1]] if seeds else [], "episodes": len(seeds),
+                                     "gamma": gamma, "max_decisions": max_decisions}
+
+        def run(name, policy):
+            bar = tqdm(total=len(seeds), desc=f"eval {name}", disable=not progress, leave=False)
+
+            def on_decision(env, text):
+                if env.seed != getattr(on_decision, "seed", None):
+                    on_decision.seed = env.seed
+                    bar.update(1)
+
+            res = evaluate(policy, seeds, max_decisions=max_decisions, on_decision=on_decision)
+            bar.close()
+            summary = _summary(res)
+            log(f"go2 eval {name}: success {summary['success_rate']:.2f} ({summary['wall_s']} s)")
+            return res, summary
+
+        if include_expert:
+            report["expert"] = run("expert", expert_policy)[1]
+
+        exit_stats: Dict[int, List[int]] = {}
+
+        def target_policy(env):
+            toks = greedy_decode(target, env.instruction, bgr_to_rgb(env.render()), exit_heads=heads,
+                                 exit_stats=exit_stats)
+            return target.decode_text(toks)
+
+        target_res, report["target"] = run("target", target_policy)
+        report["exit_agreement"] = {str(layer): round(a / max(1, n), 4) for layer, (a, n) in sorted(exit_stats.items())}
+        report["exit_positions"] = {str(layer): n for layer, (a, n) in sorted(exit_stats.items())}
+
+        def draft_policy(env):
+            return draft.decode_text(greedy_decode(draft, env.instruction, bgr_to_rgb(env.render())))
+
+        report["draft"] = run("draft", draft_policy)[1]
+
+        spec = {"drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0, "hints": 0, "hints_correct": 0,
+                "decisions": 0, "mismatches": 0}
+        with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8) as runner:
+            def spec_policy(env):
+                image = bgr_to_rgb(env.render())
+                result = runner.generate(env.instruction, image, DecodingMode.SPECULATIVE_EARLY_EXIT)
+                st = result.stats
+                spec["drafted"] += st.drafted_tokens
+                spec["accepted"] += st.accepted_tokens
+                spec["rounds"] += st.rounds
+                spec["tokens"] += st.new_tokens
+                spec["hints"] += st.hints
+                spec["hints_correct"] += st.hints_correct
+                spec["decisions"] += 1
+                if list(result.tokens) != greedy_decode(target, env.instruction, image):
+                    spec["mismatches"] += 1
+                return result.text
+
+            spec_res, report["speculative"] = run("speculative", spec_policy)
+        same = all(a.actions == b.actions and a.success == b.success
+                   for a, b in zip(target_res["results"], spec_res["results"]))
+        report["speculative"].update(
+            acceptance_rate=round(spec["accepted"] / max(1, spec["drafted"]), 4),
+            tokens_per_round=round(spec["tokens"] / max(1, spec["rounds"]), 3),
+            hint_accuracy=round(spec["hints_correct"] / max(1, spec["hints"]), 4),
+            decisions=spec["decisions"], lossless_mismatches=spec["mismatches"],
+            same_outcomes_as_target=same, **{k: spec[k] for k in ("drafted", "accepted", "rounds")})
+        return report
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def evaluate_and_save(out_dir: str = DEFAULT_OUT, episodes: int = len(EVAL_SEEDS), path: Optional[str] = None,
+                      log=print) -> dict:
+    """:func:`evaluate_pair` on seeds 0..episodes-1, written to ``path`` (default: the eval report)
+    with the fingerprints of the weights it evaluated."""
+    report = evaluate_pair(out_dir, seeds=range(episodes), log=log)
+    report["weights"] = (read_json(artefact_paths(out_dir)["train_report"]) or {}).get("fingerprints")
+    with open(path or artefact_paths(out_dir)["eval_report"], "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return report
+
+

@@ -1,0 +1,467 @@
+"""Training of the Go2 VLM pair: target, DAgger round, draft (distilled), early exits."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .data import COMBOS, Go2Data, assemble_dataset, collect_chunks, data_jobs, set_rollout_policy, training_rows
+from .pair import (DEFAULT_OUT, DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, WORDS,
+                   read_json, artefact_paths, artefacts_exist, build_model, build_processor, build_tokenizer,
+                   save_processor)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    episodes: int = 350            # expert rollouts (about 11 decisions each, each frame labelled per object)
+    chunk: int = 25                # episodes per data job (fixes the data whatever the worker count)
+    perturb_prob: float = 0.25     # executed action replaced by a random one (label stays the expert's)
+    blocked_prob: float = 0.25     # episodes that start behind another object (dataset.blocked_start)
+    absent_twins: bool = False     # also label "go to <visible object's colour> <other shape>" (absent): search
+    near_prob: float = 0.35        # ... close to an object, often a same-colour twin (dataset.near_object_start)
+    supersample: int = 1           # camera anti-aliasing for the training frames (the default camera: 2) ...
+    exact_camera_every: int = 4    # ... except every n-th chunk, rendered with the default camera
+    held_out_every: int = 20       # every n-th chunk of episodes is held out
+    workers: int = 2
+    threads: int = 2
+    target_steps: int = 4000
+    target_batch: int = 32
+    target_lr: float = 2e-3
+    draft_steps: int = 1500
+    draft_batch: int = 32
+    draft_lr: float = 3e-3
+    dagger_episodes: int = 0       # rollouts driven by the trained target, labelled by the expert (0: off)
+    dagger_steps: int = 700        # target fine-tuning steps on expert + DAgger data
+    dagger_lr: float = 1e-3
+    rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
+    kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
+    sigma_deg: float = 2.0         # ordinal label smoothing of turn magnitudes (0: off)
+    sigma_m: float = 0.03          # ... and of translations
+    exit_adapter: str = "mlp"
+    exit_rank: int = 64
+    exit_epochs: float = 30.0
+    exit_lr: float = 3e-3
+    weight_decay: float = 0.01
+    aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
+    other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
+
+
+def recipe_sha(cfg: "TrainConfig") -> str:
+    """Hash of everything that decides the trained weights (config, shapes, vocabulary, exits)."""
+    import hashlib
+
+    recipe = {"config": asdict(cfg), "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
+              "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def up_to_date(out_dir: str = DEFAULT_OUT) -> bool:
+    """The committed artefacts exist and were trained with the current recipe."""
+    report = read_json(artefact_paths(out_dir)["train_report"]) or {}
+    return artefacts_exist(out_dir) and report.get("recipe_sha") == recipe_sha(TrainConfig())
+
+
+def _positions(model, data: Go2Data, batch: int) -> torch.Tensor:
+    """M-RoPE positions of the fixed layout ([3, batch, len]), as the adapter's prefill computes them."""
+    ids = data.ids[:1]
+    mm = (ids == model.config.image_token_id).long()
+    grid = torch.tensor([data.grid])
+    pos, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)
+    return pos.expand(-1, batch, -1).contiguous()
+
+
+def _forward_answers(model, data: Go2Data, rows: torch.Tensor, pos_cache: Dict[int, torch.Tensor],
+                     features: Optional[dict] = None):
+    """Logits [B, A, V] at the answer positions of ``rows`` (one teacher-forced pass).
+
+    Samples of the same frame share one vision-tower pass (the image features are scattered
+    into the prompts exactly as the model's own forward does). ``features`` (optional) receives
+    the merged image features per frame and the frame index of every row.
+    """
+    b = len(rows)
+    if b not in pos_cache:
+        pos_cache[b] = _positions(model, data, b)
+    frames, inverse = torch.unique(data.frame[rows], return_inverse=True)
+    pix = data.pix[frames].reshape(-1, data.pix.shape[-1]).float()
+    grid = torch.tensor([data.grid] * len(frames))
+    vis = model.model.visual(pix, grid_thw=grid)
+    vis = getattr(vis, "pooler_output", vis)                        # [frames * tokens, H]
+    per_frame = vis.view(len(frames), -1, vis.shape[-1])
+    ids = data.ids[rows]
+    embeds = model.model.get_input_embeddings()(ids)
+    mask = (ids == model.config.image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, per_frame[inverse].to(embeds.dtype))
+    out = model(inputs_embeds=embeds, position_ids=pos_cache[b], logits_to_keep=data.answer_len, use_cache=False)
+    if features is not None:
+        features.update(image=per_frame, frames=frames, inverse=inverse)
+    return out.logits.float()
+
+
+def _answer_loss(logits, data: Go2Data, rows, teacher_logp=None, kd_alpha: float = 0.0):
+    targets = data.targets[rows]
+    mask = targets != -100
+    logp = torch.log_softmax(logits, -1)
+    hard = torch.nn.functional.one_hot(targets.clamp_min(0), logits.shape[-1]).float()
+    if data.soft is not None:
+        soft = data.soft[rows]
+        has = soft.sum(-1) > 0
+        hard[has, 1] = soft[has]
+    ce = -(hard * logp).sum(-1)[mask].mean()
+    if teacher_logp is None or kd_alpha <= 0:
+        return ce
+    t_logp = teacher_logp[rows].float()
+    kl = (t_logp.exp() * (t_logp - logp)).sum(-1)[mask].mean()
+    return (1 - kd_alpha) * ce + kd_alpha * kl
+
+
+@torch.no_grad()
+def answer_accuracy(model, data: Go2Data, rows: torch.Tensor, batch: int = 64) -> Dict[str, float]:
+    """Teacher-forced accuracy on ``rows``: verb token, whole answer, |turn error| in degrees."""
+    model.eval()
+    pos_cache: Dict[int, torch.Tensor] = {}
+    verb_ok = all_ok = 0
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        pred = _forward_answers(model, data, r, pos_cache).argmax(-1)
+        tgt = data.targets[r]
+        mask = tgt != -100
+        verb_ok += int((pred[:, 0] == tgt[:, 0]).sum())
+        all_ok += int(((pred == tgt) | ~mask).all(-1).sum())
+    n = max(1, len(rows))
+    return {"verb_acc": verb_ok / n, "answer_acc": all_ok / n}
+
+
+PROBE_LAYER = 1  # decoder layer whose image-token outputs get the in-place auxiliary targets
+
+
+class AuxHeads(torch.nn.Module):
+    """Training-only heads (discarded after training) that give the small models dense targets:
+
+    * image features (vision tower output, in the decoder's input space), per image token: which
+      colours and shapes its region shows, scored against the decoder's *word embeddings* of
+      the colour and the shape (so what the image shows is written the way the instruction is);
+    * decoder layer ``PROBE_LAYER``, per image token (which has read the instruction): does its
+      region show the instructed object, and which image row/column it is (so positions are
+      carried in the token, ready to be read out by the answer);
+    * final norm at the last prompt position: is the target visible, its bearing and distance.
+    """
+
+    def __init__(self, model, data: "Go2Data"):
+        super().__init__()
+        hidden = model.config.text_config.hidden_size
+        tok_ids = build_tokenizer().convert_tokens_to_ids
+        self.rows, self.cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
+        object.__setattr__(self, "embed", model.model.get_input_embeddings())  # the model's, not ours to train twice
+        self.colour_ids = torch.tensor([tok_ids(c) for c, _ in COMBOS])
+        self.shape_ids = torch.tensor([tok_ids(sh) for _, sh in COMBOS])
+        self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), -3.0))
+        self.region_scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.tokens = torch.nn.Linear(hidden, 1 + self.rows + self.cols)
+        self.state = torch.nn.Linear(hidden, 3)
+        self.image_pos = torch.nonzero(data.ids[0] == model.config.image_token_id).flatten()
+        self._feats: Dict[str, torch.Tensor] = {}
+        from specdec.models.layout import decoder_layout
+
+        layer = decoder_layout(model).layers[PROBE_LAYER]
+        self._hooks = [
+            layer.register_forward_hook(lambda m, i, o: self._feats.__setitem__(
+                "probe", o[0] if isinstance(o, (tuple, list)) else o)),
+            model.model.language_model.norm.register_forward_hook(lambda m, i, o: self._feats.__setitem__("txt", o)),
+        ]
+        self.last: Dict[str, float] = {}
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._feats.clear()
+
+    def loss(self, data: "Go2Data", rows: torch.Tensor, features: dict) -> torch.Tensor:
+        f = torch.nn.functional
+        b = len(rows)
+        words = self.embed.weight[self.colour_ids] + self.embed.weight[self.shape_ids]      # [8, H]
+        img = features["image"].float()                                                     # [F, T, H]
+        scale = img.shape[-1] ** -0.5
+        logits = self.region_scale * scale * img @ words.float().t() + self.region_bias     # [F, T, 8]
+        reg = f.binary_cross_entropy_with_logits(logits, data.regions[features["frames"]].float())
+        regions = data.regions[data.frame[rows]].float()                                    # [B, T, 8]
+        probe = self.tokens(self._feats.pop("probe")[:, self.image_pos].float())            # [B, T, 1+r+c]
+        n_tok = probe.shape[1]
+        here = regions[torch.arange(b), :, data.combo[rows]]                                # [B, T]
+        l_here = f.binary_cross_entropy_with_logits(probe[..., 0], here)
+        grid = torch.arange(n_tok)
+        l_row = f.cross_entropy(probe[..., 1:1 + self.rows].reshape(-1, self.rows), (grid // self.cols).repeat(b))
+        l_col = f.cross_entropy(probe[..., 1 + self.rows:].reshape(-1, self.cols), (grid % self.cols).repeat(b))
+        out = self.state(self._feats.pop("txt")[:, data.prompt_len - 1].float())
+        st = data.state[rows]
+        vis = st[:, 0]
+        n_vis = vis.sum().clamp_min(1.0)
+        l_vis = f.binary_cross_entropy_with_logits(out[:, 0], vis)
+        l_bear = (((out[:, 1] - (st[:, 1] / 45.0).clamp(-4, 4)) ** 2) * vis).sum() / n_vis
+        l_dist = (((out[:, 2] - st[:, 2].clamp_min(0.05).log()) ** 2) * vis).sum() / n_vis
+        self.last = {"reg": float(reg), "here": float(l_here), "rowcol": float(l_row + l_col),
+                     "vis": float(l_vis), "bear": float(l_bear), "dist": float(l_dist)}
+        return reg + 2.0 * l_here + 0.25 * (l_row + l_col) + 0.5 * (l_vis + l_bear + l_dist)
+
+
+def _frame_batches(data: Go2Data, rows: torch.Tensor, batch: int, gen: torch.Generator):
+    """Batches of whole frames (all kept samples of a frame together: same image, different
+    instructions and answers), about ``batch`` samples each, frames in random order."""
+    frames = data.frame[rows]
+    order = torch.argsort(frames, stable=True)
+    rows, frames = rows[order], frames[order]
+    uniq, counts = torch.unique_consecutive(frames, return_counts=True)
+    groups = list(torch.split(rows, counts.tolist()))
+    perm = torch.randperm(len(groups), generator=gen).tolist()
+    out, cur, n = [], [], 0
+    for g in perm:
+        cur.append(groups[g])
+        n += len(groups[g])
+        if n >= batch:
+            out.append(torch.cat(cur))
+            cur, n = [], 0
+    return out
+
+
+def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int,
+                weight_decay: float = 0.01, teacher_logp=None, kd_alpha: float = 0.0, aux_weight: float = 0.0,
+                desc: str = "train", progress: bool = True, log_every: int = 0) -> Dict[str, float]:
+    """AdamW + warmup/cosine on the answer positions (+ auxiliary heads); deterministic for a seed."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    model.train()
+    aux = AuxHeads(model, data) if aux_weight > 0 and data.regions is not None else None
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    if aux is not None:
+        decay += [p for p in aux.parameters() if p.dim() >= 2]
+        no_decay += [p for p in aux.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    total = max(1, int(steps))
+    warm = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    gen = torch.Generator().manual_seed(seed)
+    pos_cache: Dict[int, torch.Tensor] = {}
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    step, ema = 0, None
+    t0 = time.time()
+    while step < total:
+        for r in _frame_batches(data, rows, batch, gen):
+            if step >= total:
+                break
+            feats: dict = {}
+            loss = _answer_loss(_forward_answers(model, data, r, pos_cache, feats), data, r, teacher_logp, kd_alpha)
+            if aux is not None:
+                loss = loss + aux_weight * aux.loss(data, r, feats)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            loss = float(loss.detach())
+            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}")
+            if log_every and step % log_every == 0:
+                extra = {k: round(v, 3) for k, v in aux.last.items()} if aux is not None else {}
+                print(f"{desc} step {step}/{total} loss {ema:.3f} {extra}", flush=True)
+    bar.close()
+    if aux is not None:
+        aux.remove()
+    model.eval()
+    return {"steps": total, "batch": batch, "epochs": round(total * batch / max(1, len(rows)), 2), "lr": lr, "final_loss": round(ema or 0.0, 4),
+            "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 64, topk: int = 16,
+                 progress: bool = True):
+    """One pass of the trained target over every frame: its answer log-probs [N, A, V] (for the
+    draft) and :class:`specdec.training.teacher.Labels` of the answer positions (for the exits)."""
+    from tqdm import tqdm
+
+    from specdec.models.layout import decoder_layout
+    from specdec.training.teacher import Labels
+
+    model.eval()
+    layers = decoder_layout(model).layers
+    captured: Dict[int, torch.Tensor] = {}
+    hooks = []
+    for layer in exit_layers:
+        def hook(_m, _i, output, layer=layer):
+            captured[layer] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+        hooks.append(layers[layer].register_forward_hook(hook))
+    n, A = len(data), data.answer_len
+    logp_all = torch.zeros(n, A, model.config.text_config.vocab_size, dtype=torch.float16)
+    hidden: Dict[int, List[torch.Tensor]] = {layer: [] for layer in exit_layers}
+    seq, pos, top_ids, top_logp = [], [], [], []
+    pos_cache: Dict[int, torch.Tensor] = {}
+    try:
+        for i in tqdm(range(0, n, batch), desc="target labels", disable=not progress, leave=False):
+            r = torch.arange(i, min(n, i + batch))
+            logits = _forward_answers(model, data, r, pos_cache)
+            logp = torch.log_softmax(logits, -1)
+            logp_all[r] = logp.half()
+            mask = data.targets[r] != -100
+            rr, aa = torch.nonzero(mask, as_tuple=True)
+            flat = logp[rr, aa]
+            v, ix = flat.topk(topk, -1)
+            top_ids.append(ix)
+            top_logp.append(v)
+            seq.append(r[rr])
+            pos.append(data.prompt_len - 1 + aa)
+            for layer in exit_layers:
+                h = captured[layer][:, -A:]
+                hidden[layer].append(h[rr, aa].half())
+    finally:
+        for h in hooks:
+            h.remove()
+    labels = Labels(sequences=[], seq=torch.cat(seq), pos=torch.cat(pos), topk_ids=torch.cat(top_ids),
+                    topk_logp=torch.cat(top_logp), hidden={k: torch.cat(v) for k, v in hidden.items()},
+                    kinds=[])
+    return logp_all, labels
+
+
+def _labels_subset(labels, held_out: torch.Tensor):
+    rows_h = torch.nonzero(held_out[labels.seq]).flatten()
+    rows_t = torch.nonzero(~held_out[labels.seq]).flatten()
+    return labels.subset(rows_t), labels.subset(rows_h)
+
+
+def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[TrainConfig] = None,
+          progress: bool = True, log=print) -> dict:
+    """Train target, draft and exit adapters from scratch and save them under ``out_dir``.
+
+    Idempotent: does nothing (returns ``{"skipped": True}``) when the artefacts exist, unless
+    ``force``. Deterministic for a :class:`TrainConfig` (fixed seeds, fixed data chunks).
+    """
+    if artefacts_exist(out_dir) and not force:
+        log(f"go2 vlm pair: artefacts present in {out_dir} (force=True retrains)")
+        return {"skipped": True, "out_dir": out_dir}
+    from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
+    from specdec.training.train_exits import train_exit_heads
+
+    cfg = config or TrainConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    try:
+        report: Dict[str, object] = {"config": asdict(cfg)}
+        t = time.time()
+        cache = os.environ.get("GO2_VLM_DATA_CACHE")  # development only: reuse generated frames
+        if cache and os.path.isfile(cache):
+            chunks = torch.load(cache, weights_only=False)
+        else:
+            chunks = collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=progress)
+            if cache:
+                torch.save(chunks, cache)
+        data = assemble_dataset(chunks, cfg, log)
+        report["data"] = {"frames": len(data), "held_out": int(data.held_out.sum()), "prompt_len": data.prompt_len,
+                          "seconds": round(time.time() - t, 1)}
+        train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat)
+        held_rows = torch.nonzero(data.held_out).flatten()
+        tok = build_tokenizer()
+        processor = build_processor(tok)
+
+        target = build_model(TARGET_SPEC, tok, seed=cfg.seed)
+        report["target"] = train_model(target, data, train_rows, steps=cfg.target_steps, batch=cfg.target_batch,
+                                       lr=cfg.target_lr, seed=cfg.seed + 1, weight_decay=cfg.weight_decay,
+                                       aux_weight=cfg.aux_weight, desc="go2 target", progress=progress)
+        report["target"].update(held_out=answer_accuracy(target, data, held_rows),
+                                params=sum(p.numel() for p in target.parameters()))
+        log(f"go2 target: {report['target']}")
+
+        if cfg.dagger_episodes > 0:
+            # DAgger: the states the trained target reaches on its own (drifted off the expert's
+            # path, pressed against an object), labelled by the expert, then fine-tune on all data.
+            t = time.time()
+            set_rollout_policy(target, processor)
+            first = len(chunks)
+            chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, policy=True), cfg.workers,
+                                             desc="go2 dagger rollouts (chunks)", progress=progress)
+            data = assemble_dataset(chunks, cfg, log)
+            train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat)
+            held_rows = torch.nonzero(data.held_out).flatten()
+            rollout_s = round(time.time() - t, 1)
+            report["dagger"] = train_model(target, data, train_rows, steps=cfg.dagger_steps, batch=cfg.target_batch,
+                                           lr=cfg.dagger_lr, seed=cfg.seed + 5, weight_decay=cfg.weight_decay,
+                                           aux_weight=0.0, desc="go2 target (dagger)", progress=progress)
+            report["dagger"].update(rollout_seconds=rollout_s, held_out=answer_accuracy(target, data, held_rows))
+            log(f"go2 dagger: {report['dagger']}")
+
+        t = time.time()
+        teacher_logp, labels = teacher_pass(target, data, EXIT_LAYERS, progress=progress)
+        report["teacher_pass_seconds"] = round(time.time() - t, 1)
+
+        draft = build_model(DRAFT_SPEC, tok, seed=cfg.seed + 2)
+        report["draft"] = train_model(draft, data, train_rows, steps=cfg.draft_steps, batch=cfg.draft_batch,
+                                      lr=cfg.draft_lr, seed=cfg.seed + 3, weight_decay=cfg.weight_decay,
+                                      teacher_logp=teacher_logp, kd_alpha=cfg.kd_alpha, aux_weight=cfg.aux_weight,
+                                      desc="go2 draft",
+                                      progress=progress)
+        report["draft"].update(held_out=answer_accuracy(draft, data, held_rows),
+                               params=sum(p.numel() for p in draft.parameters()))
+        log(f"go2 draft: {report['draft']}")
+
+        train_labels, held_labels = _labels_subset(labels, data.held_out)
+        heads, exit_report = train_exit_heads(
+            target, train_labels, list(EXIT_LAYERS), adapter=cfg.exit_adapter, rank=cfg.exit_rank,
+            epochs=cfg.exit_epochs, batch=512, lr=cfg.exit_lr, n_random=4096, seed=cfg.seed + 4,
+            held_out=held_labels, progress=progress, log=log)
+        report["exits"] = exit_report
+        log(f"go2 exits: {json.dumps(exit_report['per_layer'])}")
+
+        # save (to a temporary folder first, so an interrupted run leaves no half artefacts)
+        tmp = out_dir.rstrip("/") + ".tmp"
+        if os.path.exists(tmp):
+            import shutil
+
+            shutil.rmtree(tmp)
+        p = artefact_paths(tmp)
+        for model, path in ((target, p["target"]), (draft, p["draft"])):
+            os.makedirs(path, exist_ok=True)
+            model.save_pretrained(path)
+            save_processor(processor, path)
+        heads.save(p["exits"], extra_metadata={"trained_on": "go2_sim expert frames (answer positions)"})
+        report["fingerprints"] = {"tokenizer": tokenizer_fingerprint(tok), "target": model_fingerprint(target),
+                                  "draft": model_fingerprint(draft)}
+        report["total_seconds"] = round(time.time() - t_start, 1)
+        report["threads"] = cfg.threads
+        report["recipe_sha"] = recipe_sha(cfg)
+        with open(p["train_report"], "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        _replace_dir(tmp, out_dir)
+        log(f"go2 vlm pair: trained in {report['total_seconds']} s -> {out_dir}")
+        return report
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Move the trained folders of ``src`` into ``dst`` (other files in ``dst`` are kept)."""
+    import shutil
+
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        target = os.path.join(dst, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.remove(target)
+        shutil.move(os.path.join(src, name), target)
+    shutil.rmtree(src)
+
+
+# -- closed-loop evaluation ---------------------------------------------------------------------
