@@ -66,7 +66,7 @@ class Settings:
 def settings(quick: bool) -> Settings:
     if quick:
         return Settings(True, rtts_ms=[0, 50], gammas=[2, 4], reference_rtt_ms=50, reference_gamma=4,
-                        text_prompts=3, text_tokens=16, go2_frames=4, go2_tokens=8)
+                        text_prompts=3, text_tokens=12, go2_frames=4, go2_tokens=8)
     # sized for < 20 minutes on 2 cores: 6 text prompts x 24 tokens x 5 RTTs x 4 modes + the gamma sweep
     return Settings(False, rtts_ms=[0, 10, 25, 50, 100], gammas=[1, 2, 4, 8], reference_rtt_ms=50,
                     reference_gamma=4, text_prompts=6, text_tokens=24, go2_frames=16, go2_tokens=8)
