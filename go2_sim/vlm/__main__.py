@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         brief = {k: report[k] for k in ("exit_agreement",)}
         for name in ("expert", "target", "draft", "speculative"):
             if name in report:
-                brief[name] = {k: v for k, v in report[name].items() if k != "successes"}
+                brief[name] = {k: v for k, v in report[name].items() if k not in ("successes", "failures")}
         print(json.dumps(brief, indent=2))
     if args.card:
         from .card import write
