@@ -12,7 +12,8 @@ Two nodes:
 
 The recorder needs each topic's type (``types`` parameter, parallel to ``topics``) because a
 subscription must be typed before any message arrives; the replayer takes types from the bag.
-Sensor topics (camera, odometry) are recorded and replayed with sensor-data QoS.
+Sensor topics (camera, odometry) use sensor-data QoS: recorded best effort (parameter
+sensor_reliability), replayed reliable, which best-effort subscribers also receive.
 """
 
 from __future__ import annotations
@@ -92,6 +93,17 @@ def read_bag(path: str, topics=None):
             yield connection.topic, connection.msgtype, stamp, deserialize_message(raw, ros_type(connection.msgtype))
 
 
+def sensor_profile(reliability: str):
+    """Sensor-data QoS with the given reliability ("best_effort" or "reliable")."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ValueError(f"sensor_reliability must be one of {sorted(policies)}, got {reliability!r}")
+    return QoSProfile(history=SENSOR_QOS.history, depth=max(SENSOR_QOS.depth, 10), reliability=policies[reliability],
+                      durability=SENSOR_QOS.durability)
+
+
 class BagRecorder(Node):
     def __init__(self):
         super().__init__("bag_recorder")
@@ -102,8 +114,12 @@ class BagRecorder(Node):
             raise ValueError("parameters topics and types must have the same length")
         self.max_messages = self.declare_parameter("max_messages", 0).value
         self.writer = BagWriter(output, self.declare_parameter("storage", "sqlite3").value)
+        # sensor topics: best effort by default (a robot's camera driver publishes best effort and a
+        # reliable subscriber would not match it); "reliable" records a reliable publisher (e.g.
+        # bag_replay) without loss
+        sensor_qos = sensor_profile(self.declare_parameter("sensor_reliability", "best_effort").value)
         for topic, type_name in zip(topics, types):
-            qos = SENSOR_QOS if type_name in SENSOR_TYPES else COMMAND_QOS
+            qos = sensor_qos if type_name in SENSOR_TYPES else COMMAND_QOS
             self.create_subscription(ros_type(type_name), topic,
                                      lambda msg, t=topic, n=type_name: self._on_message(t, n, msg), qos)
         self.get_logger().info(f"recording {len(topics)} topics to {output}")
@@ -127,13 +143,16 @@ class BagReplay(Node):
         # > 0: before playing, wait (up to 30 s) until every topic has this many subscribers,
         # so nothing published during DDS discovery is lost
         self.wait_subscribers = int(self.declare_parameter("wait_subscribers", 0).value)
+        # reliable by default, like `ros2 bag play`: it also reaches best-effort (sensor-data)
+        # subscribers, and a reliable recorder gets every message even on a loaded machine
+        sensor_qos = sensor_profile(self.declare_parameter("sensor_reliability", "reliable").value)
         self.messages = list(read_bag(self.path))
         if not self.messages:
             raise ValueError(f"{self.path}: no messages")
         self.publishers_ = {}
         for topic, type_name, _, _ in self.messages:
             if topic not in self.publishers_:
-                qos = SENSOR_QOS if type_name in SENSOR_TYPES else COMMAND_QOS
+                qos = sensor_qos if type_name in SENSOR_TYPES else COMMAND_QOS
                 self.publishers_[topic] = self.create_publisher(ros_type(type_name), topic, qos)
         self.get_logger().info(f"replaying {len(self.messages)} messages on {len(self.publishers_)} topics")
 

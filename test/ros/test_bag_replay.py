@@ -38,7 +38,8 @@ def test_replay_then_record_round_trips_a_bag(storage, tmp_path):
     with open(tmp_path / "rec.log", "w") as log:
         recorder = node_process("bag_recorder", {
             "output": str(out), "storage": storage, "topics": "[" + ",".join(topics) + "]",
-            "types": "[" + ",".join(types) + "]", "max_messages": len(original)}, env, log)
+            "types": "[" + ",".join(types) + "]", "max_messages": len(original),
+            "sensor_reliability": "reliable"}, env, log)
         try:
             replay = subprocess.run([os.path.join(LIB, "bag_replay"), "--ros-args", "-p", f"bag:={BAGS[storage]}",
                                      "-p", "rate:=4.0", "-p", "wait_subscribers:=1"], env=env,
