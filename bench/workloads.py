@@ -43,13 +43,13 @@ def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
     """The Go2 VLM pair on simulator frames with their instructions: every other decision of
     expert rollouts on evaluation seeds (not the training data's), so the frames cover searching,
     turning, walking, avoiding and arriving, not only start poses."""
-    from go2_sim.vlm.data import expert_rollouts
+    from go2_sim.dataset import rollouts
     from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
 
     paths = artefact_paths()
     items = []
-    for k, (env, _ep, image, _info, _label) in enumerate(
-            expert_rollouts(episodes=n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25)):
+    for k, (env, *_, image, _info, _label) in enumerate(
+            rollouts(n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25, with_info=True)):
         if k % 2 == 0:
             items.append((env.instruction, bgr_to_rgb(image)))
         if len(items) >= n_frames:

@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional
 import cv2
 import numpy as np
 
-from go2_vlm_control.action_language import format_action, parse_action
+from go2_vlm_control.action_language import format_action, parse_action, try_parse_action
 from go2_vlm_control.motion import ActionExecutor, MotionLimits
 
 from .camera import CameraConfig
@@ -113,12 +113,20 @@ def near_object_start(env, rng: np.random.Generator, same_colour_prob: float = 0
     return False
 
 
-def generate_samples(num_episodes: int, seed: int = 0, max_decisions: int = 30,
-                     perturb_prob: float = 0.15, camera_config: Optional[CameraConfig] = None,
-                     world_config: Optional[WorldConfig] = None,
-                     expert_config: Optional[ExpertConfig] = None,
-                     motion_limits: Optional[MotionLimits] = None) -> Iterator[Sample]:
-    """Yield samples from ``num_episodes`` expert rollouts (episode seeds derived from ``seed``)."""
+def rollouts(num_episodes: int, seed: int = 0, max_decisions: int = 30, perturb_prob: float = 0.15,
+             camera_config: Optional[CameraConfig] = None, world_config: Optional[WorldConfig] = None,
+             expert_config: Optional[ExpertConfig] = None, motion_limits: Optional[MotionLimits] = None,
+             blocked_prob: float = 0.0, near_prob: float = 0.0, policy=None, with_info: bool = False):
+    """Expert-labelled rollouts: yields ``(env, episode, episode_seed, step, image, info, label)``
+    for every decision (``info``: the camera's RenderInfo with ``with_info``, else None).
+
+    Episode seeds derive from ``seed``. A ``perturb_prob`` share of the executed actions are
+    random (the label stays the expert's). A ``blocked_prob`` share of the episodes start behind
+    another object (:func:`blocked_start`), a ``near_prob`` share close to an object
+    (:func:`near_object_start`). With ``policy`` (``env -> action text``) the robot executes the
+    policy's actions instead of the expert's (DAgger: the states a learned policy visits); an
+    action that does not parse, a ``stop`` or a ``done`` is replaced by the expert's.
+    """
     env = Go2Episode(world_config, camera_config)
     executor = ActionExecutor(motion_limits or MotionLimits())
     master = np.random.default_rng([seed, 0xDA7A])
@@ -126,22 +134,46 @@ def generate_samples(num_episodes: int, seed: int = 0, max_decisions: int = 30,
         ep_seed = int(master.integers(0, 2 ** 31))
         env.reset(ep_seed)
         rng = np.random.default_rng([ep_seed, 0xBEEF])
+        if blocked_prob > 0.0 or near_prob > 0.0:
+            start_rng = np.random.default_rng([ep_seed, 0xB10C])
+            u = start_rng.random()
+            if u < blocked_prob:
+                blocked_start(env, start_rng)
+            elif u < blocked_prob + near_prob:
+                near_object_start(env, start_rng)
         for step in range(max_decisions):
             label = expert_action(env, expert_config)
-            image = env.render()
-            yield Sample(image=image, instruction=env.instruction, action=label, meta={
-                "episode": ep, "episode_seed": ep_seed, "step": step,
-                "pose": [round(v, 4) for v in env.world.pose], "target": env.target.name,
-                "distance": round(env.surface_distance(), 4),
-                "bearing_deg": round(float(np.degrees(env.bearing())), 2),
-                "objects": [o.name for o in env.world.objects],
-            })
+            image, info = env.render(with_info=True) if with_info else (env.render(), None)
+            yield env, ep, ep_seed, step, image, info, label
             if label == "done":
                 break
             executed = label
+            if policy is not None:
+                executed = policy(env)
+                action, _ = try_parse_action(executed)
+                if action is None or action.verb in ("done", "stop"):
+                    executed = label
             if perturb_prob > 0.0 and rng.random() < perturb_prob:
                 executed = _random_action(rng)
             execute_action(env, parse_action(executed), executor)
+
+
+def generate_samples(num_episodes: int, seed: int = 0, max_decisions: int = 30,
+                     perturb_prob: float = 0.15, camera_config: Optional[CameraConfig] = None,
+                     world_config: Optional[WorldConfig] = None,
+                     expert_config: Optional[ExpertConfig] = None,
+                     motion_limits: Optional[MotionLimits] = None) -> Iterator[Sample]:
+    """Yield samples from ``num_episodes`` expert rollouts (episode seeds derived from ``seed``)."""
+    for env, ep, ep_seed, step, image, _info, label in rollouts(
+            num_episodes, seed, max_decisions, perturb_prob, camera_config, world_config, expert_config,
+            motion_limits):
+        yield Sample(image=image, instruction=env.instruction, action=label, meta={
+            "episode": ep, "episode_seed": ep_seed, "step": step,
+            "pose": [round(v, 4) for v in env.world.pose], "target": env.target.name,
+            "distance": round(env.surface_distance(), 4),
+            "bearing_deg": round(float(np.degrees(env.bearing())), 2),
+            "objects": [o.name for o in env.world.objects],
+        })
 
 
 def generate_dataset(num_episodes: int, seed: int = 0, **kwargs) -> List[Sample]:

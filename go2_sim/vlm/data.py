@@ -21,56 +21,6 @@ COMBOS = [(c, sh) for c in ("red", "green", "blue", "yellow") for sh in ("ball",
 REGION_MIN_PIXELS = 8  # camera pixels (of 160x120) of an object for it to count as present (regions, visibility)
 
 
-def expert_rollouts(episodes: int, seed: int, perturb_prob: float, camera_config=None, max_decisions: int = 30,
-                    blocked_prob: float = 0.0, near_prob: float = 0.0, policy=None):
-    """Like :func:`go2_sim.dataset.generate_samples` (same seeds, same expert, same perturbations),
-    but also yields the camera's :class:`~go2_sim.camera.RenderInfo` (which object each pixel
-    shows), used for auxiliary training targets. A ``blocked_prob`` share of the episodes start
-    behind another object (:func:`go2_sim.dataset.blocked_start`), a ``near_prob`` share close to
-    an object, often of the instructed colour and the other shape (:func:`go2_sim.dataset.near_object_start`).
-
-    With ``policy`` (``env -> action text``) the robot executes the policy's actions instead of
-    the expert's (DAgger: the states a learned policy visits, labelled by the expert); an action
-    that does not parse, or a ``done`` the expert disagrees with, is replaced by the expert's."""
-    from go2_vlm_control.action_language import parse_action, try_parse_action
-    from go2_vlm_control.motion import ActionExecutor, MotionLimits
-
-    from ..closed_loop import execute_action
-    from ..dataset import _random_action, blocked_start, near_object_start
-    from ..episode import Go2Episode
-    from ..expert import expert_action
-
-    env = Go2Episode(camera_config=camera_config)
-    executor = ActionExecutor(MotionLimits())
-    master = np.random.default_rng([seed, 0xDA7A])
-    for ep in range(episodes):
-        ep_seed = int(master.integers(0, 2 ** 31))
-        env.reset(ep_seed)
-        rng = np.random.default_rng([ep_seed, 0xBEEF])
-        if blocked_prob > 0.0 or near_prob > 0.0:
-            start_rng = np.random.default_rng([ep_seed, 0xB10C])
-            u = start_rng.random()
-            if u < blocked_prob:
-                blocked_start(env, start_rng)
-            elif u < blocked_prob + near_prob:
-                near_object_start(env, start_rng)
-        for step in range(max_decisions):
-            label = expert_action(env)
-            image, info = env.render(with_info=True)
-            yield env, ep, image, info, label
-            if label == "done":
-                break
-            executed = label
-            if policy is not None:
-                executed = policy(env)
-                action, _ = try_parse_action(executed)
-                if action is None or action.verb in ("done", "stop"):
-                    executed = label
-            if perturb_prob > 0.0 and rng.random() < perturb_prob:
-                executed = _random_action(rng)
-            execute_action(env, parse_action(executed), executor)
-
-
 def region_labels(env, info) -> np.ndarray:
     """[merged image tokens, 8] presence of each colour+shape in each token's region of the frame."""
     rows, cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
@@ -104,6 +54,7 @@ def _gen_chunk(job):
     from go2_vlm_control.action_language import format_action
 
     from ..camera import CameraConfig
+    from ..dataset import rollouts
     from ..episode import instruction_for
     from ..expert import ExpertConfig, _blocker, expert_action, in_view
 
@@ -114,10 +65,9 @@ def _gen_chunk(job):
     frames: Dict[str, list] = {"pix": [], "regions": [], "episode": []}
     samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
                                 "in_view": [], "absent": []}
-    for env, ep, image, info, label in expert_rollouts(episodes, chunk_seed, perturb,
-                                                       CameraConfig(supersample=supersample),
-                                                       blocked_prob=blocked, near_prob=near,
-                                                       policy=_ROLLOUT_POLICY if use_policy else None):
+    for env, ep, _seed, _step, image, info, label in rollouts(
+            episodes, chunk_seed, perturb_prob=perturb, camera_config=CameraConfig(supersample=supersample),
+            blocked_prob=blocked, near_prob=near, policy=_ROLLOUT_POLICY if use_policy else None, with_info=True):
         batch = proc(text=[prompt_text(proc, env.instruction)], images=[to_pil(bgr_to_rgb(image))],
                      return_tensors="pt")
         n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
