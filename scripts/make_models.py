@@ -55,6 +55,8 @@ HINT_EXIT_LAYERS = [15]
 EXIT_RECIPE = {"data": TEXT_DATA, "layers": EXIT_LAYERS, "hint_layers": HINT_EXIT_LAYERS, "adapter": "mlp",
                "rank": 128, "least_squares_init": True, "epochs": 1.0, "batch": 512, "lr": 1e-4, "seed": SEED,
                "held_out_every": 10, "version": 1}
+# The held-out evaluation (>= 50 prompts; tokens per prompt sized so make models stays < 30 min).
+EVAL_RECIPE = {"gamma": 4, "max_new_tokens": 24, "n_chat": 32, "n_prose": 24, "all_positions": True, "version": 2}
 DRAFT_RECIPE = {"data": TEXT_DATA, "layers": 4, "init": "first-k-1+last", "epochs": 2.5, "lr": 1e-3,
                 "max_tokens": 512, "seed": SEED, "version": 1}
 
@@ -252,7 +254,7 @@ def _eval_inputs_sha() -> str:
     meta = _draft_meta() or {}
     exits = _exits_meta(paths.committed_exits_sweep_path()) or {}
     return recipe_sha({"draft": meta.get("weights_sha256"), "exits": exits.get("recipe_sha"),
-                       "eval": 1, "source": _source_sha()})
+                       "eval": EVAL_RECIPE, "source": _source_sha()})
 
 
 def _eval_done() -> bool:
@@ -267,7 +269,8 @@ def _eval_run(ctx: Context) -> None:
     from specdec.training import evaluate
 
     start = time.time()
-    result = evaluate.evaluate(exits_path=paths.committed_exits_sweep_path(), log=log)
+    settings = {k: v for k, v in EVAL_RECIPE.items() if k != "version"}
+    result = evaluate.evaluate(exits_path=paths.committed_exits_sweep_path(), log=log, **settings)
     result["inputs_sha"] = _eval_inputs_sha()
     evaluate.write(result, _eval_json(), paths.repo_path("docs", "models", "eval_smollm2.md"))
     ctx.timings["eval"] = round(time.time() - start, 1)

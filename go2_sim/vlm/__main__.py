@@ -20,6 +20,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny training run for development (not the artefacts)")
     ap.add_argument("--card", action="store_true", help="write docs/models/go2_vlm.md from the reports")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")
+    ap.add_argument("--device", default="cpu", help="train on this torch device (cuda: same recipe, other bits "
+                    "than the committed CPU-trained artefacts)")
     args = ap.parse_args(argv)
     if not (args.train or args.eval or args.card):
         ap.error("nothing to do: pass --train, --eval and/or --card")
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
             key, value = item.split("=", 1)
             kind = type(getattr(cfg, key))
             setattr(cfg, key, kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
-        build(args.out, force=args.force, config=cfg)
+        build(args.out, force=args.force, config=cfg, device=args.device)
     if args.eval:
         report = evaluate_and_save(args.out, args.episodes, args.report)
         brief = {k: report[k] for k in ("exit_agreement",)}

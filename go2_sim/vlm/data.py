@@ -155,12 +155,37 @@ class Go2Data:
     def answer_len(self) -> int:
         return int(self.targets.shape[1])
 
+    def to(self, device) -> "Go2Data":
+        """A copy with every tensor on ``device`` (training on a GPU keeps the whole set there)."""
+        from dataclasses import fields, replace
 
-def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_repeat: int = 1) -> torch.Tensor:
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
+
+TWIN_CLOSE_TOKENS = 3  # image tokens showing the instructed object's same-colour twin: "close to the twin"
+
+
+def twin_tokens(data: "Go2Data") -> torch.Tensor:
+    """[N] image tokens of each sample's frame that show the instructed object's same-colour,
+    other-shape twin (the look-alike a policy must not stop at)."""
+    twin = torch.tensor([COMBOS.index((c, "box" if sh == "ball" else "ball")) for c, sh in COMBOS],
+                        device=data.combo.device)
+    regions = data.regions[data.frame]                                       # [N, T, 8]
+    return regions[torch.arange(len(data), device=regions.device), :, twin[data.combo]].sum(-1)
+
+
+def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_repeat: int = 1,
+                  boundary_repeat: int = 1) -> torch.Tensor:
     """Rows to train on: every sample of the episodes' own targets and of visible objects, and a
     fraction of the (plentiful, all alike: "left 60") samples whose instructed object is out of view.
     Samples whose answer depends on what the camera cannot see (the expert following a planned
-    path to an object out of view) are left out: no image-conditioned policy can imitate them."""
+    path to an object out of view) are left out: no image-conditioned policy can imitate them.
+
+    Rare samples are repeated: strafes ``rare_repeat`` times, and the samples at the "done"
+    boundary ``boundary_repeat`` times: answer ``done``, or the instructed object's twin close in
+    view (few in rollouts, and where an under-trained policy says done at the wrong object)."""
     gen = torch.Generator().manual_seed(seed)
     keep = data.true_target | (data.state[:, 0] > 0) | (torch.rand(len(data), generator=gen) < other_hidden_frac)
     if data.absent is not None:
@@ -168,10 +193,15 @@ def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_rep
     if data.observable is not None:
         keep &= data.observable
     rows = torch.nonzero(keep & ~data.held_out).flatten()
+    extra = []
     if rare_repeat > 1:
         rare = torch.tensor([data.actions[int(r)].startswith("strafe") for r in rows], dtype=torch.bool)
-        rows = torch.cat([rows] + [rows[rare]] * (rare_repeat - 1))
-    return rows
+        extra += [rows[rare]] * (rare_repeat - 1)
+    if boundary_repeat > 1:
+        close = twin_tokens(data)[rows].cpu() >= TWIN_CLOSE_TOKENS
+        done = torch.tensor([data.actions[int(r)] == "done" for r in rows], dtype=torch.bool)
+        extra += [rows[close | done]] * (boundary_repeat - 1)
+    return torch.cat([rows] + extra) if extra else rows
 
 
 def _number_groups(tok) -> Dict[str, Dict[int, float]]:

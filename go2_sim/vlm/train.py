@@ -41,6 +41,7 @@ class TrainConfig:
     dagger_steps: int = 700        # target fine-tuning steps on expert + DAgger data
     dagger_lr: float = 1e-3
     rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
+    boundary_repeat: int = 1       # ... and "done" / twin-close-in-view samples (data.training_rows)
     kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
     sigma_deg: float = 2.0         # ordinal label smoothing of turn magnitudes (0: off)
     sigma_m: float = 0.03          # ... and of translations
@@ -53,11 +54,17 @@ class TrainConfig:
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
 
 
+# Fields added after a recipe was trained: at these values they change nothing, so they leave
+# that recipe's hash (and the committed artefacts' up-to-date state) as it was.
+_NEUTRAL = {"boundary_repeat": 1}
+
+
 def recipe_sha(cfg: "TrainConfig") -> str:
     """Hash of everything that decides the trained weights (config, shapes, vocabulary, exits)."""
     import hashlib
 
-    recipe = {"config": asdict(cfg), "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
+    config = {k: v for k, v in asdict(cfg).items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
+    recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
               "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -72,7 +79,7 @@ def _positions(model, data: Go2Data, batch: int) -> torch.Tensor:
     """M-RoPE positions of the fixed layout ([3, batch, len]), as the adapter's prefill computes them."""
     ids = data.ids[:1]
     mm = (ids == model.config.image_token_id).long()
-    grid = torch.tensor([data.grid])
+    grid = torch.tensor([data.grid], device=ids.device)
     pos, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)
     return pos.expand(-1, batch, -1).contiguous()
 
@@ -90,7 +97,7 @@ def _forward_answers(model, data: Go2Data, rows: torch.Tensor, pos_cache: Dict[i
         pos_cache[b] = _positions(model, data, b)
     frames, inverse = torch.unique(data.frame[rows], return_inverse=True)
     pix = data.pix[frames].reshape(-1, data.pix.shape[-1]).float()
-    grid = torch.tensor([data.grid] * len(frames))
+    grid = torch.tensor([data.grid] * len(frames), device=pix.device)
     vis = model.model.visual(pix, grid_thw=grid)
     vis = getattr(vis, "pooler_output", vis)                        # [frames * tokens, H]
     per_frame = vis.view(len(frames), -1, vis.shape[-1])
@@ -116,7 +123,7 @@ def _answer_loss(logits, data: Go2Data, rows, teacher_logp=None, kd_alpha: float
     ce = -(hard * logp).sum(-1)[mask].mean()
     if teacher_logp is None or kd_alpha <= 0:
         return ce
-    t_logp = teacher_logp[rows].float()
+    t_logp = teacher_logp[rows.to(teacher_logp.device)].to(logp.device, torch.float32)
     kl = (t_logp.exp() * (t_logp - logp)).sum(-1)[mask].mean()
     return (1 - kd_alpha) * ce + kd_alpha * kl
 
@@ -159,13 +166,14 @@ class AuxHeads(torch.nn.Module):
         tok_ids = build_tokenizer().convert_tokens_to_ids
         self.rows, self.cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
         object.__setattr__(self, "embed", model.model.get_input_embeddings())  # the model's, not ours to train twice
-        self.colour_ids = torch.tensor([tok_ids(c) for c, _ in COMBOS])
-        self.shape_ids = torch.tensor([tok_ids(sh) for _, sh in COMBOS])
+        self.register_buffer("colour_ids", torch.tensor([tok_ids(c) for c, _ in COMBOS]), persistent=False)
+        self.register_buffer("shape_ids", torch.tensor([tok_ids(sh) for _, sh in COMBOS]), persistent=False)
         self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), -3.0))
         self.region_scale = torch.nn.Parameter(torch.tensor(1.0))
         self.tokens = torch.nn.Linear(hidden, 1 + self.rows + self.cols)
         self.state = torch.nn.Linear(hidden, 3)
-        self.image_pos = torch.nonzero(data.ids[0] == model.config.image_token_id).flatten()
+        self.register_buffer("image_pos", torch.nonzero(data.ids[0] == model.config.image_token_id).flatten(),
+                             persistent=False)
         self._feats: Dict[str, torch.Tensor] = {}
         from specdec.models.layout import decoder_layout
 
@@ -175,7 +183,7 @@ class AuxHeads(torch.nn.Module):
                 "probe", o[0] if isinstance(o, (tuple, list)) else o)),
             model.model.language_model.norm.register_forward_hook(lambda m, i, o: self._feats.__setitem__("txt", o)),
         ]
-        self.last: Dict[str, float] = {}
+        self.last: Dict[str, torch.Tensor] = {}
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -194,9 +202,9 @@ class AuxHeads(torch.nn.Module):
         regions = data.regions[data.frame[rows]].float()                                    # [B, T, 8]
         probe = self.tokens(self._feats.pop("probe")[:, self.image_pos].float())            # [B, T, 1+r+c]
         n_tok = probe.shape[1]
-        here = regions[torch.arange(b), :, data.combo[rows]]                                # [B, T]
+        here = regions[torch.arange(b, device=regions.device), :, data.combo[rows]]                                # [B, T]
         l_here = f.binary_cross_entropy_with_logits(probe[..., 0], here)
-        grid = torch.arange(n_tok)
+        grid = torch.arange(n_tok, device=probe.device)
         l_row = f.cross_entropy(probe[..., 1:1 + self.rows].reshape(-1, self.rows), (grid // self.cols).repeat(b))
         l_col = f.cross_entropy(probe[..., 1 + self.rows:].reshape(-1, self.cols), (grid % self.cols).repeat(b))
         out = self.state(self._feats.pop("txt")[:, data.prompt_len - 1].float())
@@ -206,15 +214,16 @@ class AuxHeads(torch.nn.Module):
         l_vis = f.binary_cross_entropy_with_logits(out[:, 0], vis)
         l_bear = (((out[:, 1] - (st[:, 1] / 45.0).clamp(-4, 4)) ** 2) * vis).sum() / n_vis
         l_dist = (((out[:, 2] - st[:, 2].clamp_min(0.05).log()) ** 2) * vis).sum() / n_vis
-        self.last = {"reg": float(reg), "here": float(l_here), "rowcol": float(l_row + l_col),
-                     "vis": float(l_vis), "bear": float(l_bear), "dist": float(l_dist)}
+        # detached, read only when logging (a float() here would sync a GPU every step)
+        self.last = {k: v.detach() for k, v in (("reg", reg), ("here", l_here), ("rowcol", l_row + l_col),
+                                                 ("vis", l_vis), ("bear", l_bear), ("dist", l_dist))}
         return reg + 2.0 * l_here + 0.25 * (l_row + l_col) + 0.5 * (l_vis + l_bear + l_dist)
 
 
 def _frame_batches(data: Go2Data, rows: torch.Tensor, batch: int, gen: torch.Generator):
     """Batches of whole frames (all kept samples of a frame together: same image, different
     instructions and answers), about ``batch`` samples each, frames in random order."""
-    frames = data.frame[rows]
+    frames = data.frame[rows].cpu()
     order = torch.argsort(frames, stable=True)
     rows, frames = rows[order], frames[order]
     uniq, counts = torch.unique_consecutive(frames, return_counts=True)
@@ -239,6 +248,8 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
     torch.manual_seed(seed)
     model.train()
     aux = AuxHeads(model, data) if aux_weight > 0 and data.regions is not None else None
+    if aux is not None:
+        aux.to(data.ids.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     if aux is not None:
@@ -274,7 +285,7 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}")
             if log_every and step % log_every == 0:
-                extra = {k: round(v, 3) for k, v in aux.last.items()} if aux is not None else {}
+                extra = {k: round(float(v), 3) for k, v in aux.last.items()} if aux is not None else {}
                 print(f"{desc} step {step}/{total} loss {ema:.3f} {extra}", flush=True)
     bar.close()
     if aux is not None:
@@ -311,9 +322,9 @@ def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 
         for i in tqdm(range(0, n, batch), desc="target labels", disable=not progress, leave=False):
             r = torch.arange(i, min(n, i + batch))
             logits = _forward_answers(model, data, r, pos_cache)
-            logp = torch.log_softmax(logits, -1)
+            logp = torch.log_softmax(logits, -1).cpu()
             logp_all[r] = logp.half()
-            mask = data.targets[r] != -100
+            mask = data.targets[r].cpu() != -100
             rr, aa = torch.nonzero(mask, as_tuple=True)
             flat = logp[rr, aa]
             v, ix = flat.topk(topk, -1)
@@ -322,7 +333,7 @@ def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 
             seq.append(r[rr])
             pos.append(data.prompt_len - 1 + aa)
             for layer in exit_layers:
-                h = captured[layer][:, -A:]
+                h = captured[layer][:, -A:].cpu()
                 hidden[layer].append(h[rr, aa].half())
     finally:
         for h in hooks:
@@ -340,11 +351,14 @@ def _labels_subset(labels, held_out: torch.Tensor):
 
 
 def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[TrainConfig] = None,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log=print, device: str = "cpu", target_only: bool = False) -> dict:
     """Train target, draft and exit adapters from scratch and save them under ``out_dir``.
 
     Idempotent: does nothing (returns ``{"skipped": True}``) when the artefacts exist, unless
-    ``force``. Deterministic for a :class:`TrainConfig` (fixed seeds, fixed data chunks).
+    ``force``. Deterministic for a :class:`TrainConfig` (fixed seeds, fixed data chunks) on one
+    device; ``device="cuda"`` trains on a GPU (same recipe, not the same bits as the CPU run:
+    the committed artefacts are the CPU ones ``make models`` rebuilds). ``target_only`` stops
+    after the target (recipe experiments: no draft, no exits, only ``out_dir/target``).
     """
     if artefacts_exist(out_dir) and not force:
         log(f"go2 vlm pair: artefacts present in {out_dir} (force=True retrains)")
@@ -369,12 +383,14 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
         data = assemble_dataset(chunks, cfg, log)
         report["data"] = {"frames": len(data), "held_out": int(data.held_out.sum()), "prompt_len": data.prompt_len,
                           "seconds": round(time.time() - t, 1)}
-        train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat)
+        train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat,
+                                   cfg.boundary_repeat)
         held_rows = torch.nonzero(data.held_out).flatten()
+        data = data.to(device)
         tok = build_tokenizer()
         processor = build_processor(tok)
 
-        target = build_model(TARGET_SPEC, tok, seed=cfg.seed)
+        target = build_model(TARGET_SPEC, tok, seed=cfg.seed).to(device)
         report["target"] = train_model(target, data, train_rows, steps=cfg.target_steps, batch=cfg.target_batch,
                                        lr=cfg.target_lr, seed=cfg.seed + 1, weight_decay=cfg.weight_decay,
                                        aux_weight=cfg.aux_weight, desc="go2 target", progress=progress)
@@ -386,13 +402,16 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             # DAgger: the states the trained target reaches on its own (drifted off the expert's
             # path, pressed against an object), labelled by the expert, then fine-tune on all data.
             t = time.time()
-            set_rollout_policy(target, processor)
+            set_rollout_policy(target.cpu(), processor)
             first = len(chunks)
             chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, policy=True), cfg.workers,
                                              desc="go2 dagger rollouts (chunks)", progress=progress)
             data = assemble_dataset(chunks, cfg, log)
-            train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat)
+            train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat,
+                                   cfg.boundary_repeat)
             held_rows = torch.nonzero(data.held_out).flatten()
+            data = data.to(device)
+            target.to(device)
             rollout_s = round(time.time() - t, 1)
             report["dagger"] = train_model(target, data, train_rows, steps=cfg.dagger_steps, batch=cfg.target_batch,
                                            lr=cfg.dagger_lr, seed=cfg.seed + 5, weight_decay=cfg.weight_decay,
@@ -400,11 +419,19 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             report["dagger"].update(rollout_seconds=rollout_s, held_out=answer_accuracy(target, data, held_rows))
             log(f"go2 dagger: {report['dagger']}")
 
+        if target_only:
+            path = artefact_paths(out_dir)["target"]
+            os.makedirs(path, exist_ok=True)
+            target.cpu().save_pretrained(path)
+            save_processor(processor, path)
+            report["total_seconds"] = round(time.time() - t_start, 1)
+            return report
+
         t = time.time()
         teacher_logp, labels = teacher_pass(target, data, EXIT_LAYERS, progress=progress)
         report["teacher_pass_seconds"] = round(time.time() - t, 1)
 
-        draft = build_model(DRAFT_SPEC, tok, seed=cfg.seed + 2)
+        draft = build_model(DRAFT_SPEC, tok, seed=cfg.seed + 2).to(device)
         report["draft"] = train_model(draft, data, train_rows, steps=cfg.draft_steps, batch=cfg.draft_batch,
                                       lr=cfg.draft_lr, seed=cfg.seed + 3, weight_decay=cfg.weight_decay,
                                       teacher_logp=teacher_logp, kd_alpha=cfg.kd_alpha, aux_weight=cfg.aux_weight,
@@ -421,6 +448,7 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             held_out=held_labels, progress=progress, log=log)
         report["exits"] = exit_report
         log(f"go2 exits: {json.dumps(exit_report['per_layer'])}")
+        target.cpu(), draft.cpu(), heads.cpu()
 
         # save (to a temporary folder first, so an interrupted run leaves no half artefacts)
         tmp = out_dir.rstrip("/") + ".tmp"

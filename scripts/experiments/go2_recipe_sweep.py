@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Recipe sweep for the Go2 VLM target: train variants side by side, score them in closed loop.
+
+Each variant trains only the target (``go2_sim.vlm.train.build(target_only=True)``) in its own
+process, then drives the simulator alone (greedy) on *validation* seeds, disjoint from the
+evaluation seeds 0..49 of the model card and from the training rollouts (those draw their
+episode seeds at random from [0, 2^31)). Choosing a recipe on the evaluation seeds would
+overfit them; the winner is then rebuilt by ``make models`` and evaluated there.
+
+A variant is ``NAME:key=value,key=value``. Keys are TrainConfig fields, ``target.<field>``
+(a field of TARGET_SPEC, e.g. ``target.vision_depth=3``) or ``image=WxH`` (the resolution the
+processor resizes frames to; multiples of 16).
+
+  python scripts/experiments/go2_recipe_sweep.py --device cuda --jobs 8 \\
+      --variant base: --variant long:target_steps=6000 --variant res:image=128x96
+
+Prints one JSON line per variant and a table; ``--out`` keeps the trained targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _apply(overrides: dict):
+    """Patch the pair's shapes for this process and return the TrainConfig of ``overrides``."""
+    from go2_sim.vlm import data, pair, train
+
+    cfg = train.TrainConfig()
+    spec = {}
+    for key, value in overrides.items():
+        if key == "image":
+            w, h = (int(v) for v in value.lower().split("x"))
+            for module in (pair, data, train):
+                module.IMAGE_W, module.IMAGE_H = w, h
+        elif key.startswith("target."):
+            field = key.split(".", 1)[1]
+            kind = type(getattr(pair.TARGET_SPEC, field))
+            spec[field] = tuple(int(x) for x in value.split("/")) if kind is tuple else kind(value)
+        else:
+            kind = type(getattr(cfg, key))
+            setattr(cfg, key, kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
+    if spec:
+        new = dataclasses.replace(pair.TARGET_SPEC, **spec)
+        pair.TARGET_SPEC = train.TARGET_SPEC = new
+    return cfg
+
+
+def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, threads: int) -> dict:
+    import torch
+
+    from go2_sim.closed_loop import evaluate
+    from go2_sim.vlm.evaluate import greedy_decode
+    from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
+    from go2_sim.vlm.train import build
+    from specdec.models.adapters import load_model
+
+    cfg = _apply(overrides)
+    cfg.workers, cfg.threads = 2, threads
+    folder = os.path.join(out, name)
+    report = build(folder, force=True, config=cfg, progress=False, log=lambda m: None, device=device,
+                   target_only=True)
+    torch.set_num_threads(threads)
+    target = load_model(artefact_paths(folder)["target"], name=name)
+
+    def policy(env):
+        return target.decode_text(greedy_decode(target, env.instruction, bgr_to_rgb(env.render())))
+
+    t0 = time.time()
+    res = evaluate(policy, list(seeds), max_decisions=40)
+    results = res["results"]
+    return {"name": name, "overrides": overrides, "success_rate": res["success_rate"],
+            "successes": sum(r.success for r in results), "episodes": len(results),
+            "done_elsewhere": sum(r.said_done and not r.success for r in results),
+            "held_out": report["target"]["held_out"], "train_seconds": report["target"]["seconds"],
+            "data_seconds": report["data"]["seconds"], "eval_seconds": round(time.time() - t0, 1)}
+
+
+def parse_variant(text: str):
+    name, _, rest = text.partition(":")
+    overrides = dict(item.split("=", 1) for item in rest.split(",") if item)
+    return name, overrides
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", action="append", required=True, help="NAME:key=value,...")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (one process each)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    ap.add_argument("--seeds", default="1000:1100", help="validation seeds FIRST:END")
+    ap.add_argument("--out", default="/tmp/go2_sweep")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run this variant
+    args = ap.parse_args(argv)
+    first, end = (int(v) for v in args.seeds.split(":"))
+    variants = dict(parse_variant(v) for v in args.variant)
+    if args.one:
+        row = run_one(args.one, variants[args.one], args.out, args.device, range(first, end), args.threads)
+        print("RESULT " + json.dumps(row), flush=True)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    pending, running, rows = list(variants), [], []
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--device", args.device,
+                   "--threads", str(args.threads), "--seeds", args.seeds, "--out", args.out]
+            cmd += [f"--variant={v}" for v in args.variant]
+            log = open(os.path.join(args.out, f"{name}.log"), "w")
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(2)
+        for item in list(running):
+            name, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            with open(os.path.join(args.out, f"{name}.log")) as f:
+                found = [json.loads(line[7:]) for line in f if line.startswith("RESULT ")]
+            row = found[0] if found else {"name": name, "error": f"exit {proc.returncode}"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| variant | success | done at the wrong object | held-out verb acc | train s |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['name']} | {r['error']} | | | |")
+            continue
+        print(f"| {r['name']} | {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%) | "
+              f"{r['done_elsewhere']} | {100 * r['held_out']['verb_acc']:.1f}% | {r['train_seconds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
