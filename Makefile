@@ -3,12 +3,13 @@ SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast models models-ensure lock clean
+.PHONY: help setup test test-fast models models-eval models-ensure lock clean
 
 help:
 	@echo "make setup   - create .venv (ROS 2 Jazzy wheels, torch CPU, transformers) and colcon build"
 	@echo "make test    - setup if needed, then the whole test suite"
-	@echo "make models  - (re)create every model artefact (trains what is missing)"
+	@echo "make models  - (re)create every model artefact (trains what is out of date; MODELS_ARGS=--force: all)"
+	@echo "make models-eval - evaluate the artefacts (reports + model cards in docs/models)"
 	@echo "make demo    - the simulated Go2 closed loop through the real nodes (DEMO_ARGS=...)"
 	@echo "make bench   - every decoding mode side by side (make bench-quick: smoke settings)"
 	@echo "make lock    - re-pin requirements/constraints.txt from the current .venv"
@@ -24,7 +25,10 @@ models-ensure: setup
 	@if [ -f scripts/make_models.py ]; then $(RUN) python scripts/make_models.py --ensure; fi
 
 models: setup
-	$(RUN) python scripts/make_models.py $(MODELS_ARGS)
+	$(RUN) python scripts/make_models.py --no-eval $(MODELS_ARGS)
+
+models-eval: models-ensure
+	$(RUN) python scripts/make_models.py --eval-only $(MODELS_ARGS)
 
 lock: setup
 	@{ echo "# Exact versions CI tested (pip freeze of a fresh 'make setup'). Regenerate with 'make lock'."; \

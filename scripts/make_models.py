@@ -21,7 +21,10 @@ More pairs (e.g. a VLM pair) plug in by appending :class:`Step` objects to ``STE
 ``register_step`` from another module listed in ``SPECDEC_EXTRA_STEPS``): a step has a name,
 ``ensure`` (part of the fast path?), ``is_done()`` and ``run(force)``.
 
-Usage: python scripts/make_models.py [--ensure] [--force] [--steps target draft ...] [--no-eval]
+``make models`` runs the artefact steps (``--no-eval``), ``make models-eval`` the two evaluations
+(``--eval-only``); ``MODELS_ARGS=--force`` rebuilds from scratch.
+
+Usage: python scripts/make_models.py [--ensure] [--force] [--steps target draft ...] [--no-eval | --eval-only]
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class Step:
     is_done: Callable[[], bool]
     run: Callable[[Context], None]
     help: str = ""
+    evaluation: bool = False  # measures artefacts (reports, model cards) instead of making one
 
 
 # -- text pair steps -------------------------------------------------------------------------------
@@ -313,9 +317,10 @@ STEPS: List[Step] = [
     Step("draft", False, _draft_done, _draft_run, "distil the draft (committed)"),
     Step("assemble", True, _assemble_done, _assemble_run, "rebuild the HF draft folder"),
     Step("exits", False, _exits_done, _exits_run, "train early-exit adapters (committed)"),
-    Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits"),
+    Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits", evaluation=True),
     Step("go2_vlm", False, _go2_done, _go2_run, "train the Go2 VLM pair + exits (committed)"),
-    Step("go2_eval", False, _go2_eval_done, _go2_eval_run, "closed-loop evaluation of the Go2 pair"),
+    Step("go2_eval", False, _go2_eval_done, _go2_eval_run, "closed-loop evaluation of the Go2 pair",
+         evaluation=True),
 ]
 
 
@@ -340,7 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ensure", action="store_true", help="fast path: only rebuild .cache folders (no training)")
     parser.add_argument("--force", action="store_true", help="redo the selected steps even if up to date")
     parser.add_argument("--steps", nargs="+", default=None, help="only these steps (default: all)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation step")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation steps (make models)")
+    parser.add_argument("--eval-only", action="store_true", help="only the evaluation steps (make models-eval)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--list", action="store_true", help="list the steps and whether they are up to date")
     args = parser.parse_args(argv)
@@ -361,7 +367,9 @@ def main(argv=None) -> int:
     if args.ensure:
         selected = [s for s in selected if s.ensure]
     if args.no_eval:
-        selected = [s for s in selected if s.name != "eval"]
+        selected = [s for s in selected if not s.evaluation]
+    if args.eval_only:
+        selected = [s for s in selected if s.evaluation]
     ctx = Context(force=args.force)
     start = time.time()
     with tqdm(total=len(selected), desc="make models", unit="step") as bar:

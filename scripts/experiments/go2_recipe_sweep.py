@@ -15,6 +15,8 @@ processor resizes frames to; multiples of 16).
       --variant base: --variant long:target_steps=6000 --variant res:image=128x96
 
 Prints one JSON line per variant and a table; ``--out`` keeps the trained targets.
+``--evaluate models/go2_vlm`` scores an existing pair on the same seeds (no training);
+``--diagnose models/go2_vlm`` prints its teacher-forced accuracy on training and held-out rows.
 """
 
 from __future__ import annotations
@@ -56,22 +58,17 @@ def _apply(overrides: dict):
     return cfg
 
 
-def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, threads: int) -> dict:
+def closed_loop(folder: str, seeds: range, threads: int) -> dict:
+    """The target of ``folder`` alone (greedy) on ``seeds``."""
     import torch
 
     from go2_sim.closed_loop import evaluate
     from go2_sim.vlm.evaluate import greedy_decode
     from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
-    from go2_sim.vlm.train import build
     from specdec.models.adapters import load_model
 
-    cfg = _apply(overrides)
-    cfg.workers, cfg.threads = 2, threads
-    folder = os.path.join(out, name)
-    report = build(folder, force=True, config=cfg, progress=False, log=lambda m: None, device=device,
-                   target_only=True)
     torch.set_num_threads(threads)
-    target = load_model(artefact_paths(folder)["target"], name=name)
+    target = load_model(artefact_paths(folder)["target"], name="go2-vlm-target")
 
     def policy(env):
         return target.decode_text(greedy_decode(target, env.instruction, bgr_to_rgb(env.render())))
@@ -79,11 +76,56 @@ def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, thr
     t0 = time.time()
     res = evaluate(policy, list(seeds), max_decisions=40)
     results = res["results"]
-    return {"name": name, "overrides": overrides, "success_rate": res["success_rate"],
-            "successes": sum(r.success for r in results), "episodes": len(results),
-            "done_elsewhere": sum(r.said_done and not r.success for r in results),
+    return {"success_rate": res["success_rate"], "successes": sum(r.success for r in results),
+            "episodes": len(results), "done_elsewhere": sum(r.said_done and not r.success for r in results),
+            "failed_seeds": [r.seed for r in results if not r.success], "eval_seconds": round(time.time() - t0, 1)}
+
+
+def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
+    """Teacher-forced verb / answer accuracy of the target of ``folder`` on the default recipe's
+    training rows and held-out rows: all samples, samples with the instructed object's twin in
+    view, and ``done`` samples (is the twin decision underfit, or only not generalised?)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from go2_sim.vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, collect_chunks, data_jobs, training_rows, twin_tokens
+    from go2_sim.vlm.pair import artefact_paths
+    from go2_sim.vlm.train import TrainConfig, answer_accuracy
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig()
+    cache = os.environ.get("GO2_VLM_DATA_CACHE")
+    if cache and os.path.isfile(cache):
+        chunks = torch.load(cache, weights_only=False)
+    else:
+        chunks = collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=False)
+    data = assemble_dataset(chunks, cfg, log=lambda m: None)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(artefact_paths(folder)["target"]).eval()
+    twin = twin_tokens(data) >= TWIN_CLOSE_TOKENS
+    done = torch.tensor([a == "done" for a in data.actions])
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for split, rows in (("train", training_rows(data, cfg.other_hidden_frac, cfg.seed)),
+                        ("held_out", torch.nonzero(data.held_out).flatten())):
+        for subset, mask in (("all", None), ("twin_in_view", twin), ("done", done)):
+            r = rows if mask is None else rows[mask[rows]]
+            if len(r) > limit:
+                r = r[torch.randperm(len(r), generator=gen)[:limit]]
+            out[f"{split}/{subset}"] = dict(samples=len(r), **answer_accuracy(model, data, r))
+    return out
+
+
+def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, threads: int) -> dict:
+    from go2_sim.vlm.train import build
+
+    cfg = _apply(overrides)
+    cfg.workers, cfg.threads = 2, threads
+    folder = os.path.join(out, name)
+    report = build(folder, force=True, config=cfg, progress=False, log=lambda m: None, device=device,
+                   target_only=True)
+    return {"name": name, "overrides": overrides, **closed_loop(folder, seeds, threads),
             "held_out": report["target"]["held_out"], "train_seconds": report["target"]["seconds"],
-            "data_seconds": report["data"]["seconds"], "eval_seconds": round(time.time() - t0, 1)}
+            "data_seconds": report["data"]["seconds"]}
 
 
 def parse_variant(text: str):
@@ -94,7 +136,11 @@ def parse_variant(text: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", action="append", required=True, help="NAME:key=value,...")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,...")
+    ap.add_argument("--evaluate", default=None, metavar="DIR",
+                    help="no training: score the pair folder DIR (e.g. models/go2_vlm) on the validation seeds")
+    ap.add_argument("--diagnose", default=None, metavar="DIR",
+                    help="no training: teacher-forced accuracy of DIR's target on training / held-out rows")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (one process each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per variant")
@@ -103,6 +149,14 @@ def main(argv=None) -> int:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run this variant
     args = ap.parse_args(argv)
     first, end = (int(v) for v in args.seeds.split(":"))
+    if args.evaluate:
+        print(json.dumps({"folder": args.evaluate, **closed_loop(args.evaluate, range(first, end), args.threads)}))
+        return 0
+    if args.diagnose:
+        print(json.dumps({"folder": args.diagnose, **diagnose(args.diagnose, args.threads)}, indent=1))
+        return 0
+    if not args.variant:
+        ap.error("give --variant (one or more) or --evaluate DIR")
     variants = dict(parse_variant(v) for v in args.variant)
     if args.one:
         row = run_one(args.one, variants[args.one], args.out, args.device, range(first, end), args.threads)
