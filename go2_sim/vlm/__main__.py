@@ -7,7 +7,7 @@ import json
 
 from .evaluate import EVAL_SEEDS, evaluate_and_save
 from .pair import DEFAULT_OUT
-from .train import TrainConfig, build
+from .train import TrainConfig, apply_overrides, build
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train / evaluate the Go2 VLM pair (target + draft + exits).")
@@ -29,10 +29,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig()
         if args.quick:
             cfg = TrainConfig(episodes=20, target_steps=30, draft_steps=30, exit_epochs=2)
-        for item in args.set:
-            key, value = item.split("=", 1)
-            kind = type(getattr(cfg, key))
-            setattr(cfg, key, kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
+        apply_overrides(cfg, dict(item.split("=", 1) for item in args.set))
         build(args.out, force=args.force, config=cfg, device=args.device)
     if args.eval:
         report = evaluate_and_save(args.out, args.episodes, args.report)

@@ -4,6 +4,7 @@ the expert, rendered and preprocessed once into fixed-layout tensors."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional
 
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 
 
 COMBOS = [(c, sh) for c in ("red", "green", "blue", "yellow") for sh in ("ball", "box")]
+
+
+def twin_of(colour: str, shape: str) -> tuple:
+    """The look-alike of an object: same colour, the other shape."""
+    return colour, "box" if shape == "ball" else "ball"
+
 REGION_MIN_PIXELS = 8  # camera pixels (of 160x120) of an object for it to count as present (regions, visibility)
 
 
@@ -108,7 +115,7 @@ def _gen_chunk(job):
                 # says what "go to the red box" means here.
                 present = {(o.color, o.shape) for o in env.world.objects}
                 for obj in env.world.objects:
-                    twin = (obj.color, "box" if obj.shape == "ball" else "ball")
+                    twin = twin_of(obj.color, obj.shape)
                     if twin in present or info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS:
                         continue
                     present.add(twin)
@@ -170,8 +177,7 @@ TWIN_CLOSE_TOKENS = 3  # image tokens showing the instructed object's same-colou
 def twin_tokens(data: "Go2Data") -> torch.Tensor:
     """[N] image tokens of each sample's frame that show the instructed object's same-colour,
     other-shape twin (the look-alike a policy must not stop at)."""
-    twin = torch.tensor([COMBOS.index((c, "box" if sh == "ball" else "ball")) for c, sh in COMBOS],
-                        device=data.combo.device)
+    twin = torch.tensor([COMBOS.index(twin_of(c, sh)) for c, sh in COMBOS], device=data.combo.device)
     regions = data.regions[data.frame]                                       # [N, T, 8]
     return regions[torch.arange(len(data), device=regions.device), :, twin[data.combo]].sum(-1)
 
@@ -236,15 +242,9 @@ def set_rollout_policy(model, processor) -> None:
     global _ROLLOUT_POLICY
     from specdec.models.adapters import wrap_model
 
-    from .evaluate import greedy_decode
+    from .evaluate import greedy_policy
 
-    adapter = wrap_model(model.eval(), processor)
-
-    def policy(env) -> str:
-        with torch.no_grad():
-            return adapter.decode_text(greedy_decode(adapter, env.instruction, bgr_to_rgb(env.render())))
-
-    _ROLLOUT_POLICY = policy
+    _ROLLOUT_POLICY = greedy_policy(wrap_model(model.eval(), processor))
 
 
 def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, policy: bool = False) -> list:
@@ -276,9 +276,28 @@ def collect_chunks(jobs: list, workers: int, desc: str = "go2 data (chunks)", pr
     return results
 
 
+def expert_chunks(cfg: TrainConfig, progress: bool = True) -> list:
+    """The expert rollouts of ``cfg`` (:func:`collect_chunks` of its :func:`data_jobs`).
+
+    ``GO2_VLM_DATA_CACHE`` (development only) names a file that keeps them between runs; it is
+    reused only for the same jobs and image size, else regenerated and overwritten.
+    """
+    jobs = data_jobs(cfg, 0, cfg.episodes)
+    key = repr((jobs, IMAGE_W, IMAGE_H))
+    cache = os.environ.get("GO2_VLM_DATA_CACHE")
+    if cache and os.path.isfile(cache):
+        saved = torch.load(cache, weights_only=False)
+        if isinstance(saved, dict) and saved.get("key") == key:
+            return saved["chunks"]
+    chunks = collect_chunks(jobs, cfg.workers, progress=progress)
+    if cache:
+        torch.save({"key": key, "chunks": chunks}, cache)
+    return chunks
+
+
 def make_dataset(cfg: TrainConfig, progress: bool = True, log=print) -> Go2Data:
     """Expert rollouts rendered by the simulator's camera, preprocessed once (see :func:`_gen_chunk`)."""
-    return assemble_dataset(collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=progress), cfg, log)
+    return assemble_dataset(expert_chunks(cfg, progress), cfg, log)
 
 
 def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:

@@ -53,6 +53,15 @@ def greedy_decode(adapter, prompt: str, image, max_new_tokens: int = 8, exit_hea
     return out
 
 
+def greedy_policy(adapter, max_new_tokens: int = 8):
+    """``env -> action text``: ``adapter`` alone, greedy, on the episode's current frame."""
+    def policy(env) -> str:
+        return adapter.decode_text(greedy_decode(adapter, env.instruction, bgr_to_rgb(env.render()),
+                                                 max_new_tokens))
+
+    return policy
+
+
 def _summary(res: dict) -> dict:
     results = res["results"]
     return {"episodes": res["episodes"], "success_rate": res["success_rate"], "reached_rate": res["reached_rate"],
@@ -126,10 +135,7 @@ def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS,
         report["exit_agreement"] = {str(layer): round(a / max(1, n), 4) for layer, (a, n) in sorted(exit_stats.items())}
         report["exit_positions"] = {str(layer): n for layer, (a, n) in sorted(exit_stats.items())}
 
-        def draft_policy(env):
-            return draft.decode_text(greedy_decode(draft, env.instruction, bgr_to_rgb(env.render())))
-
-        report["draft"] = run("draft", draft_policy)[1]
+        report["draft"] = run("draft", greedy_policy(draft))[1]
 
         spec = {"drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0, "hints": 0, "hints_correct": 0,
                 "decisions": 0, "mismatches": 0, "reference_decodes": 0}

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .data import COMBOS, Go2Data, assemble_dataset, collect_chunks, data_jobs, set_rollout_policy, training_rows
+from .data import (COMBOS, Go2Data, assemble_dataset, collect_chunks, data_jobs, expert_chunks, set_rollout_policy,
+                   training_rows)
 from .pair import (DEFAULT_OUT, DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, WORDS,
                    read_json, artefact_paths, artefacts_exist, build_model, build_processor, build_tokenizer,
                    save_processor)
@@ -52,6 +53,16 @@ class TrainConfig:
     weight_decay: float = 0.01
     aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
+    """Set ``cfg``'s fields from text (``{"target_steps": "6000", "absent_twins": "true"}``)."""
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise KeyError(f"TrainConfig has no field {key!r}")
+        kind = type(getattr(cfg, key))
+        setattr(cfg, key, value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+    return cfg
 
 
 # Fields added after a recipe was trained: at these values they change nothing, so they leave
@@ -373,20 +384,17 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
     try:
         report: Dict[str, object] = {"config": asdict(cfg)}
         t = time.time()
-        cache = os.environ.get("GO2_VLM_DATA_CACHE")  # development only: reuse generated frames
-        if cache and os.path.isfile(cache):
-            chunks = torch.load(cache, weights_only=False)
-        else:
-            chunks = collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=progress)
-            if cache:
-                torch.save(chunks, cache)
-        data = assemble_dataset(chunks, cfg, log)
+        chunks = expert_chunks(cfg, progress)
+
+        def prepare(chunks):
+            """Tensors of ``chunks`` on ``device``, with the rows to train on and the held-out rows."""
+            data = assemble_dataset(chunks, cfg, log)
+            rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat, cfg.boundary_repeat)
+            return data.to(device), rows, torch.nonzero(data.held_out).flatten()
+
+        data, train_rows, held_rows = prepare(chunks)
         report["data"] = {"frames": len(data), "held_out": int(data.held_out.sum()), "prompt_len": data.prompt_len,
                           "seconds": round(time.time() - t, 1)}
-        train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat,
-                                   cfg.boundary_repeat)
-        held_rows = torch.nonzero(data.held_out).flatten()
-        data = data.to(device)
         tok = build_tokenizer()
         processor = build_processor(tok)
 
@@ -406,11 +414,7 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             first = len(chunks)
             chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, policy=True), cfg.workers,
                                              desc="go2 dagger rollouts (chunks)", progress=progress)
-            data = assemble_dataset(chunks, cfg, log)
-            train_rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat,
-                                   cfg.boundary_repeat)
-            held_rows = torch.nonzero(data.held_out).flatten()
-            data = data.to(device)
+            data, train_rows, held_rows = prepare(chunks)
             target.to(device)
             rollout_s = round(time.time() - t, 1)
             report["dagger"] = train_model(target, data, train_rows, steps=cfg.dagger_steps, batch=cfg.target_batch,

@@ -38,8 +38,7 @@ def _apply(overrides: dict):
     """Patch the pair's shapes for this process and return the TrainConfig of ``overrides``."""
     from go2_sim.vlm import data, pair, train
 
-    cfg = train.TrainConfig()
-    spec = {}
+    spec, fields = {}, {}
     for key, value in overrides.items():
         if key == "image":
             w, h = (int(v) for v in value.lower().split("x"))
@@ -50,12 +49,11 @@ def _apply(overrides: dict):
             kind = type(getattr(pair.TARGET_SPEC, field))
             spec[field] = tuple(int(x) for x in value.split("/")) if kind is tuple else kind(value)
         else:
-            kind = type(getattr(cfg, key))
-            setattr(cfg, key, kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
+            fields[key] = value
     if spec:
         new = dataclasses.replace(pair.TARGET_SPEC, **spec)
         pair.TARGET_SPEC = train.TARGET_SPEC = new
-    return cfg
+    return train.apply_overrides(train.TrainConfig(), fields)
 
 
 def closed_loop(folder: str, seeds: range, threads: int) -> dict:
@@ -63,18 +61,14 @@ def closed_loop(folder: str, seeds: range, threads: int) -> dict:
     import torch
 
     from go2_sim.closed_loop import evaluate
-    from go2_sim.vlm.evaluate import greedy_decode
-    from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
+    from go2_sim.vlm.evaluate import greedy_policy
+    from go2_sim.vlm.pair import artefact_paths
     from specdec.models.adapters import load_model
 
     torch.set_num_threads(threads)
     target = load_model(artefact_paths(folder)["target"], name="go2-vlm-target")
-
-    def policy(env):
-        return target.decode_text(greedy_decode(target, env.instruction, bgr_to_rgb(env.render())))
-
     t0 = time.time()
-    res = evaluate(policy, list(seeds), max_decisions=40)
+    res = evaluate(greedy_policy(target), list(seeds), max_decisions=40)
     results = res["results"]
     return {"success_rate": res["success_rate"], "successes": sum(r.success for r in results),
             "episodes": len(results), "done_elsewhere": sum(r.said_done and not r.success for r in results),
@@ -88,18 +82,13 @@ def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from go2_sim.vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, collect_chunks, data_jobs, training_rows, twin_tokens
+    from go2_sim.vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows, twin_tokens
     from go2_sim.vlm.pair import artefact_paths
     from go2_sim.vlm.train import TrainConfig, answer_accuracy
 
     torch.set_num_threads(threads)
     cfg = TrainConfig()
-    cache = os.environ.get("GO2_VLM_DATA_CACHE")
-    if cache and os.path.isfile(cache):
-        chunks = torch.load(cache, weights_only=False)
-    else:
-        chunks = collect_chunks(data_jobs(cfg, 0, cfg.episodes), cfg.workers, progress=False)
-    data = assemble_dataset(chunks, cfg, log=lambda m: None)
+    data = assemble_dataset(expert_chunks(cfg, progress=False), cfg, log=lambda m: None)
     model = Qwen2VLForConditionalGeneration.from_pretrained(artefact_paths(folder)["target"]).eval()
     twin = twin_tokens(data) >= TWIN_CLOSE_TOKENS
     done = torch.tensor([a == "done" for a in data.actions])

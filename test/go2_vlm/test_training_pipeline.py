@@ -15,9 +15,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from go2_sim.vlm import pair as vlm  # noqa: E402
-from go2_sim.vlm.data import (TWIN_CLOSE_TOKENS, collect_chunks, data_jobs, assemble_dataset,  # noqa: E402
-                              training_rows, twin_tokens)
-from go2_sim.vlm.train import TrainConfig, build, recipe_sha  # noqa: E402
+from go2_sim.vlm.data import (TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows,  # noqa: E402
+                              twin_of, twin_tokens)
+from go2_sim.vlm.train import TrainConfig, apply_overrides, build, recipe_sha  # noqa: E402
 
 TINY = dict(episodes=16, chunk=8, workers=1, threads=1, target_steps=12, draft_steps=8, exit_epochs=1.0,
             held_out_every=4, boundary_repeat=3)
@@ -26,8 +26,7 @@ TINY = dict(episodes=16, chunk=8, workers=1, threads=1, target_steps=12, draft_s
 @pytest.fixture(scope="module")
 def tiny_data():
     cfg = TrainConfig(**TINY)
-    return cfg, assemble_dataset(collect_chunks(data_jobs(cfg, 0, cfg.episodes), 1, progress=False), cfg,
-                                 log=lambda m: None)
+    return cfg, assemble_dataset(expert_chunks(cfg, progress=False), cfg, log=lambda m: None)
 
 
 def test_boundary_rows_are_repeated(tiny_data):
@@ -49,8 +48,30 @@ def test_twin_tokens_count_the_lookalike(tiny_data):
     tw = twin_tokens(data)
     for i in range(0, len(data), max(1, len(data) // 50)):
         colour, shape = COMBOS[int(data.combo[i])]
-        twin = COMBOS.index((colour, "box" if shape == "ball" else "ball"))
+        twin = COMBOS.index(twin_of(colour, shape))
+        assert twin_of(*COMBOS[twin]) == (colour, shape) and COMBOS[twin][1] != shape
         assert int(tw[i]) == int(data.regions[data.frame[i], :, twin].sum())
+
+
+def test_data_cache_is_reused_only_for_the_same_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GO2_VLM_DATA_CACHE", str(tmp_path / "chunks.pt"))
+    cfg = TrainConfig(episodes=2, chunk=2, workers=1)
+    first = expert_chunks(cfg, progress=False)
+    again = expert_chunks(cfg, progress=False)
+    assert torch.equal(torch.from_numpy(first[0]["frames"]["pix"][0]),
+                       torch.from_numpy(again[0]["frames"]["pix"][0]))
+    other = expert_chunks(TrainConfig(episodes=2, chunk=2, workers=1, seed=5), progress=False)
+    assert not torch.equal(torch.from_numpy(first[0]["frames"]["pix"][0]),
+                           torch.from_numpy(other[0]["frames"]["pix"][0]))
+    assert torch.load(tmp_path / "chunks.pt", weights_only=False)["chunks"][0]["frames"]["pix"][0].tobytes() \
+        == other[0]["frames"]["pix"][0].tobytes()
+
+
+def test_apply_overrides_parses_text():
+    cfg = apply_overrides(TrainConfig(), {"target_steps": "123", "absent_twins": "yes", "target_lr": "0.5"})
+    assert (cfg.target_steps, cfg.absent_twins, cfg.target_lr) == (123, True, 0.5)
+    with pytest.raises(KeyError):
+        apply_overrides(TrainConfig(), {"no_such_field": "1"})
 
 
 def test_recipe_hash_ignores_neutral_new_fields():
