@@ -280,10 +280,10 @@ def expert_chunks(cfg: TrainConfig, progress: bool = True) -> list:
     """The expert rollouts of ``cfg`` (:func:`collect_chunks` of its :func:`data_jobs`).
 
     ``GO2_VLM_DATA_CACHE`` (development only) names a file that keeps them between runs; it is
-    reused only for the same jobs and image size, else regenerated and overwritten.
+    reused only for the same jobs, image size and patching, else regenerated and overwritten.
     """
     jobs = data_jobs(cfg, 0, cfg.episodes)
-    key = repr((jobs, IMAGE_W, IMAGE_H))
+    key = repr((jobs, IMAGE_W, IMAGE_H, PATCH, MERGE))
     cache = os.environ.get("GO2_VLM_DATA_CACHE")
     if cache and os.path.isfile(cache):
         saved = torch.load(cache, weights_only=False)

@@ -52,6 +52,10 @@ class TrainConfig:
     exit_lr: float = 3e-3
     weight_decay: float = 0.01
     aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
+    object_weight: float = 1.0     # ... plus each visible object's colour and shape from its image tokens (object_loss)
+    vision_warmup_steps: int = 2500  # steps training the vision tower alone on object_loss first (0: off)
+    vision_warmup_frames: int = 16  # frames per warm-up step
+    vision_warmup_lr: float = 2e-3
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
 
 
@@ -67,7 +71,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
 
 # Fields added after a recipe was trained: at these values they change nothing, so they leave
 # that recipe's hash (and the committed artefacts' up-to-date state) as it was.
-_NEUTRAL = {"boundary_repeat": 1}
+_NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
+            "vision_warmup_lr": 2e-3}
 
 
 def recipe_sha(cfg: "TrainConfig") -> str:
@@ -107,11 +112,7 @@ def _forward_answers(model, data: Go2Data, rows: torch.Tensor, pos_cache: Dict[i
     if b not in pos_cache:
         pos_cache[b] = _positions(model, data, b)
     frames, inverse = torch.unique(data.frame[rows], return_inverse=True)
-    pix = data.pix[frames].reshape(-1, data.pix.shape[-1]).float()
-    grid = torch.tensor([data.grid] * len(frames), device=pix.device)
-    vis = model.model.visual(pix, grid_thw=grid)
-    vis = getattr(vis, "pooler_output", vis)                        # [frames * tokens, H]
-    per_frame = vis.view(len(frames), -1, vis.shape[-1])
+    per_frame = vision_features(model, data, frames)                # [frames, tokens, H]
     ids = data.ids[rows]
     embeds = model.model.get_input_embeddings()(ids)
     mask = (ids == model.config.image_token_id).unsqueeze(-1)
@@ -156,6 +157,114 @@ def answer_accuracy(model, data: Go2Data, rows: torch.Tensor, batch: int = 64) -
     return {"verb_acc": verb_ok / n, "answer_acc": all_ok / n}
 
 
+OBJECT_MIN_TOKENS = 4  # image tokens an object must cover for its shape to count (smaller: a few pixels)
+
+
+def _word_ids(words: Sequence[str]) -> torch.Tensor:
+    ids = build_tokenizer().convert_tokens_to_ids
+    return torch.tensor([ids(w) for w in words])
+
+
+COLOURS = tuple(dict.fromkeys(c for c, _ in COMBOS))
+SHAPES = tuple(dict.fromkeys(sh for _, sh in COMBOS))
+
+
+def _object_scores(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embedding,
+                   colour_ids: torch.Tensor, shape_ids: torch.Tensor):
+    """(colour logits, colours) of the image tokens showing exactly one object and (shape logits,
+    shapes) of the objects covering at least ``OBJECT_MIN_TOKENS`` tokens (their mean feature),
+    scored against the word embeddings of the colours and the shapes."""
+    img = image.float()
+    scale = img.shape[-1] ** -0.5
+    reg = regions.float()                                                   # [F, T, 8]
+    one = reg.sum(-1) == 1
+    colour_logits = scale * img[one] @ embed.weight[colour_ids].float().t()
+    colours = reg.argmax(-1)[one] // len(SHAPES)
+    counts = reg.sum(1)                                                     # [F, 8]
+    big = counts >= OBJECT_MIN_TOKENS
+    pooled = torch.einsum("ftc,fth->fch", reg, img) / counts.clamp_min(1)[..., None]
+    shape_logits = scale * pooled[big] @ embed.weight[shape_ids].float().t()
+    shapes = (torch.arange(len(COMBOS), device=img.device) % len(SHAPES)).expand_as(counts)[big]
+    return colour_logits, colours, shape_logits, shapes
+
+
+def object_loss(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embedding,
+                colour_ids: torch.Tensor, shape_ids: torch.Tensor) -> torch.Tensor:
+    """What each visible object is, read from the image features the decoder gets ([F, T, H]),
+    scored against the decoder's own word embeddings of the colours and the shapes
+    (:func:`_object_scores`): the colour of every image token that shows exactly one object, and
+    the shape of every object from the mean of the tokens it covers.
+
+    Shape is a property of the silhouette, spread over tokens: without this term the tower learns
+    colour from the per-token region targets but stays blind to shape (the previous recipe's
+    image features told a ball from a box at 57 %), and the policy stops at the look-alike.
+    """
+    f = torch.nn.functional
+    colour_logits, colours, shape_logits, shapes = _object_scores(image, regions, embed, colour_ids, shape_ids)
+    loss = image.float().sum() * 0  # keeps the graph when a batch shows no object
+    if len(colours):
+        loss = loss + f.cross_entropy(colour_logits, colours)
+    if len(shapes):
+        loss = loss + f.cross_entropy(shape_logits, shapes)
+    return loss
+
+
+def vision_features(model, data: Go2Data, frames: torch.Tensor) -> torch.Tensor:
+    """The vision tower's merged features of ``frames`` ([F, T, H]), as the decoder receives them."""
+    pix = data.pix[frames].reshape(-1, data.pix.shape[-1]).float()
+    grid = torch.tensor([data.grid] * len(frames), device=pix.device)
+    vis = model.model.visual(pix, grid_thw=grid)
+    vis = getattr(vis, "pooler_output", vis)
+    return vis.view(len(frames), -1, vis.shape[-1])
+
+
+def warm_up_vision(model, data: Go2Data, rows: torch.Tensor, *, steps: int, frames_per_step: int, lr: float,
+                   seed: int, desc: str = "vision warm-up", progress: bool = True) -> Dict[str, float]:
+    """Train the vision tower (and the colour/shape word embeddings it is scored against) alone on
+    :func:`object_loss` over the frames of ``rows``. Cheap (no decoder pass), and it gets the
+    tower past the slow start of shape learning before the decoder depends on its features."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.unique(data.frame[rows].cpu())
+    embed = model.model.get_input_embeddings()
+    colour_ids, shape_ids = _word_ids(COLOURS).to(data.pix.device), _word_ids(SHAPES).to(data.pix.device)
+    opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "weight_decay": 0.01},
+                             {"params": [embed.weight], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    model.train()
+    t0, ema = time.time(), None
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        pick = frames[torch.randint(len(frames), (frames_per_step,), generator=gen)].to(data.pix.device)
+        loss = object_loss(vision_features(model, data, pick), data.regions[pick], embed, colour_ids, shape_ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.model.visual.parameters(), 1.0)
+        opt.step()
+        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
+    model.eval()
+    return {"steps": steps, "frames_per_step": frames_per_step, "lr": lr, "final_loss": round(ema or 0.0, 4),
+            "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def shape_accuracy(model, data: Go2Data, frames: torch.Tensor, batch: int = 64) -> Dict[str, float]:
+    """How well the image features of ``frames`` tell each object's colour and shape (the
+    scoring of :func:`object_loss`; shapes of objects of at least ``OBJECT_MIN_TOKENS`` tokens)."""
+    embed = model.model.get_input_embeddings()
+    colour_ids, shape_ids = _word_ids(COLOURS).to(data.pix.device), _word_ids(SHAPES).to(data.pix.device)
+    ok = {"colour": 0, "shape": 0}
+    n = {"colour": 0, "shape": 0}
+    for i in range(0, len(frames), batch):
+        fr = frames[i:i + batch].to(data.pix.device)
+        cl, c, sl, sh = _object_scores(vision_features(model, data, fr), data.regions[fr], embed, colour_ids, shape_ids)
+        for key, logits, truth in (("colour", cl, c), ("shape", sl, sh)):
+            ok[key] += int(logits.argmax(-1).eq(truth).sum())
+            n[key] += len(truth)
+    return {"colour_acc": round(ok["colour"] / max(1, n["colour"]), 4),
+            "shape_acc": round(ok["shape"] / max(1, n["shape"]), 4), "objects": n["shape"]}
+
+
 PROBE_LAYER = 1  # decoder layer whose image-token outputs get the in-place auxiliary targets
 
 
@@ -171,14 +280,17 @@ class AuxHeads(torch.nn.Module):
     * final norm at the last prompt position: is the target visible, its bearing and distance.
     """
 
-    def __init__(self, model, data: "Go2Data"):
+    def __init__(self, model, data: "Go2Data", object_weight: float = 0.0):
         super().__init__()
+        self.object_weight = object_weight
         hidden = model.config.text_config.hidden_size
         tok_ids = build_tokenizer().convert_tokens_to_ids
         self.rows, self.cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
         object.__setattr__(self, "embed", model.model.get_input_embeddings())  # the model's, not ours to train twice
         self.register_buffer("colour_ids", torch.tensor([tok_ids(c) for c, _ in COMBOS]), persistent=False)
         self.register_buffer("shape_ids", torch.tensor([tok_ids(sh) for _, sh in COMBOS]), persistent=False)
+        self.register_buffer("colour_words", _word_ids(COLOURS), persistent=False)
+        self.register_buffer("shape_words", _word_ids(SHAPES), persistent=False)
         self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), -3.0))
         self.region_scale = torch.nn.Parameter(torch.tensor(1.0))
         self.tokens = torch.nn.Linear(hidden, 1 + self.rows + self.cols)
@@ -210,6 +322,9 @@ class AuxHeads(torch.nn.Module):
         scale = img.shape[-1] ** -0.5
         logits = self.region_scale * scale * img @ words.float().t() + self.region_bias     # [F, T, 8]
         reg = f.binary_cross_entropy_with_logits(logits, data.regions[features["frames"]].float())
+        if self.object_weight > 0:
+            reg = reg + self.object_weight * object_loss(img, data.regions[features["frames"]], self.embed,
+                                                         self.colour_words, self.shape_words)
         regions = data.regions[data.frame[rows]].float()                                    # [B, T, 8]
         probe = self.tokens(self._feats.pop("probe")[:, self.image_pos].float())            # [B, T, 1+r+c]
         n_tok = probe.shape[1]
@@ -252,13 +367,13 @@ def _frame_batches(data: Go2Data, rows: torch.Tensor, batch: int, gen: torch.Gen
 
 def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int,
                 weight_decay: float = 0.01, teacher_logp=None, kd_alpha: float = 0.0, aux_weight: float = 0.0,
-                desc: str = "train", progress: bool = True, log_every: int = 0) -> Dict[str, float]:
+                object_weight: float = 0.0, desc: str = "train", progress: bool = True, log_every: int = 0) -> Dict[str, float]:
     """AdamW + warmup/cosine on the answer positions (+ auxiliary heads); deterministic for a seed."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     model.train()
-    aux = AuxHeads(model, data) if aux_weight > 0 and data.regions is not None else None
+    aux = AuxHeads(model, data, object_weight) if aux_weight > 0 and data.regions is not None else None
     if aux is not None:
         aux.to(data.ids.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -398,11 +513,20 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
         tok = build_tokenizer()
         processor = build_processor(tok)
 
+        held_frames = torch.unique(data.frame[held_rows]).cpu()
         target = build_model(TARGET_SPEC, tok, seed=cfg.seed).to(device)
+        if cfg.vision_warmup_steps > 0:
+            report["vision_warmup"] = warm_up_vision(
+                target, data, train_rows, steps=cfg.vision_warmup_steps, frames_per_step=cfg.vision_warmup_frames,
+                lr=cfg.vision_warmup_lr, seed=cfg.seed + 6, progress=progress)
+            report["vision_warmup"].update(held_out=shape_accuracy(target, data, held_frames))
+            log(f"go2 vision warm-up: {report['vision_warmup']}")
         report["target"] = train_model(target, data, train_rows, steps=cfg.target_steps, batch=cfg.target_batch,
                                        lr=cfg.target_lr, seed=cfg.seed + 1, weight_decay=cfg.weight_decay,
-                                       aux_weight=cfg.aux_weight, desc="go2 target", progress=progress)
-        report["target"].update(held_out=answer_accuracy(target, data, held_rows),
+                                       aux_weight=cfg.aux_weight, object_weight=cfg.object_weight,
+                                       desc="go2 target", progress=progress)
+        report["target"].update(held_out={**answer_accuracy(target, data, held_rows),
+                                          **shape_accuracy(target, data, held_frames)},
                                 params=sum(p.numel() for p in target.parameters()))
         log(f"go2 target: {report['target']}")
 
@@ -439,9 +563,11 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
         report["draft"] = train_model(draft, data, train_rows, steps=cfg.draft_steps, batch=cfg.draft_batch,
                                       lr=cfg.draft_lr, seed=cfg.seed + 3, weight_decay=cfg.weight_decay,
                                       teacher_logp=teacher_logp, kd_alpha=cfg.kd_alpha, aux_weight=cfg.aux_weight,
+                                      object_weight=cfg.object_weight,
                                       desc="go2 draft",
                                       progress=progress)
-        report["draft"].update(held_out=answer_accuracy(draft, data, held_rows),
+        report["draft"].update(held_out={**answer_accuracy(draft, data, held_rows),
+                                         **shape_accuracy(draft, data, held_frames)},
                                params=sum(p.numel() for p in draft.parameters()))
         log(f"go2 draft: {report['draft']}")
 

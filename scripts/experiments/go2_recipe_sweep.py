@@ -78,13 +78,14 @@ def closed_loop(folder: str, seeds: range, threads: int) -> dict:
 def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
     """Teacher-forced verb / answer accuracy of the target of ``folder`` on the default recipe's
     training rows and held-out rows: all samples, samples with the instructed object's twin in
-    view, and ``done`` samples (is the twin decision underfit, or only not generalised?)."""
+    view, and ``done`` samples (is the twin decision underfit, or only not generalised?); and
+    how well its image features tell each object's colour and shape (``train.shape_accuracy``)."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     from go2_sim.vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows, twin_tokens
     from go2_sim.vlm.pair import artefact_paths
-    from go2_sim.vlm.train import TrainConfig, answer_accuracy
+    from go2_sim.vlm.train import TrainConfig, answer_accuracy, shape_accuracy
 
     torch.set_num_threads(threads)
     cfg = TrainConfig()
@@ -101,6 +102,9 @@ def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
             if len(r) > limit:
                 r = r[torch.randperm(len(r), generator=gen)[:limit]]
             out[f"{split}/{subset}"] = dict(samples=len(r), **answer_accuracy(model, data, r))
+        frames = torch.unique(data.frame[rows])
+        frames = frames[torch.randperm(len(frames), generator=gen)[:limit // 4]]
+        out[f"{split}/image_features"] = shape_accuracy(model, data, frames)
     return out
 
 
@@ -114,6 +118,7 @@ def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, thr
                    target_only=True)
     return {"name": name, "overrides": overrides, **closed_loop(folder, seeds, threads),
             "held_out": report["target"]["held_out"], "train_seconds": report["target"]["seconds"],
+            "vision_warmup": report.get("vision_warmup"),
             "data_seconds": report["data"]["seconds"]}
 
 

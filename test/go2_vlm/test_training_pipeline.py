@@ -17,10 +17,11 @@ if ROOT not in sys.path:
 from go2_sim.vlm import pair as vlm  # noqa: E402
 from go2_sim.vlm.data import (TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows,  # noqa: E402
                               twin_of, twin_tokens)
-from go2_sim.vlm.train import TrainConfig, apply_overrides, build, recipe_sha  # noqa: E402
+from go2_sim.vlm.train import (OBJECT_MIN_TOKENS, TrainConfig, apply_overrides, build, object_loss,  # noqa: E402
+                               recipe_sha, warm_up_vision)
 
 TINY = dict(episodes=16, chunk=8, workers=1, threads=1, target_steps=12, draft_steps=8, exit_epochs=1.0,
-            held_out_every=4, boundary_repeat=3)
+            held_out_every=4, boundary_repeat=3, object_weight=1.0, vision_warmup_steps=3, vision_warmup_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,8 @@ def test_tiny_build_saves_a_pair_that_decodes_losslessly(tmp_path):
     assert vlm.artefacts_exist(out)
     assert report["recipe_sha"] == recipe_sha(TrainConfig(**TINY))
     assert report["target"]["steps"] == TINY["target_steps"]
+    assert report["vision_warmup"]["steps"] == TINY["vision_warmup_steps"]
+    assert 0.0 <= report["target"]["held_out"]["shape_acc"] <= 1.0
     result = evaluate_pair(out, seeds=[3, 4], max_decisions=4, threads=1, progress=False, log=lambda m: None,
                            include_expert=False)
     spec = result["speculative"]
@@ -104,3 +107,37 @@ def test_target_only_build(tmp_path):
     paths = vlm.artefact_paths(out)
     assert os.path.isfile(os.path.join(paths["target"], "model.safetensors"))
     assert not os.path.exists(paths["draft"])
+
+
+def test_object_loss_scores_colour_per_token_and_shape_per_object():
+    """Features that carry the right colour and shape word score low; the twin's shape scores high;
+    objects smaller than OBJECT_MIN_TOKENS do not count for shape."""
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(6, 16)
+    colours, shapes = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5])
+    tokens = OBJECT_MIN_TOKENS + 2
+    regions = torch.zeros(1, tokens, 8, dtype=torch.bool)
+    regions[0, :, 2 * 1 + 1] = True                       # a green box over every token
+    w = embed.weight.detach()
+
+    def loss_with(shape_word):
+        feats = (8.0 * (w[1] + w[shape_word])).expand(1, tokens, 16)
+        return float(object_loss(feats, regions, embed, colours, shapes))
+
+    assert loss_with(5) < 0.5 * loss_with(4)
+    small = regions.clone()
+    small[0, OBJECT_MIN_TOKENS - 1:] = False              # now too small for a shape target
+    feats = (8.0 * (w[1] + w[4])).expand(1, tokens, 16)
+    colour_only = float(object_loss(feats, small, embed, colours, shapes))
+    assert colour_only < loss_with(4)
+
+
+def test_vision_warm_up_trains_only_the_tower(tiny_data):
+    cfg, data = tiny_data
+    model = vlm.build_model(vlm.TARGET_SPEC, vlm.build_tokenizer(), seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = training_rows(data, cfg.other_hidden_frac, cfg.seed)
+    warm_up_vision(model, data, rows, steps=2, frames_per_step=4, lr=1e-2, seed=0, progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("model.visual.") for n in changed)
+    assert all(n.startswith("model.visual.") or n.endswith("embed_tokens.weight") for n in changed), changed
