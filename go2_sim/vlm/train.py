@@ -160,13 +160,18 @@ def answer_accuracy(model, data: Go2Data, rows: torch.Tensor, batch: int = 64) -
 OBJECT_MIN_TOKENS = 4  # image tokens an object must cover for its shape to count (smaller: a few pixels)
 
 
-def _word_ids(words: Sequence[str]) -> torch.Tensor:
+def _word_ids(words: Sequence[str], device=None) -> torch.Tensor:
     ids = build_tokenizer().convert_tokens_to_ids
-    return torch.tensor([ids(w) for w in words])
+    return torch.tensor([ids(w) for w in words], device=device)
 
 
 COLOURS = tuple(dict.fromkeys(c for c, _ in COMBOS))
 SHAPES = tuple(dict.fromkeys(sh for _, sh in COMBOS))
+
+
+def _colour_shape_ids(device=None):
+    """Token ids of the colour words and of the shape words (what :func:`object_loss` scores against)."""
+    return _word_ids(COLOURS, device), _word_ids(SHAPES, device)
 
 
 def _object_scores(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embedding,
@@ -229,7 +234,7 @@ def warm_up_vision(model, data: Go2Data, rows: torch.Tensor, *, steps: int, fram
     gen = torch.Generator().manual_seed(seed)
     frames = torch.unique(data.frame[rows].cpu())
     embed = model.model.get_input_embeddings()
-    colour_ids, shape_ids = _word_ids(COLOURS).to(data.pix.device), _word_ids(SHAPES).to(data.pix.device)
+    colour_ids, shape_ids = _colour_shape_ids(data.pix.device)
     opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "weight_decay": 0.01},
                              {"params": [embed.weight], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     model.train()
@@ -252,7 +257,7 @@ def shape_accuracy(model, data: Go2Data, frames: torch.Tensor, batch: int = 64) 
     """How well the image features of ``frames`` tell each object's colour and shape (the
     scoring of :func:`object_loss`; shapes of objects of at least ``OBJECT_MIN_TOKENS`` tokens)."""
     embed = model.model.get_input_embeddings()
-    colour_ids, shape_ids = _word_ids(COLOURS).to(data.pix.device), _word_ids(SHAPES).to(data.pix.device)
+    colour_ids, shape_ids = _colour_shape_ids(data.pix.device)
     ok = {"colour": 0, "shape": 0}
     n = {"colour": 0, "shape": 0}
     for i in range(0, len(frames), batch):
@@ -284,13 +289,13 @@ class AuxHeads(torch.nn.Module):
         super().__init__()
         self.object_weight = object_weight
         hidden = model.config.text_config.hidden_size
-        tok_ids = build_tokenizer().convert_tokens_to_ids
         self.rows, self.cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
         object.__setattr__(self, "embed", model.model.get_input_embeddings())  # the model's, not ours to train twice
-        self.register_buffer("colour_ids", torch.tensor([tok_ids(c) for c, _ in COMBOS]), persistent=False)
-        self.register_buffer("shape_ids", torch.tensor([tok_ids(sh) for _, sh in COMBOS]), persistent=False)
-        self.register_buffer("colour_words", _word_ids(COLOURS), persistent=False)
-        self.register_buffer("shape_words", _word_ids(SHAPES), persistent=False)
+        self.register_buffer("colour_ids", _word_ids([c for c, _ in COMBOS]), persistent=False)  # per combo
+        self.register_buffer("shape_ids", _word_ids([sh for _, sh in COMBOS]), persistent=False)
+        colour_words, shape_words = _colour_shape_ids()
+        self.register_buffer("colour_words", colour_words, persistent=False)
+        self.register_buffer("shape_words", shape_words, persistent=False)
         self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), -3.0))
         self.region_scale = torch.nn.Parameter(torch.tensor(1.0))
         self.tokens = torch.nn.Linear(hidden, 1 + self.rows + self.cols)

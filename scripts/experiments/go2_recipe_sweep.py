@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         print(json.dumps({"folder": args.diagnose, **diagnose(args.diagnose, args.threads)}, indent=1))
         return 0
     if not args.variant:
-        ap.error("give --variant (one or more) or --evaluate DIR")
+        ap.error("give --variant (one or more), --evaluate DIR or --diagnose DIR")
     variants = dict(parse_variant(v) for v in args.variant)
     if args.one:
         row = run_one(args.one, variants[args.one], args.out, args.device, range(first, end), args.threads)
