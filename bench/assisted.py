@@ -24,7 +24,7 @@ def _timed(fn):
 
 def compare(workload, gamma: int = 4, log: Callable[[str], None] = print) -> Dict[str, object]:
     from specdec.engine.local import LocalSpeculativeDecoder
-    from specdec.models.adapters import load_model
+    from specdec.models.loading import load_model
     from specdec.protocol import DecodingMode
 
     draft = load_model(workload.draft, name="draft")

@@ -148,7 +148,7 @@ def exit_fraction(exits_path) -> float:
 
 def bench_workload(workload, cfg: Settings, edge_cores, cloud_cores, log):
     from specdec.engine.drafter import EdgeDecoder
-    from specdec.models.adapters import load_model
+    from specdec.models.loading import load_model
 
     draft = load_model(workload.draft, name="draft")
     out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),

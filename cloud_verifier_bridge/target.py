@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from specdec.engine.verifier import Verifier
-from specdec.models.adapters import load_model
+from specdec.models.loading import load_model
 from specdec.models.early_exit import EarlyExitHeads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

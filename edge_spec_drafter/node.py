@@ -68,7 +68,7 @@ class EdgeSpecDrafter(Node):
         if threads:
             torch.set_num_threads(threads)
         from specdec.engine.drafter import EdgeDecoder
-        from specdec.models.adapters import load_model
+        from specdec.models.loading import load_model
 
         draft_path = p("draft_model", "")
         if not draft_path:

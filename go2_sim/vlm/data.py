@@ -56,7 +56,7 @@ def _gen_chunk(job):
     """
     chunk_seed, episodes, perturb, supersample, blocked, near, absent_twins, use_policy = job
     torch.set_num_threads(1)
-    from specdec.models.adapters import to_pil
+    from specdec.models.images import to_pil
 
     from go2_vlm_control.action_language import format_action
 

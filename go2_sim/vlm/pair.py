@@ -105,7 +105,7 @@ def build_processor(tokenizer=None):
     """Image-only Qwen2-VL processor: any frame is resized to IMAGE_W x IMAGE_H (24 image tokens)."""
     from transformers import Qwen2VLImageProcessorPil
 
-    from specdec.models.adapters import ImageOnlyQwen2VLProcessor
+    from specdec.models.loading import ImageOnlyQwen2VLProcessor
 
     tok = tokenizer or build_tokenizer()
     # smart_resize: a 160x120 frame is scaled to fit max_pixels, rounded down to multiples of 16.
@@ -173,7 +173,7 @@ def build_model(spec: PairSpec, tok, seed: int = 0):
 
 # -- saving / loading --------------------------------------------------------------------------
 def save_processor(processor, path: str) -> None:
-    """Save the processor so :func:`specdec.models.adapters.load_model` rebuilds it.
+    """Save the processor so :func:`specdec.models.loading.load_model` rebuilds it.
 
     ``processor_class`` is written as the released ``Qwen2VLProcessor`` (what real checkpoints
     carry): ``AutoProcessor`` does not know the image-only subclass and would silently return
@@ -218,7 +218,8 @@ def artefacts_exist(out_dir: str = DEFAULT_OUT) -> bool:
 
 def load_pair(out_dir: str = DEFAULT_OUT, *, with_exits: bool = True, dtype: torch.dtype = torch.float32):
     """``(draft_adapter, target_adapter, exit_heads_or_None)`` from the committed folders."""
-    from specdec.models.adapters import check_pair, load_model
+    from specdec.models.adapters import check_pair
+    from specdec.models.loading import load_model
     from specdec.models.early_exit import EarlyExitHeads
 
     p = artefact_paths(out_dir)

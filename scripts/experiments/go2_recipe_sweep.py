@@ -63,7 +63,7 @@ def closed_loop(folder: str, seeds: range, threads: int) -> dict:
     from go2_sim.closed_loop import evaluate
     from go2_sim.vlm.evaluate import greedy_policy
     from go2_sim.vlm.pair import artefact_paths
-    from specdec.models.adapters import load_model
+    from specdec.models.loading import load_model
 
     torch.set_num_threads(threads)
     target = load_model(artefact_paths(folder)["target"], name="go2-vlm-target")

@@ -29,7 +29,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..models.adapters import DecodeState, ImageLike, ModelAdapter, encode_png, wrap_model
+from ..models.adapters import DecodeState, ModelAdapter, wrap_model
+from ..models.images import ImageLike, encode_png
 from ..protocol import (
     DecodingMode,
     DraftBlock,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..models.adapters import ImageLike, ModelAdapter, check_pair, wrap_model
+from ..models.adapters import ModelAdapter, check_pair, wrap_model
+from ..models.images import ImageLike
 from ..protocol import DecodingMode
 from ..transport.inprocess import InProcessTransport
 from .drafter import DecodeResult, EdgeDecoder

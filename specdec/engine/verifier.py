@@ -47,7 +47,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..models.adapters import DecodeState, ModelAdapter, to_pil
+from ..models.adapters import DecodeState, ModelAdapter
+from ..models.images import to_pil
 from ..models.early_exit import EarlyExitHeads
 from ..protocol import (
     PROTOCOL_VERSION,

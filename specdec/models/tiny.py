@@ -152,7 +152,7 @@ def build_tiny(
     if arch == "qwen2_vl":
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-        from .adapters import ImageOnlyQwen2VLProcessor
+        from .loading import ImageOnlyQwen2VLProcessor
 
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
         config = Qwen2VLConfig(

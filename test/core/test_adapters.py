@@ -8,7 +8,8 @@ import pytest
 from specdec.engine.local import speculative_generate
 from specdec.engine.stats import MSG_FIELDS, DecisionStats
 from specdec.engine.verifier import Verifier
-from specdec.models.adapters import ModelLoadError, Qwen2VLAdapter, TextAdapter, VisionLanguageAdapter, load_model
+from specdec.models.adapters import Qwen2VLAdapter, TextAdapter, VisionLanguageAdapter
+from specdec.models.loading import ModelLoadError, load_model
 from specdec.models.early_exit import EarlyExitError, EarlyExitHeads
 from specdec.models.tiny import build_tiny, perturbed_copy
 

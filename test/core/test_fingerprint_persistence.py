@@ -2,7 +2,7 @@
 
 import torch
 
-from specdec.models.adapters import load_model
+from specdec.models.loading import load_model
 from specdec.models.early_exit import EarlyExitError, EarlyExitHeads
 from specdec.models.fingerprint import model_fingerprint
 from specdec.models.tiny import tiny_pair

@@ -68,7 +68,7 @@ def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_pat
     from geometry_msgs.msg import Twist
 
     from edge_cloud_vlm_msgs.msg import DecodedAction
-    from specdec.models.adapters import load_model
+    from specdec.models.loading import load_model
     from specdec_ros.images import image_to_rgb
     from specdec_ros.qos import COMMAND_QOS
 
