@@ -48,7 +48,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..models.adapters import DecodeState, ModelAdapter
-from ..models.images import to_pil
+from ..models.images import decode_image
 from ..models.early_exit import EarlyExitHeads
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -263,7 +263,7 @@ class Verifier:
         )
         sess.seen_seq.add(msg.seq)
         try:
-            image = to_pil(msg.image_data) if msg.image_data else None
+            image = decode_image(msg.image_data, msg.image_format) if msg.image_data else None
         except Exception as exc:
             self._refuse(msg, emit, EndReason.BAD_REQUEST, f"cannot decode the {msg.image_format!r} image: {exc}")
             return

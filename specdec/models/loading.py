@@ -1,7 +1,20 @@
-"""Loading models from folders (or building them from configs) into adapters.
+"""Loading models into adapters: where the weights are, on which device, in which precision.
 
-Nothing is downloaded: folders are read with ``local_files_only``. A missing or incomplete
-folder raises :class:`ModelLoadError` naming what is missing.
+A model is named by a local folder or by a Hugging Face hub id (``Qwen/Qwen2-VL-2B-Instruct``).
+Nothing is ever downloaded: a hub id is resolved in the local HF cache (``HF_HUB_CACHE``, else
+``HF_HOME/hub``, else ``~/.cache/huggingface/hub``; the ``models--org--name/snapshots/<rev>``
+layout that ``hf download`` writes), and every file is read with ``local_files_only``, so the
+same parameter works offline (``HF_HUB_OFFLINE=1``) on a robot. A missing or incomplete model
+raises :class:`ModelLoadError` with one line naming what was looked for and where.
+
+Device (``auto``/``cpu``/``cuda[:N]``) and dtype (``float32``/``bfloat16``/``float16`` or
+``fp32``/``bf16``/``fp16``) are plain strings, so nodes and command lines pass them through.
+
+``quantization`` is for the edge's draft only: speculative decoding commits only what the
+target verifies, so a quantized draft changes acceptance, never the output. ``int8`` on CPU is
+torch's dynamic quantization of every ``nn.Linear`` except the LM head (weights int8,
+activations quantized per batch); on CUDA ``int8`` / ``4bit`` load through bitsandbytes
+(LLM.int8 / NF4) when it is installed. The target is never quantized.
 """
 
 from __future__ import annotations
@@ -36,6 +49,124 @@ class ModelLoadError(FileNotFoundError):
 
 
 _VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "llava_next", "idefics2")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+QUANTIZATIONS = ("none", "int8", "4bit")
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    """A torch dtype from its name (``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``);
+    None and torch dtypes pass through."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).strip().lower()
+    if key not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[key]
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> str:
+    """``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device
+    that this torch cannot use is refused here rather than deep inside the first forward pass."""
+    name = str(device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        kind = ""
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but this torch ({torch.__version__}) sees no CUDA device")
+    return name
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache as huggingface_hub finds it, read from the environment now
+    (its own constant is fixed at import time)."""
+    env = os.environ
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not cache:
+        home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+        cache = os.path.join(home, "hub")
+    return os.path.abspath(os.path.expanduser(cache))
+
+
+def _is_hub_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_model_path(name_or_path: Union[str, os.PathLike]) -> str:
+    """The local folder of a model: ``name_or_path`` itself when it exists, else the snapshot of a
+    hub id in the local HF cache (``refs/main``). Never downloads."""
+    path = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.exists(path):
+        return path
+    if not _is_hub_id(path):
+        raise ModelLoadError(f"model folder not found: {os.path.abspath(path)}")
+    from huggingface_hub import snapshot_download
+
+    cache = hub_cache_dir()
+    entry = os.path.join(cache, "models--" + path.replace("/", "--"))
+    try:
+        return snapshot_download(path, cache_dir=cache, local_files_only=True)
+    except Exception as exc:
+        found = "an incomplete" if os.path.isdir(entry) else "no"
+        raise ModelLoadError(
+            f"model {path!r} not found: no folder {os.path.abspath(path)}, and the Hugging Face cache has {found} "
+            f"{entry} ({type(exc).__name__}); nothing is downloaded here: run 'hf download {path}' where there "
+            "is network, or point HF_HOME / HF_HUB_CACHE at a cache that has it") from None
+
+
+def _quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of every nn.Linear except the LM head (CPU). The head stays
+    float: it may be tied to the input embeddings, and the adapters read its weight shape."""
+    import warnings
+
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    spec = {torch.nn.Linear: default_dynamic_qconfig}
+    spec.update({name: None for name, module in model.named_modules() if module is head})
+    with warnings.catch_warnings():  # torch deprecates torch.ao in favour of torchao; same kernels
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _check_quantization(quantization: str, device: str, dtype: Optional[torch.dtype]) -> str:
+    quantization = str(quantization or "none").strip().lower()
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    cuda = device.startswith("cuda")
+    if quantization == "int8" and not cuda and dtype not in (None, torch.float32):
+        raise ValueError("int8 dynamic quantization on CPU needs dtype float32 (its activations stay float32)")
+    if quantization == "4bit" and not cuda:
+        raise ValueError("quantization 4bit needs a CUDA device (bitsandbytes); on CPU use int8")
+    if quantization != "none" and cuda:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"quantization {quantization} on CUDA needs bitsandbytes (pip install bitsandbytes)")
+    return quantization
+
+
+def _bitsandbytes_config(quantization: str, dtype: Optional[torch.dtype]):
+    # Untested here (no GPU, no bitsandbytes): the documented transformers path for NF4 / LLM.int8.
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=dtype or torch.float16)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _load_processor(path: str, model_type: str):
@@ -78,31 +209,41 @@ def load_model(
     path_or_config,
     *,
     processor=None,
-    dtype: Optional[torch.dtype] = None,
+    dtype: Union[str, torch.dtype, None] = None,
     device: Union[str, torch.device] = "cpu",
+    quantization: str = "none",
     name: str = "",
 ) -> ModelAdapter:
-    """Load a model folder (``config.json`` + safetensors/bin weights + tokenizer/processor files)
-    or build a random-init model from a ``PretrainedConfig`` (then ``processor`` is required).
+    """Load a model (a folder with ``config.json`` + safetensors/bin weights + tokenizer/processor
+    files, or a hub id in the local HF cache) or build a random-init model from a
+    ``PretrainedConfig`` (then ``processor`` is required).
 
+    ``dtype``/``device`` take names (see :func:`resolve_dtype`, :func:`resolve_device`);
+    ``quantization`` is ``none``, ``int8`` or ``4bit`` (see the module docstring; drafts only).
     Missing folders/files raise :class:`ModelLoadError` naming what is missing. Nothing is
     downloaded (``local_files_only``).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    quantization = _check_quantization(quantization, device, dtype)
+    if quantization == "int8" and not device.startswith("cuda"):
+        dtype = torch.float32
     if isinstance(path_or_config, PretrainedConfig):
         config = path_or_config
         if processor is None:
             raise ModelLoadError("building a model from a config needs processor= (its tokenizer or processor)")
+        if quantization != "none" and device.startswith("cuda"):
+            raise ValueError("bitsandbytes quantization loads weights from a folder, not from a config")
         auto = AutoModelForImageTextToText if config.model_type in _VLM_TYPES else AutoModelForCausalLM
         model = auto.from_config(config)
         if dtype is not None:
             model = model.to(dtype)
-        return wrap_model(model.to(device), processor, name=name or config.model_type)
+        return wrap_model(_place(model, device, quantization), processor, name=name or config.model_type)
 
-    path = os.fspath(path_or_config)
-    if not os.path.exists(path):
-        raise ModelLoadError(f"model folder not found: {path}")
+    label = os.fspath(path_or_config)
+    path = resolve_model_path(path_or_config)
     if not os.path.isdir(path):
         raise ModelLoadError(f"{path} is a file; pass the model folder (with config.json and weights)")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -125,8 +266,19 @@ def load_model(
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if quantization != "none" and device.startswith("cuda"):
+        kwargs.update(quantization_config=_bitsandbytes_config(quantization, dtype), device_map={"": device})
     try:
         model = auto.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the weights ({exc})") from exc
-    return wrap_model(model.to(device), processor, name=name or os.path.basename(os.path.normpath(path)))
+    if "device_map" not in kwargs:
+        model = _place(model, device, quantization)
+    default_name = label if _is_hub_id(label) and not os.path.exists(label) else os.path.basename(os.path.normpath(path))
+    return wrap_model(model, processor, name=name or default_name)
+
+
+def _place(model: torch.nn.Module, device: str, quantization: str) -> torch.nn.Module:
+    """Move a loaded model to ``device`` and apply CPU int8 quantization (after the move)."""
+    model = model.to(device)
+    return _quantize_int8(model.eval()) if quantization == "int8" else model

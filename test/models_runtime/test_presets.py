@@ -1,0 +1,73 @@
+"""Model presets (config/presets/*.yaml): ROS parameter files whose every value the loaders
+accept, and whose prompt template states the action grammar a pretrained VLM must follow."""
+
+import glob
+import os
+import re
+
+import pytest
+import yaml
+
+from go2_vlm_control.action_language import VERBS, parse_action
+from specdec.models.images import WIRE_FORMATS, parse_image_size
+from specdec.models.loading import QUANTIZATIONS, _is_hub_id, resolve_dtype
+from specdec.models.prompting import apply_prompt_template, check_prompt_template
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRESETS = sorted(glob.glob(os.path.join(ROOT, "config", "presets", "*.yaml")))
+# Parameters the presets set that the nodes declare once the model-runtime options are wired
+# (edge: quantization, image_format, image_size, jpeg_quality, prompt_template); every other key
+# must already be in the node's defaults file.
+MODEL_RUNTIME_PARAMETERS = {"edge_spec_drafter": {"dtype", "device", "quantization", "image_format", "image_size",
+                                                  "jpeg_quality", "prompt_template"},
+                            "cloud_verifier_bridge": set()}
+
+
+def _params(path):
+    with open(path) as handle:
+        doc = yaml.safe_load(handle)
+    return {node: section["ros__parameters"] for node, section in doc.items()}
+
+
+def test_presets_exist():
+    names = {os.path.basename(p) for p in PRESETS}
+    assert {"qwen2vl_2b_7b.yaml", "smolvlm_256m_500m.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=os.path.basename)
+def test_preset_values_are_accepted(path):
+    params = _params(path)
+    assert set(params) == {"edge_spec_drafter", "cloud_verifier_bridge"}
+    for node, values in params.items():
+        defaults = _params(os.path.join(ROOT, "config", f"{node}.yaml"))[node]
+        unknown = set(values) - set(defaults) - MODEL_RUNTIME_PARAMETERS[node]
+        assert not unknown, f"{node}: parameters the node does not declare: {sorted(unknown)}"
+        resolve_dtype(values["dtype"])
+        assert values["device"] in ("auto", "cpu", "cuda") or values["device"].startswith("cuda:")
+    edge, cloud = params["edge_spec_drafter"], params["cloud_verifier_bridge"]
+    assert _is_hub_id(edge["draft_model"]) and _is_hub_id(cloud["target_model"])
+    assert edge["quantization"] in QUANTIZATIONS
+    assert edge["image_format"] in WIRE_FORMATS and 1 <= edge["jpeg_quality"] <= 95
+    parse_image_size(edge["image_size"])
+    assert edge["gamma"] >= 1 and edge["max_new_tokens"] >= 4
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=os.path.basename)
+def test_prompt_states_the_action_grammar(path):
+    template = _params(path)["edge_spec_drafter"]["prompt_template"]
+    prompt = apply_prompt_template(template, "go to the red ball")
+    assert "Task: go to the red ball" in prompt and "{instruction}" not in prompt
+    for verb in VERBS:
+        assert re.search(rf"\b{verb}\b", prompt), f"the prompt never names {verb!r}"
+    examples = re.findall(r"`([^`]+)`", prompt)
+    assert len(examples) >= 4
+    for example in examples:
+        parse_action(example)  # every example is itself a valid action
+
+
+def test_prompt_template_rules():
+    assert apply_prompt_template("", "go to {x} now") == "go to {x} now"
+    assert apply_prompt_template("Task {instruction}; {not a field}", "a {b}") == "Task a {b}; {not a field}"
+    for bad in ("no placeholder", "{instruction} twice {instruction}", "{Instruction}"):
+        with pytest.raises(ValueError, match="exactly once"):
+            check_prompt_template(bad)
