@@ -10,6 +10,9 @@ direction is emulated independently:
 * loss: TCP hides a lost segment behind a retransmission, so a "lost" chunk is delivered
   after an extra retransmission timeout (max(200 ms, 2 x RTT), as Linux's minimum RTO).
 
+``drop_connections()`` cuts every proxied connection at once (a network outage as the edge
+sees it: the stream ends, reconnecting works).
+
 Run standalone: ``python -m specdec.transport.link_emulator --listen 9001 --upstream 127.0.0.1:9000
 --delay-ms 25``. Stops by itself after ``--max-seconds``.
 """
@@ -76,6 +79,7 @@ class LinkEmulator:
         self.bytes_up = 0
         self.bytes_down = 0
         self._rng = random.Random(profile.seed)
+        self._links = set()  # (client writer, upstream writer) of each proxied connection
         self._server = None
         self._loop = None
         self._thread = None
@@ -120,11 +124,28 @@ class LinkEmulator:
             return
         up = _Direction(self.profile, self._rng)
         down = _Direction(self.profile, self._rng)
-        await asyncio.gather(
-            self._pump(client_reader, up_writer, up, "bytes_up"),
-            self._pump(up_reader, client_writer, down, "bytes_down"),
-            return_exceptions=True,
-        )
+        link = (client_writer, up_writer)
+        self._links.add(link)
+        try:
+            await asyncio.gather(
+                self._pump(client_reader, up_writer, up, "bytes_up"),
+                self._pump(up_reader, client_writer, down, "bytes_down"),
+                return_exceptions=True,
+            )
+        finally:
+            self._links.discard(link)
+
+    def drop_connections(self) -> int:
+        """Cut every proxied connection now (both ends see the stream end); returns how many."""
+
+        async def cut():
+            links = list(self._links)
+            for pair in links:
+                for writer in pair:
+                    writer.transport.abort()
+            return len(links)
+
+        return asyncio.run_coroutine_threadsafe(cut(), self._loop).result(5)
 
     async def start_async(self):
         self._server = await asyncio.start_server(self._handle, *self.listen)

@@ -35,3 +35,56 @@ def test_malformed_frames_are_refused(frame):
 def test_oversized_frame_refused():
     with pytest.raises(protocol.ProtocolError, match="too large"):
         wire.decode("x" * (wire.MAX_FRAME_BYTES + 1))
+
+
+@pytest.mark.parametrize("frame, words", [
+    ('{"kind":"draft_block","data":{"topk_probs":[NaN]}}', "NaN"),
+    ('{"kind":"draft_block","data":{"topk_probs":[Infinity]}}', "Infinity"),
+    ('{"kind":"draft_block","data":{"topk_probs":[-Infinity]}}', "-Infinity"),
+    ('{"kind":"draft_block","data":{"topk_probs":[1e999]}}', "overflows"),
+    ('{"kind":"draft_block","data":{"seq":' + "9" * 5000 + "}}", "5000 digits"),
+    ('{"kind":"draft_block","data":{"seq":9223372036854775808}}', "int64"),
+    ('{"kind":"draft_block","data":{"tokens":' + "[" * 20 + "]" * 20 + "}}", "nested"),
+    ("[" * 100000 + "]" * 100000, "nested"),
+    ('{"kind":"draft_block","data":{"session_id":"s","seq":1}', "not JSON"),
+], ids=["nan", "inf", "-inf", "1e999", "5000-digits", "int64", "nested", "deeply-nested", "truncated"])
+def test_numbers_json_does_not_allow_and_garbage_are_refused_with_a_reason(frame, words):
+    with pytest.raises(wire.WireError, match=words) as info:
+        wire.decode(frame)
+    assert info.value.reason == protocol.EndReason.BAD_REQUEST
+
+
+def test_refusals_name_the_session_when_it_is_legible():
+    with pytest.raises(wire.WireError) as info:
+        wire.decode('{"kind":"draft_block","data":{"session_id":"abc","tokens":"x"}}')
+    assert info.value.session_id == "abc"
+    with pytest.raises(wire.WireError) as info:  # JSON itself fails: the id is still found in the text
+        wire.decode('{"kind":"draft_block","data":{"session_id":"abc","seq":' + "1" * 5000 + "}}")
+    assert info.value.session_id == "abc"
+
+
+def test_another_protocol_version_is_a_version_mismatch_whatever_its_fields():
+    frame = ('{"kind":"session_start","data":{"protocol_version":%d,"session_id":"v","a_new_field":[1]}}'
+             % (protocol.PROTOCOL_VERSION + 1))
+    with pytest.raises(wire.WireError) as info:
+        wire.decode(frame)
+    assert info.value.reason == protocol.EndReason.PROTOCOL_VERSION_MISMATCH
+    assert info.value.session_id == "v"
+
+
+def test_decode_never_raises_anything_but_wire_error(monkeypatch):
+    monkeypatch.setattr(wire, "message_from_dict", lambda *a: 1 / 0)  # a bug deeper down
+    with pytest.raises(wire.WireError, match="ZeroDivisionError"):
+        wire.decode(wire.encode(MESSAGES[1]))
+
+
+def test_field_types_are_looked_up_once_per_message_class(monkeypatch):
+    import typing
+    wire._field_types.cache_clear()
+    calls = []
+    real = typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda cls: calls.append(cls) or real(cls))
+    frame = wire.encode(MESSAGES[1])
+    for _ in range(50):
+        wire.decode(frame)
+    assert calls == [type(MESSAGES[1])]
