@@ -17,7 +17,7 @@ planned (blocked by a wall, say).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 from .action_language import ParsedAction
@@ -90,6 +90,14 @@ class MotionLimits:
     def dt(self) -> float:
         return 1.0 / self.rate_hz
 
+    def with_speed_scale(self, scale: float) -> "MotionLimits":
+        """The same limits with every maximum speed times ``scale`` (0 < scale <= 1), e.g. for
+        degraded decisions; accelerations stay, so stopping distances only shrink."""
+        if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
+            raise ValueError(f"speed scale must be in (0, 1], got {scale!r}")
+        return replace(self, max_vx=self.max_vx * scale, max_vy=self.max_vy * scale,
+                       max_wz=self.max_wz * scale)
+
     @property
     def vmax(self) -> Tuple[float, float, float]:
         return (self.max_vx, self.max_vy, self.max_wz)
@@ -151,7 +159,8 @@ class ActionExecutor:
     IDLE, EXECUTING, COMPLETED = "idle", "executing", "completed"
 
     def __init__(self, limits: Optional[MotionLimits] = None):
-        self.limits = limits or MotionLimits()
+        self.base_limits = limits or MotionLimits()
+        self.limits = self.base_limits  # of the current action (start's ``limits``)
         self.state = self.IDLE
         self.action: Optional[ParsedAction] = None
         self.timed_out = False
@@ -166,8 +175,11 @@ class ActionExecutor:
         return Velocity(*self._v)
 
     def start(self, action: ParsedAction, pose: Optional[Pose2D] = None,
-              velocity: Optional[Velocity] = None) -> None:
-        """Begin ``action`` from the current commanded velocity (or ``velocity``)."""
+              velocity: Optional[Velocity] = None,
+              limits: Optional[MotionLimits] = None) -> None:
+        """Begin ``action`` from the current commanded velocity (or ``velocity``), under
+        ``limits`` (reduced ones for a degraded decision, say; default: the executor's own)."""
+        self.limits = limits or self.base_limits
         if velocity is not None:
             self._v = list(clamp_velocity(velocity, self.limits).as_tuple())
         self.action = action

