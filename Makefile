@@ -24,9 +24,11 @@ test: setup models-ensure
 models-ensure: setup
 	@if [ -f scripts/make_models.py ]; then $(RUN) python scripts/make_models.py --ensure; fi
 
+# Trains what is out of date with the code in training/ (MODELS_ARGS=--force: all, from scratch).
 models: setup
 	$(RUN) python scripts/make_models.py --no-eval $(MODELS_ARGS)
 
+# Re-measures the committed artefacts: reports in models/, model cards in docs/models/.
 models-eval: models-ensure
 	$(RUN) python scripts/make_models.py --eval-only $(MODELS_ARGS)
 

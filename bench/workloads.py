@@ -1,7 +1,12 @@
-"""The two benchmark workloads: the SmolLM2 text pair and the Go2 VLM pair."""
+"""The two benchmark workloads: the SmolLM2 text pair and the Go2 VLM pair.
+
+Models and held-out prompts are found through :mod:`specdec.models.artefacts` (paths only), so
+the benchmark runs where the training code (``training/``) is not installed.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -20,23 +25,28 @@ class Workload:
     items: List[Tuple[str, Optional[np.ndarray]]] = field(default_factory=list)  # (prompt, image)
     max_new_tokens: int = 32
     description: str = ""
+    prompts_file: Optional[str] = None  # where the items came from, when a file
 
     def missing(self) -> List[str]:
-        return [p for p in (self.draft, self.target, self.exits) if p and not os.path.exists(p)]
+        return [p for p in (self.draft, self.target, self.exits, self.prompts_file) if p and not os.path.exists(p)]
 
 
 def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
     """SmolLM2-135M-Instruct target, the project's distilled draft, held-out chat + prose prompts."""
-    from specdec.training import corpus, paths
+    from specdec.models import artefacts
 
-    prompts = corpus.eval_prompts()
+    path = artefacts.text_eval_prompts_path()
+    prompts = []
+    if os.path.isfile(path):
+        with open(path) as handle:
+            prompts = json.load(handle)
     # alternate chat and prose so small prompt counts still cover both
-    chat = [p.text for p in prompts if p.kind == "chat"]
-    prose = [p.text for p in prompts if p.kind == "prose"]
+    chat = [p["text"] for p in prompts if p["kind"] == "chat"]
+    prose = [p["text"] for p in prompts if p["kind"] == "prose"]
     mixed = [x for pair in zip(chat, prose) for x in pair] + chat[len(prose):] + prose[len(chat):]
-    return Workload("text", paths.draft_dir(), paths.target_dir(), paths.committed_exits_path(),
-                    [(p, None) for p in mixed[:n_prompts]], max_new_tokens,
-                    "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts")
+    return Workload("text", artefacts.text_draft_dir(), artefacts.text_target_dir(),
+                    artefacts.committed_text_exits_path(), [(p, None) for p in mixed[:n_prompts]], max_new_tokens,
+                    "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts", path)
 
 
 def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
@@ -44,17 +54,17 @@ def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
     expert rollouts on evaluation seeds (not the training data's), so the frames cover searching,
     turning, walking, avoiding and arriving, not only start poses."""
     from go2_sim.dataset import rollouts
-    from go2_sim.vlm.pair import artefact_paths, bgr_to_rgb
+    from specdec.models.artefacts import go2_pair_paths
 
-    paths = artefact_paths()
+    paths = go2_pair_paths()
     items = []
     for k, (env, *_, image, _info, _label) in enumerate(
             rollouts(n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25, with_info=True)):
         if k % 2 == 0:
-            items.append((env.instruction, bgr_to_rgb(image)))
+            items.append((env.instruction, np.ascontiguousarray(image[:, :, ::-1])))  # camera bgr8 -> RGB
         if len(items) >= n_frames:
             break
-    return Workload("go2", paths["draft"], paths["target"], paths.get("exits"), items, max_new_tokens,
+    return Workload("go2", paths.draft, paths.target, paths.exits, items, max_new_tokens,
                     "Go2 VLM pair (Qwen2-VL classes) on simulator frames of expert rollouts, "
                     "'go to the <object>' instructions")
 

@@ -8,11 +8,13 @@ Steps (each skipped when its output exists and matches its recipe; ``--force`` r
   draft     distil the draft -> models/smollm2-135m-draft/ (committed: own layers + config)
   assemble  rebuild .cache/models/smollm2-135m-draft/ (HF folder) from the committed draft
   exits     train early-exit adapters -> models/smollm2-135m-instruct-exits/early_exit.safetensors
+  prompts   the held-out text prompts -> models/smollm2_eval_prompts.json (read by eval and bench/)
   eval      acceptance rate / losslessness / exit agreement -> models/eval_smollm2.json,
             docs/models/eval_smollm2.md
   go2_vlm   train the Go2 VLM pair on simulator data -> models/go2_vlm/{target,draft} (committed,
-            target/early_exit.safetensors included; go2_sim/vlm/)
-  go2_eval  closed-loop evaluation of the Go2 pair (50 seeded episodes) -> models/go2_vlm/eval_report.json
+            target/early_exit.safetensors included; training/go2_vlm/)
+  go2_eval  closed-loop evaluation of the Go2 pair (50 evaluation + 100 validation seeds)
+            -> models/go2_vlm/eval_report.json, docs/models/go2_vlm.md
 
 ``--ensure`` is the fast path for demos, tests and benchmarks: only ``target`` and ``assemble``
 (no training, no evaluation); it fails if a committed artefact is missing.
@@ -45,7 +47,7 @@ if ROOT not in sys.path:
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from specdec.training import paths  # noqa: E402
+from specdec.models import artefacts  # noqa: E402
 
 # -- recipes (changing one retrains that artefact) -------------------------------------------------
 
@@ -86,9 +88,9 @@ class Context:
 
     def target(self):
         if self._target is None:
-            from specdec.training.train_exits import load_target, pick_device
+            from training.train_exits import load_target, pick_device
 
-            self._target = load_target(paths.target_dir(), pick_device("auto"))
+            self._target = load_target(artefacts.text_target_dir(), pick_device("auto"))
         return self._target
 
     def labels(self, capture_layers):
@@ -96,11 +98,11 @@ class Context:
         if self._labels is None:
             from tqdm import tqdm
 
-            from specdec.training.data import cached_labels, make_source
+            from training.text.data import cached_labels, make_source
 
             model, tokenizer = self.target()
             source = make_source(TEXT_DATA)
-            cache = os.path.join(paths.cache_root(), "_work", f"labels-{recipe_sha({'d': TEXT_DATA, 'l': capture_layers})}.pt")
+            cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': TEXT_DATA, 'l': capture_layers})}.pt")
             start = time.time()
             with tqdm(total=len(source), desc="labelling (target generates)", unit="prompt") as bar:
                 self._labels = cached_labels(source, model, tokenizer, capture_layers, cache, progress=bar)
@@ -110,9 +112,9 @@ class Context:
 
 
 def _source_sha() -> Optional[str]:
-    from specdec.training.smollm2 import read_manifest
+    from training.text.smollm2 import read_manifest
 
-    manifest = read_manifest(paths.target_dir()) or {}
+    manifest = read_manifest(artefacts.text_target_dir()) or {}
     return manifest.get("source_sha256")
 
 
@@ -130,26 +132,26 @@ class Step:
 
 
 def _target_done() -> bool:
-    from specdec.training.smollm2 import file_sha256, gguf_location, is_converted
+    from training.text.smollm2 import file_sha256, gguf_location, is_converted
 
     try:
         folder, name = gguf_location()
     except Exception:
-        return is_converted(paths.target_dir())
-    return is_converted(paths.target_dir(), file_sha256(os.path.join(folder, name)))
+        return is_converted(artefacts.text_target_dir())
+    return is_converted(artefacts.text_target_dir(), file_sha256(os.path.join(folder, name)))
 
 
 def _target_run(ctx: Context) -> None:
-    from specdec.training.smollm2 import convert
+    from training.text.smollm2 import convert
 
-    convert(paths.target_dir(), force=ctx.force, log=log)
+    convert(artefacts.text_target_dir(), force=ctx.force, log=log)
 
 
 def _draft_meta() -> Optional[dict]:
-    from specdec.training.distill_draft import DraftError, read_committed
+    from training.text.distill_draft import DraftError, read_committed
 
     try:
-        return read_committed(paths.committed_draft_dir())
+        return read_committed(artefacts.committed_text_draft_dir())
     except DraftError:
         return None
 
@@ -157,12 +159,12 @@ def _draft_meta() -> Optional[dict]:
 def _draft_done() -> bool:
     meta = _draft_meta()
     return bool(meta) and meta.get("recipe_sha") == recipe_sha(DRAFT_RECIPE) and all(
-        os.path.isfile(os.path.join(paths.committed_draft_dir(), s)) for s in meta.get("shards", [])
+        os.path.isfile(os.path.join(artefacts.committed_text_draft_dir(), s)) for s in meta.get("shards", [])
     )
 
 
 def _draft_run(ctx: Context) -> None:
-    from specdec.training.distill_draft import build_draft, default_init_layers, distill, save_committed
+    from training.text.distill_draft import build_draft, default_init_layers, distill, save_committed
 
     model, tokenizer = ctx.target()
     labels = ctx.labels(EXIT_LAYERS)
@@ -171,9 +173,9 @@ def _draft_run(ctx: Context) -> None:
     stats = distill(draft, labels, epochs=DRAFT_RECIPE["epochs"], lr=DRAFT_RECIPE["lr"],
                     max_tokens=DRAFT_RECIPE["max_tokens"], seed=SEED, log=log)
     stats["labelling_seconds"] = ctx.timings.get("labels")
-    save_committed(draft, model, tokenizer, paths.committed_draft_dir(), {
+    save_committed(draft, model, tokenizer, artefacts.committed_text_draft_dir(), {
         "init_layers": init, "training": stats, "recipe": DRAFT_RECIPE, "recipe_sha": recipe_sha(DRAFT_RECIPE),
-        "target_source_sha256": _source_sha(), "target": paths.TARGET_NAME,
+        "target_source_sha256": _source_sha(), "target": artefacts.TEXT_TARGET_NAME,
     })
     ctx.timings["draft"] = stats["train_seconds"]
     after = stats.get("held_out_after", {})
@@ -181,31 +183,31 @@ def _draft_run(ctx: Context) -> None:
 
 
 def _assemble_done() -> bool:
-    from specdec.training.distill_draft import MANIFEST
+    from training.text.distill_draft import MANIFEST
 
     meta = _draft_meta()
     try:
-        with open(os.path.join(paths.draft_dir(), MANIFEST)) as handle:
+        with open(os.path.join(artefacts.text_draft_dir(), MANIFEST)) as handle:
             have = json.load(handle)
     except (OSError, ValueError):
         return False
     return bool(meta) and have.get("weights_sha256") == meta.get("weights_sha256") and os.path.isfile(
-        os.path.join(paths.draft_dir(), "model.safetensors"))
+        os.path.join(artefacts.text_draft_dir(), "model.safetensors"))
 
 
 def _assemble_run(ctx: Context) -> None:
-    from specdec.training.distill_draft import assemble
+    from training.text.distill_draft import assemble
 
     if _draft_meta() is None:
-        raise SystemExit(f"no committed draft in {paths.committed_draft_dir()}: run scripts/make_models.py "
+        raise SystemExit(f"no committed draft in {artefacts.committed_text_draft_dir()}: run scripts/make_models.py "
                          "without --ensure to train it")
-    assemble(paths.committed_draft_dir(), paths.target_dir(), paths.draft_dir(), force=ctx.force, log=log)
+    assemble(artefacts.committed_text_draft_dir(), artefacts.text_target_dir(), artefacts.text_draft_dir(), force=ctx.force, log=log)
 
 
 def _exits_meta(path: Optional[str] = None) -> Optional[dict]:
     from safetensors import safe_open
 
-    path = path or paths.committed_exits_path()
+    path = path or artefacts.committed_text_exits_path()
     if not os.path.isfile(path):
         return None
     try:
@@ -218,14 +220,14 @@ def _exits_meta(path: Optional[str] = None) -> Optional[dict]:
 def _exits_done() -> bool:
     want = recipe_sha(EXIT_RECIPE)
     return all((_exits_meta(p) or {}).get("recipe_sha") == want
-               for p in (paths.committed_exits_path(), paths.committed_exits_sweep_path()))
+               for p in (artefacts.committed_text_exits_path(), artefacts.committed_text_exits_sweep_path()))
 
 
 def _exits_run(ctx: Context) -> None:
     import torch
 
     from specdec.models.early_exit import EarlyExitHeads
-    from specdec.training.train_exits import format_table, train_exit_heads
+    from training.train_exits import format_table, train_exit_heads
 
     model, _tokenizer = ctx.target()
     labels = ctx.labels(EXIT_LAYERS)
@@ -237,46 +239,67 @@ def _exits_run(ctx: Context) -> None:
     report["data"] = TEXT_DATA
     report["labelling_seconds"] = ctx.timings.get("labels")
     meta = {"training": json.dumps(report, sort_keys=True), "recipe_sha": recipe_sha(EXIT_RECIPE),
-            "target_source_sha256": _source_sha() or "", "target": paths.TARGET_NAME}
-    os.makedirs(os.path.dirname(paths.committed_exits_path()), exist_ok=True)
+            "target_source_sha256": _source_sha() or "", "target": artefacts.TEXT_TARGET_NAME}
+    os.makedirs(os.path.dirname(artefacts.committed_text_exits_path()), exist_ok=True)
     # fp16 on disk keeps the files small; loading casts to the target's dtype
     hint = EarlyExitHeads(model, HINT_EXIT_LAYERS, adapter=r["adapter"], rank=r["rank"])
     for layer in HINT_EXIT_LAYERS:
         hint.adapters[str(layer)].load_state_dict(heads.adapters[str(layer)].state_dict())
-    for obj, path in ((heads, paths.committed_exits_sweep_path()), (hint, paths.committed_exits_path())):
+    for obj, path in ((heads, artefacts.committed_text_exits_sweep_path()), (hint, artefacts.committed_text_exits_path())):
         obj.to(dtype=torch.float16)
         obj.save(path, extra_metadata=meta)
     ctx.timings["exits"] = report["train_seconds"]
     log("exits: held-out agreement (target-generated training text)\n" + format_table(report))
 
 
-def _eval_json() -> str:
-    return os.path.join(paths.models_root(), "eval_smollm2.json")
+def _eval_prompts() -> list:
+    """The held-out prompts of the text evaluation, as the committed prompts file holds them."""
+    from dataclasses import asdict
+
+    from training.text import corpus
+
+    return [asdict(p) for p in corpus.eval_prompts(EVAL_RECIPE["n_chat"], EVAL_RECIPE["n_prose"])]
+
+
+def _prompts_done() -> bool:
+    try:
+        with open(artefacts.text_eval_prompts_path()) as handle:
+            return json.load(handle) == _eval_prompts()
+    except (OSError, ValueError):
+        return False
+
+
+def _prompts_run(ctx: Context) -> None:
+    path = artefacts.text_eval_prompts_path()
+    with open(path, "w") as handle:
+        json.dump(_eval_prompts(), handle, indent=1, ensure_ascii=False)
+        handle.write("\n")
+    log(f"prompts: {path}")
 
 
 def _eval_inputs_sha() -> str:
     meta = _draft_meta() or {}
-    exits = _exits_meta(paths.committed_exits_sweep_path()) or {}
+    exits = _exits_meta(artefacts.committed_text_exits_sweep_path()) or {}
     return recipe_sha({"draft": meta.get("weights_sha256"), "exits": exits.get("recipe_sha"),
                        "eval": EVAL_RECIPE, "source": _source_sha()})
 
 
 def _eval_done() -> bool:
     try:
-        with open(_eval_json()) as handle:
+        with open(artefacts.text_eval_report_path()) as handle:
             return json.load(handle).get("inputs_sha") == _eval_inputs_sha()
     except (OSError, ValueError):
         return False
 
 
 def _eval_run(ctx: Context) -> None:
-    from specdec.training import evaluate
+    from training.text import evaluate
 
     start = time.time()
     settings = {k: v for k, v in EVAL_RECIPE.items() if k != "version"}
-    result = evaluate.evaluate(exits_path=paths.committed_exits_sweep_path(), log=log, **settings)
+    result = evaluate.evaluate(exits_path=artefacts.committed_text_exits_sweep_path(), log=log, **settings)
     result["inputs_sha"] = _eval_inputs_sha()
-    evaluate.write(result, _eval_json(), paths.repo_path("docs", "models", "eval_smollm2.md"))
+    evaluate.write(result, artefacts.text_eval_report_path(), artefacts.repo_path("docs", "models", "eval_smollm2.md"))
     ctx.timings["eval"] = round(time.time() - start, 1)
     o = result["overall"]
     log(f"eval: acceptance {100 * o['acceptance_rate']:.1f}%, {o['tokens_per_round']:.2f} tokens/round, "
@@ -284,27 +307,27 @@ def _eval_run(ctx: Context) -> None:
 
 
 def _go2_done() -> bool:
-    from go2_sim.vlm.train import up_to_date
+    from training.go2_vlm.train import up_to_date
 
     return up_to_date()
 
 
 def _go2_run(ctx: Context) -> None:
-    from go2_sim.vlm.train import build
+    from training.go2_vlm.train import build
 
     report = build(force=True, log=log)
     ctx.timings["go2_vlm"] = report.get("total_seconds")
 
 
 def _go2_eval_done() -> bool:
-    from go2_sim.vlm.evaluate import eval_up_to_date
+    from training.go2_vlm.evaluate import eval_up_to_date
 
     return eval_up_to_date()
 
 
 def _go2_eval_run(ctx: Context) -> None:
-    from go2_sim.vlm import card
-    from go2_sim.vlm.evaluate import evaluate_and_save
+    from training.go2_vlm import card
+    from training.go2_vlm.evaluate import evaluate_and_save
 
     report = evaluate_and_save(log=log)
     card.write()
@@ -317,6 +340,7 @@ STEPS: List[Step] = [
     Step("draft", False, _draft_done, _draft_run, "distil the draft (committed)"),
     Step("assemble", True, _assemble_done, _assemble_run, "rebuild the HF draft folder"),
     Step("exits", False, _exits_done, _exits_run, "train early-exit adapters (committed)"),
+    Step("prompts", False, _prompts_done, _prompts_run, "held-out text prompts for eval and bench (committed)"),
     Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits", evaluation=True),
     Step("go2_vlm", False, _go2_done, _go2_run, "train the Go2 VLM pair + exits (committed)"),
     Step("go2_eval", False, _go2_eval_done, _go2_eval_run, "closed-loop evaluation of the Go2 pair",
@@ -356,7 +380,7 @@ def main(argv=None) -> int:
         for step in STEPS:
             print(f"{step.name:10s} {'done' if step.is_done() else 'TODO':5s} {'(ensure) ' if step.ensure else ''}{step.help}")
         return 0
-    from specdec.training.train_exits import set_threads
+    from training.train_exits import set_threads
     from tqdm import tqdm
 
     set_threads(args.threads)

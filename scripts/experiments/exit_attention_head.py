@@ -5,7 +5,7 @@ if the exit head has attention, not only an MLP?
 The head is copies of target decoder layers (default: the last two, 28 and 29) applied to the
 layer-L hidden states of whole sequences, followed by the target's frozen final norm and LM head,
 trained to match the target's top-16 next-token distribution (renormalised). Agreement is measured
-like ``specdec.training.evaluate``: top-1 against the final layer on the generated positions of
+like ``training.text.evaluate``: top-1 against the final layer on the generated positions of
 the held-out sequences (every 10th). Uses the labels cache that ``make models`` writes
 (.cache/models/_work/labels-*.pt, hidden states of layers 3..27).
 
@@ -41,16 +41,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
-    from specdec.training import paths
-    from specdec.training.teacher import Labels
+    from specdec.models import artefacts
+    from training.teacher import Labels
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cached = sorted(glob.glob(os.path.join(paths.cache_root(), "_work", "labels-*.pt")))
+    cached = sorted(glob.glob(os.path.join(artefacts.cache_root(), "_work", "labels-*.pt")))
     if not cached:
         raise SystemExit("no labels cache: run 'make models' first")
     labels = Labels.from_dict(torch.load(cached[-1], weights_only=False))
-    model = AutoModelForCausalLM.from_pretrained(paths.target_dir(), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(artefacts.text_target_dir(), dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     head = torch.nn.ModuleList([copy.deepcopy(model.model.layers[i]) for i in map(int, args.copy.split(","))])

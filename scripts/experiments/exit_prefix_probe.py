@@ -52,17 +52,17 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from specdec.training import paths
-    from specdec.training.teacher import Labels
+    from specdec.models import artefacts
+    from training.teacher import Labels
 
     torch.set_num_threads(args.threads)
-    found = sorted(glob.glob(os.path.join(paths.cache_root(), "_work", "labels-*.pt")), key=os.path.getmtime)
+    found = sorted(glob.glob(os.path.join(artefacts.cache_root(), "_work", "labels-*.pt")), key=os.path.getmtime)
     if not found:
         raise SystemExit("no cached labels under .cache/models/_work: run `make models` first")
     labels = Labels.from_dict(torch.load(found[-1], weights_only=False))
     if args.layer not in labels.hidden or labels.final is None:
         raise SystemExit(f"labels hold layers {sorted(labels.hidden)} and final={labels.final is not None}")
-    head = AutoModelForCausalLM.from_pretrained(paths.target_dir()).get_output_embeddings().weight.detach().float()
+    head = AutoModelForCausalLM.from_pretrained(artefacts.text_target_dir()).get_output_embeddings().weight.detach().float()
 
     where = {(s, p): i for i, (s, p) in enumerate(zip(labels.seq.tolist(), labels.pos.tolist()))}
     prev = torch.tensor([where.get((s, p - 1), -1) for s, p in zip(labels.seq.tolist(), labels.pos.tolist())])

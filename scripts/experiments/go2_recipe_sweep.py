@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Recipe sweep for the Go2 VLM target: train variants side by side, score them in closed loop.
 
-Each variant trains only the target (``go2_sim.vlm.train.build(target_only=True)``) in its own
+Each variant trains only the target (``training.go2_vlm.train.build(target_only=True)``) in its own
 process, then drives the simulator alone (greedy) on *validation* seeds, disjoint from the
 evaluation seeds 0..49 of the model card and from the training rollouts (those draw their
 episode seeds at random from [0, 2^31)). Choosing a recipe on the evaluation seeds would
@@ -36,13 +36,13 @@ if ROOT not in sys.path:
 
 def _apply(overrides: dict):
     """Patch the pair's shapes for this process and return the TrainConfig of ``overrides``."""
-    from go2_sim.vlm import data, pair, train
+    from training.go2_vlm import config, data, pair, train
 
     spec, fields = {}, {}
     for key, value in overrides.items():
         if key == "image":
             w, h = (int(v) for v in value.lower().split("x"))
-            for module in (pair, data, train):
+            for module in (pair, config, data, train):
                 module.IMAGE_W, module.IMAGE_H = w, h
         elif key.startswith("target."):
             field = key.split(".", 1)[1]
@@ -52,27 +52,24 @@ def _apply(overrides: dict):
             fields[key] = value
     if spec:
         new = dataclasses.replace(pair.TARGET_SPEC, **spec)
-        pair.TARGET_SPEC = train.TARGET_SPEC = new
-    return train.apply_overrides(train.TrainConfig(), fields)
+        pair.TARGET_SPEC = config.TARGET_SPEC = train.TARGET_SPEC = new
+    return config.apply_overrides(config.TrainConfig(), fields)
 
 
-def closed_loop(folder: str, seeds: range, threads: int) -> dict:
+def target_alone(folder: str, seeds: range, threads: int) -> dict:
     """The target of ``folder`` alone (greedy) on ``seeds``."""
     import torch
 
-    from go2_sim.closed_loop import evaluate
-    from go2_sim.vlm.evaluate import greedy_policy
-    from go2_sim.vlm.pair import artefact_paths
+    from specdec.models.artefacts import go2_pair_paths
     from specdec.models.loading import load_model
+    from training.go2_vlm.evaluate import closed_loop, greedy_policy
 
     torch.set_num_threads(threads)
-    target = load_model(artefact_paths(folder)["target"], name="go2-vlm-target")
-    t0 = time.time()
-    res = evaluate(greedy_policy(target), list(seeds), max_decisions=40)
-    results = res["results"]
-    return {"success_rate": res["success_rate"], "successes": sum(r.success for r in results),
-            "episodes": len(results), "done_elsewhere": sum(r.said_done and not r.success for r in results),
-            "failed_seeds": [r.seed for r in results if not r.success], "eval_seconds": round(time.time() - t0, 1)}
+    target = load_model(go2_pair_paths(folder).target, name="go2-vlm-target")
+    summary = closed_loop(greedy_policy(target), seeds, "target", progress=False, log=lambda m: None)[1]
+    return {"success_rate": summary["success_rate"], "successes": len(summary["successes"]),
+            "episodes": summary["episodes"], "done_elsewhere": summary["said_done_elsewhere"],
+            "failed_seeds": [f["seed"] for f in summary["failures"]], "eval_seconds": summary["wall_s"]}
 
 
 def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
@@ -83,14 +80,15 @@ def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from go2_sim.vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows, twin_tokens
-    from go2_sim.vlm.pair import artefact_paths
-    from go2_sim.vlm.train import TrainConfig, answer_accuracy, shape_accuracy
+    from training.go2_vlm.data import TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows, twin_tokens
+    from specdec.models.artefacts import go2_pair_paths
+    from training.go2_vlm.config import TrainConfig
+    from training.go2_vlm.train import answer_accuracy, shape_accuracy
 
     torch.set_num_threads(threads)
     cfg = TrainConfig()
     data = assemble_dataset(expert_chunks(cfg, progress=False), cfg, log=lambda m: None)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(artefact_paths(folder)["target"]).eval()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(go2_pair_paths(folder).target).eval()
     twin = twin_tokens(data) >= TWIN_CLOSE_TOKENS
     done = torch.tensor([a == "done" for a in data.actions])
     gen = torch.Generator().manual_seed(0)
@@ -109,14 +107,14 @@ def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
 
 
 def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, threads: int) -> dict:
-    from go2_sim.vlm.train import build
+    from training.go2_vlm.train import build
 
     cfg = _apply(overrides)
     cfg.workers, cfg.threads = 2, threads
     folder = os.path.join(out, name)
     report = build(folder, force=True, config=cfg, progress=False, log=lambda m: None, device=device,
                    target_only=True)
-    return {"name": name, "overrides": overrides, **closed_loop(folder, seeds, threads),
+    return {"name": name, "overrides": overrides, **target_alone(folder, seeds, threads),
             "held_out": report["target"]["held_out"], "train_seconds": report["target"]["seconds"],
             "vision_warmup": report.get("vision_warmup"),
             "data_seconds": report["data"]["seconds"]}
@@ -138,13 +136,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="variants trained at once (one process each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per variant")
-    ap.add_argument("--seeds", default="1000:1100", help="validation seeds FIRST:END")
+    ap.add_argument("--seeds", default=None, help="seeds FIRST:END (default: the validation seeds of make models-eval)")
     ap.add_argument("--out", default="/tmp/go2_sweep")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run this variant
     args = ap.parse_args(argv)
+    if args.seeds is None:
+        from training.go2_vlm.evaluate import VALIDATION_SEEDS
+
+        args.seeds = f"{VALIDATION_SEEDS[0]}:{VALIDATION_SEEDS[-1] + 1}"
     first, end = (int(v) for v in args.seeds.split(":"))
     if args.evaluate:
-        print(json.dumps({"folder": args.evaluate, **closed_loop(args.evaluate, range(first, end), args.threads)}))
+        print(json.dumps({"folder": args.evaluate, **target_alone(args.evaluate, range(first, end), args.threads)}))
         return 0
     if args.diagnose:
         print(json.dumps({"folder": args.diagnose, **diagnose(args.diagnose, args.threads)}, indent=1))

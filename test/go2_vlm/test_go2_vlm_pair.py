@@ -15,18 +15,19 @@ if ROOT not in sys.path:
 
 torch.set_num_threads(1)
 
-from go2_sim.vlm import pair as vlm  # noqa: E402
-from go2_sim.vlm.evaluate import greedy_decode  # noqa: E402
+from specdec.models.artefacts import go2_pair_dir  # noqa: E402
+from training.go2_vlm import pair as vlm  # noqa: E402
+from training.go2_vlm.evaluate import greedy_decode  # noqa: E402
 
 FRAME_SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
 def pair():
-    if not vlm.artefacts_exist(vlm.DEFAULT_OUT):
-        pytest.fail(f"committed Go2 VLM artefacts missing in {vlm.DEFAULT_OUT} "
+    if not vlm.artefacts_exist():
+        pytest.fail(f"committed Go2 VLM artefacts missing in {go2_pair_dir()} "
                     "(make models)")
-    return vlm.load_pair(vlm.DEFAULT_OUT)
+    return vlm.load_pair()
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _real_target_dir():
-    from specdec.training import paths
-    from specdec.training.smollm2 import is_converted
+    from specdec.models import artefacts
+    from training.text.smollm2 import is_converted
 
-    d = paths.target_dir()
+    d = artefacts.text_target_dir()
     return d if is_converted(d) else None
 
 
@@ -44,7 +44,7 @@ def tiny_target():
 def tiny_labels(tiny_target):
     """Labels from the tiny target on word prompts, with hidden states of layers 0-2."""
     from specdec.models.tiny import _WORDS
-    from specdec.training.teacher import label_many
+    from training.teacher import label_many
 
     model, tok = tiny_target
     gen = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec.training import corpus, data
+from training.text import corpus, data
 
 
 def test_eval_prompts_are_held_out_and_deterministic():
@@ -36,7 +36,7 @@ def test_make_source_specs(tmp_path):
     jsonl.write_text('{"kind": "chat", "text": "hello"}\n{"kind": "prose", "text": "Once upon"}\n')
     src = data.make_source(f"prompts:{jsonl}")
     assert [p.kind for p in src.prompts] == ["chat", "prose"]
-    src = data.make_source("py:specdec.training.data:text_source?chat=1,prose=0")
+    src = data.make_source("py:training.text.data:text_source?chat=1,prose=0")
     assert len(src) == 1
     with pytest.raises(ValueError):
         data.make_source("nope:thing")

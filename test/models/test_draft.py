@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from specdec.training import distill_draft as dd
+from training.text import distill_draft as dd
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specdec.models.early_exit import EarlyExitError, EarlyExitHeads
-from specdec.training.train_exits import evaluate_exits, train_exit_heads
+from training.train_exits import evaluate_exits, train_exit_heads
 
 
 def test_labels_match_greedy_generate(tiny_target, tiny_labels):
@@ -119,7 +119,8 @@ def test_linear_files_without_adapter_metadata_still_load(tiny_target, tmp_path)
 
 def test_train_exits_cli(tiny_target, tiny_labels, tmp_path):
     """The command line: labels file as data source, report written, adapter file loadable."""
-    from specdec.training import train_exits
+    from training import train_exits
+    from training.text import exits
 
     model, tok = tiny_target
     folder = tmp_path / "tiny"
@@ -129,9 +130,9 @@ def test_train_exits_cli(tiny_target, tiny_labels, tmp_path):
     torch.save(tiny_labels.to_dict(), labels_file)
     out = tmp_path / "exits.safetensors"
     report = tmp_path / "report.json"
-    rc = train_exits.main(["--target", str(folder), "--layers", "1", "2", "--data", f"labels:{labels_file}",
-                           "--out", str(out), "--epochs", "2", "--batch", "256", "--rank", "16",
-                           "--report", str(report), "--device", "cpu", "--threads", "1"])
+    rc = exits.main(["--target", str(folder), "--layers", "1", "2", "--data", f"labels:{labels_file}",
+                    "--out", str(out), "--epochs", "2", "--batch", "256", "--rank", "16",
+                    "--report", str(report), "--device", "cpu", "--threads", "1"])
     assert rc == 0 and out.is_file()
     data = json.loads(report.read_text())
     assert set(data["per_layer"]) == {"1", "2"} and data["held_out_positions"] > 0

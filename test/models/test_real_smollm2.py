@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from specdec.training import paths
+from specdec.models import artefacts
 
-ROOT = paths.REPO_ROOT
+ROOT = artefacts.REPO_ROOT
 
 
 def _load_script():
@@ -25,28 +25,28 @@ def _load_script():
 
 @pytest.fixture(scope="module")
 def committed():
-    from specdec.training.distill_draft import DRAFT_CONFIG
+    from training.text.distill_draft import DRAFT_CONFIG
 
-    if not os.path.isfile(os.path.join(paths.committed_draft_dir(), DRAFT_CONFIG)):
-        pytest.skip(f"no committed draft in {paths.committed_draft_dir()} (run scripts/make_models.py)")
-    if not os.path.isfile(paths.committed_exits_path()):
-        pytest.skip(f"no committed exit adapters at {paths.committed_exits_path()}")
-    return paths.committed_draft_dir()
+    if not os.path.isfile(os.path.join(artefacts.committed_text_draft_dir(), DRAFT_CONFIG)):
+        pytest.skip(f"no committed draft in {artefacts.committed_text_draft_dir()} (run scripts/make_models.py)")
+    if not os.path.isfile(artefacts.committed_text_exits_path()):
+        pytest.skip(f"no committed exit adapters at {artefacts.committed_text_exits_path()}")
+    return artefacts.committed_text_draft_dir()
 
 
 @pytest.fixture(scope="module")
 def target(real_target_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(paths.target_dir(), dtype=torch.float32).eval()
-    return model.requires_grad_(False), AutoTokenizer.from_pretrained(paths.target_dir())
+    model = AutoModelForCausalLM.from_pretrained(artefacts.text_target_dir(), dtype=torch.float32).eval()
+    return model.requires_grad_(False), AutoTokenizer.from_pretrained(artefacts.text_target_dir())
 
 
 def test_make_models_ensure_is_idempotent(real_target_dir, committed):
     script = _load_script()
     assert script.main(["--ensure"]) == 0  # builds .cache/models/<draft> if needed
-    draft_weights = os.path.join(paths.draft_dir(), "model.safetensors")
-    target_weights = os.path.join(paths.target_dir(), "model.safetensors")
+    draft_weights = os.path.join(artefacts.text_draft_dir(), "model.safetensors")
+    target_weights = os.path.join(artefacts.text_target_dir(), "model.safetensors")
     stamps = (os.path.getmtime(draft_weights), os.path.getmtime(target_weights))
     assert all(step.is_done() for step in script.STEPS if step.ensure)
     assert script.main(["--ensure"]) == 0
@@ -57,9 +57,9 @@ def test_committed_exits_load_on_the_real_target(target, committed):
     from specdec.models.early_exit import EarlyExitHeads
 
     model, tok = target
-    heads = EarlyExitHeads.load(model, paths.committed_exits_path())
+    heads = EarlyExitHeads.load(model, artefacts.committed_text_exits_path())
     assert heads.exit_layers and max(heads.exit_layers) <= 15
-    sweep = EarlyExitHeads.load(model, paths.committed_exits_sweep_path())
+    sweep = EarlyExitHeads.load(model, artefacts.committed_text_exits_sweep_path())
     assert set(heads.exit_layers) <= set(sweep.exit_layers)
     ids = tok("The robot walked to the door and", return_tensors="pt")["input_ids"]
     seen = {}
@@ -71,11 +71,11 @@ def test_committed_exits_load_on_the_real_target(target, committed):
 def test_assembled_draft_equals_committed_weights(target, committed):
     from transformers import AutoModelForCausalLM
 
-    from specdec.training.distill_draft import assemble, assemble_model
+    from training.text.distill_draft import assemble, assemble_model
 
     model, _tok = target
-    assemble(committed, paths.target_dir(), paths.draft_dir(), log=lambda *_: None)
-    on_disk = AutoModelForCausalLM.from_pretrained(paths.draft_dir(), dtype=torch.float32)
+    assemble(committed, artefacts.text_target_dir(), artefacts.text_draft_dir(), log=lambda *_: None)
+    on_disk = AutoModelForCausalLM.from_pretrained(artefacts.text_draft_dir(), dtype=torch.float32)
     rebuilt = assemble_model(committed, model, check_fingerprint=False)
     want, got = rebuilt.state_dict(), on_disk.state_dict()
     assert set(want) == set(got)
@@ -91,7 +91,7 @@ def test_real_pair_is_lossless_through_the_engine(target, committed):
     from specdec.protocol import DecodingMode
 
     model, tok = target
-    draft = AutoModelForCausalLM.from_pretrained(paths.draft_dir(), dtype=torch.float32).eval()
+    draft = AutoModelForCausalLM.from_pretrained(artefacts.text_draft_dir(), dtype=torch.float32).eval()
     prompt = "Name two things a robot dog can do."
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]

@@ -26,7 +26,7 @@ Training (:func:`build`; deterministic for a :class:`TrainConfig`; CPU, about 12
    decoder's colour/shape word embeddings; whether each image token shows the instructed
    object and where it is; the target's visibility, bearing and distance);
 3. draft: the same, plus distillation of the target's answer distributions;
-4. exits: the target's early-exit adapters (:func:`specdec.training.train_exits.train_exit_heads`)
+4. exits: the target's early-exit adapters (:func:`training.train_exits.train_exit_heads`)
    on the target's answer positions of the same frames.
 
 Evaluation (:func:`evaluate_pair`): ROS-free closed loop (:mod:`go2_sim.closed_loop`: strict
@@ -37,6 +37,6 @@ top-1 agreement with the final layer.
 
 CLI::
 
-    python -m go2_sim.vlm --train [--force] [--out models/go2_vlm]
-    python -m go2_sim.vlm --eval [--episodes 50] [--out models/go2_vlm]
+    python -m training.go2_vlm --train [--force] [--out models/go2_vlm]
+    python -m training.go2_vlm --eval [--episodes 50] [--out models/go2_vlm]
 """

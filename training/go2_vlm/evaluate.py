@@ -8,16 +8,23 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .pair import DEFAULT_OUT, read_json, artefact_paths, bgr_to_rgb, load_pair
+from specdec.models.artefacts import go2_pair_paths
+
+from .pair import bgr_to_rgb, load_pair, read_json
 
 
-def eval_up_to_date(out_dir: str = DEFAULT_OUT) -> bool:
-    train = read_json(artefact_paths(out_dir)["train_report"]) or {}
-    report = read_json(artefact_paths(out_dir)["eval_report"]) or {}
+def eval_up_to_date(out_dir: Optional[str] = None) -> bool:
+    """The pair's evaluation report is of its current weights."""
+    paths = go2_pair_paths(out_dir)
+    train = read_json(paths.train_report) or {}
+    report = read_json(paths.eval_report) or {}
     return bool(train) and report.get("weights") == train.get("fingerprints")
 
 
 EVAL_SEEDS = tuple(range(50))
+# Recipes are chosen on these (disjoint from EVAL_SEEDS; training rollouts draw their episode
+# seeds at random from [0, 2^31)), so the evaluation seeds stay an unbiased measurement.
+VALIDATION_SEEDS = tuple(range(1000, 1100))
 
 
 @torch.no_grad()
@@ -67,6 +74,7 @@ def _summary(res: dict) -> dict:
     return {"episodes": res["episodes"], "success_rate": res["success_rate"], "reached_rate": res["reached_rate"],
             "mean_decisions": round(res["mean_decisions"], 2),
             "invalid_actions": sum(r.invalid for r in results),
+            "said_done_elsewhere": sum(r.said_done and not r.success for r in results),
             "successes": [r.seed for r in results if r.success],
             # what went wrong, episode by episode: where the robot ended and its last actions
             "failures": [{"seed": r.seed, "said_done": r.said_done, "decisions": r.decisions,
@@ -76,21 +84,42 @@ def _summary(res: dict) -> dict:
             "wall_s": round(res["wall_s"], 1)}
 
 
-def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS, gamma: int = 4,
+def closed_loop(policy, seeds: Sequence[int], name: str, max_decisions: int = 40, progress: bool = True,
+                log=print):
+    """``policy`` drives the simulated Go2 on ``seeds``: (the closed loop's result, its summary)."""
+    from tqdm import tqdm
+
+    from go2_sim.closed_loop import evaluate
+
+    seeds = list(seeds)
+    bar = tqdm(total=len(seeds), desc=f"eval {name}", disable=not progress, leave=False)
+
+    def on_decision(env, text):
+        if env.seed != getattr(on_decision, "seed", None):
+            on_decision.seed = env.seed
+            bar.update(1)
+
+    res = evaluate(policy, seeds, max_decisions=max_decisions, on_decision=on_decision)
+    bar.close()
+    summary = _summary(res)
+    log(f"go2 eval {name}: success {summary['success_rate']:.2f} ({summary['wall_s']} s)")
+    return res, summary
+
+
+def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEEDS, gamma: int = 4,
                   max_decisions: int = 40, threads: int = 2, progress: bool = True, log=print,
-                  include_expert: bool = True) -> dict:
-    """Closed loop on seeded episodes: expert, target alone, draft alone, speculative decoding.
+                  include_expert: bool = True, validation_seeds: Sequence[int] = ()) -> dict:
+    """Closed loop on seeded episodes: expert, target alone, draft alone, speculative decoding;
+    and the target alone on ``validation_seeds`` (``target_validation``), the seeds recipes are
+    chosen on.
 
     Speculative decoding runs with the exit heads (early-exit hints + pre-drafting) and, at every
     decision, is also checked against the target alone on the same frame (lossless check).
     """
-    from tqdm import tqdm
-
     from specdec.engine.local import LocalSpeculativeDecoder
     from specdec.protocol import DecodingMode
 
-    from ..closed_loop import evaluate
-    from ..expert import expert_policy
+    from go2_sim.expert import expert_policy
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -101,18 +130,7 @@ def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS,
                                      "gamma": gamma, "max_decisions": max_decisions}
 
         def run(name, policy):
-            bar = tqdm(total=len(seeds), desc=f"eval {name}", disable=not progress, leave=False)
-
-            def on_decision(env, text):
-                if env.seed != getattr(on_decision, "seed", None):
-                    on_decision.seed = env.seed
-                    bar.update(1)
-
-            res = evaluate(policy, seeds, max_decisions=max_decisions, on_decision=on_decision)
-            bar.close()
-            summary = _summary(res)
-            log(f"go2 eval {name}: success {summary['success_rate']:.2f} ({summary['wall_s']} s)")
-            return res, summary
+            return closed_loop(policy, seeds, name, max_decisions, progress, log)
 
         if include_expert:
             report["expert"] = run("expert", expert_policy)[1]
@@ -135,6 +153,11 @@ def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS,
         report["exit_agreement"] = {str(layer): round(a / max(1, n), 4) for layer, (a, n) in sorted(exit_stats.items())}
         report["exit_positions"] = {str(layer): n for layer, (a, n) in sorted(exit_stats.items())}
 
+        if validation_seeds:
+            val = list(validation_seeds)
+            report["target_validation"] = closed_loop(greedy_policy(target), val, "target (validation)",
+                                                      max_decisions, progress, log)[1]
+            report["target_validation"]["seeds"] = [val[0], val[-1]]
         report["draft"] = run("draft", greedy_policy(draft))[1]
 
         spec = {"drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0, "hints": 0, "hints_correct": 0,
@@ -174,13 +197,14 @@ def evaluate_pair(out_dir: str = DEFAULT_OUT, seeds: Sequence[int] = EVAL_SEEDS,
         torch.set_num_threads(old_threads)
 
 
-def evaluate_and_save(out_dir: str = DEFAULT_OUT, episodes: int = len(EVAL_SEEDS), path: Optional[str] = None,
+def evaluate_and_save(out_dir: Optional[str] = None, episodes: int = len(EVAL_SEEDS), path: Optional[str] = None,
                       log=print) -> dict:
     """:func:`evaluate_pair` on seeds 0..episodes-1, written to ``path`` (default: the eval report)
     with the fingerprints of the weights it evaluated."""
-    report = evaluate_pair(out_dir, seeds=range(episodes), log=log)
-    report["weights"] = (read_json(artefact_paths(out_dir)["train_report"]) or {}).get("fingerprints")
-    with open(path or artefact_paths(out_dir)["eval_report"], "w") as f:
+    report = evaluate_pair(out_dir, seeds=range(episodes), log=log, validation_seeds=VALIDATION_SEEDS)
+    paths = go2_pair_paths(out_dir)
+    report["weights"] = (read_json(paths.train_report) or {}).get("fingerprints")
+    with open(path or paths.eval_report, "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
         f.write("\n")
     return report

@@ -2,21 +2,16 @@
 
 One adapter per exit layer (:class:`specdec.models.early_exit.EarlyExitHeads`), trained to match
 the target's *final* next-token distribution (KL over a candidate vocabulary, see
-:mod:`specdec.training.losses`). The target runs once over the data: the data source captures
+:mod:`training.losses`). The target runs once over the data: the data source captures
 the outputs of all exit layers and the final top-k distribution in the same forward passes, then
 the adapters train on those cached features (cheap: the target is never run again).
 
-    python -m specdec.training.train_exits --target .cache/models/smollm2-135m-instruct \\
-        --layers 6 10 15 --data text:chat=192,prose=96 --out /tmp/exits.safetensors
-
-Prints and writes (``--report``) the per-exit top-1 agreement with the final layer on held-out
-sequences, next to the untrained "logit lens" baseline.
+Shared by both pairs: the text pair's command line is :mod:`training.text.exits`, the Go2 pair
+trains its exits in :func:`training.go2_vlm.train.build`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -24,8 +19,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..models.early_exit import EarlyExitHeads
-from ..models.layout import decoder_layout
+from specdec.models.early_exit import EarlyExitHeads
+from specdec.models.layout import decoder_layout
 from .losses import candidate_set, full_vocab_stats, kl_on_candidates
 from .teacher import Labels
 
@@ -259,51 +254,3 @@ def format_table(report: dict) -> str:
             f"| {row['kl']:.3f} | {100 * row['lens_agreement']:.1f}% | {100 * row.get('ls_agreement', float('nan')):.1f}% |"
         )
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    from .data import cached_labels, make_source
-    from tqdm import tqdm
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, help="HF folder of the target model")
-    parser.add_argument("--layers", type=int, nargs="+", required=True, help="exit layer indices (0-based)")
-    parser.add_argument("--data", default="text", help="data source spec (see specdec.training.data)")
-    parser.add_argument("--out", required=True, help="adapter file (or folder) to write")
-    parser.add_argument("--adapter", default="mlp", choices=["linear", "mlp"])
-    parser.add_argument("--rank", type=int, default=128)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--held-out-every", type=int, default=10, help="hold out every N-th sequence")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--labels-cache", default=None, help="reuse/save the labelled data here (.pt)")
-    parser.add_argument("--report", default=None, help="write the JSON report here")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-
-    set_threads(args.threads)
-    device = pick_device(args.device)
-    model, tokenizer = load_target(args.target, device, getattr(torch, args.dtype))
-    source = make_source(args.data)
-    with tqdm(total=len(source) or None, desc="labelling") as bar:
-        labels = cached_labels(source, model, tokenizer, args.layers, args.labels_cache, progress=bar)
-    train, held = labels.split_by_sequence(args.held_out_every)
-    heads, report = train_exit_heads(
-        model, train, args.layers, adapter=args.adapter, rank=args.rank, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, seed=args.seed, held_out=held,
-    )
-    report["data"] = args.data
-    path = heads.save(args.out, extra_metadata={"training": json.dumps(report, sort_keys=True)})
-    print(format_table(report))
-    print(f"saved {path} ({os.path.getsize(path) / 1e6:.2f} MB)")
-    if args.report:
-        with open(args.report, "w") as handle:
-            json.dump(report, handle, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

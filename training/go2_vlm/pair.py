@@ -1,6 +1,6 @@
 """The Go2 VLM pair itself: shapes, tokenizer, processor, model construction, files on disk.
 
-See :mod:`go2_sim.vlm` for the whole picture.
+See :mod:`training.go2_vlm` for the whole picture.
 """
 
 from __future__ import annotations
@@ -18,13 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_OUT = os.path.join(REPO_ROOT, "models", "go2_vlm")
-TARGET_SUBDIR = "target"
-DRAFT_SUBDIR = "draft"
-EXITS_FILENAME = "early_exit.safetensors"  # inside the target folder
-TRAIN_REPORT = "train_report.json"
-EVAL_REPORT = "eval_report.json"
+from specdec.models.artefacts import go2_pair_paths  # noqa: E402
 
 # -- tokenizer ---------------------------------------------------------------------------------
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>",
@@ -191,16 +185,6 @@ def save_processor(processor, path: str) -> None:
             f.write("\n")
 
 
-def artefact_paths(out_dir: str = DEFAULT_OUT) -> Dict[str, str]:
-    return {
-        "target": os.path.join(out_dir, TARGET_SUBDIR),
-        "draft": os.path.join(out_dir, DRAFT_SUBDIR),
-        "exits": os.path.join(out_dir, TARGET_SUBDIR, EXITS_FILENAME),
-        "train_report": os.path.join(out_dir, TRAIN_REPORT),
-        "eval_report": os.path.join(out_dir, EVAL_REPORT),
-    }
-
-
 def read_json(path: str) -> Optional[dict]:
     try:
         with open(path) as f:
@@ -209,24 +193,24 @@ def read_json(path: str) -> Optional[dict]:
         return None
 
 
-def artefacts_exist(out_dir: str = DEFAULT_OUT) -> bool:
-    p = artefact_paths(out_dir)
+def artefacts_exist(out_dir: Optional[str] = None) -> bool:
+    p = go2_pair_paths(out_dir)
     return all(os.path.isfile(f) for f in (
-        os.path.join(p["target"], "model.safetensors"), os.path.join(p["target"], "config.json"),
-        os.path.join(p["draft"], "model.safetensors"), os.path.join(p["draft"], "config.json"), p["exits"]))
+        os.path.join(p.target, "model.safetensors"), os.path.join(p.target, "config.json"),
+        os.path.join(p.draft, "model.safetensors"), os.path.join(p.draft, "config.json"), p.exits))
 
 
-def load_pair(out_dir: str = DEFAULT_OUT, *, with_exits: bool = True, dtype: torch.dtype = torch.float32):
+def load_pair(out_dir: Optional[str] = None, *, with_exits: bool = True, dtype: torch.dtype = torch.float32):
     """``(draft_adapter, target_adapter, exit_heads_or_None)`` from the committed folders."""
     from specdec.models.adapters import check_pair
     from specdec.models.loading import load_model
     from specdec.models.early_exit import EarlyExitHeads
 
-    p = artefact_paths(out_dir)
-    target = load_model(p["target"], dtype=dtype, name="go2-vlm-target")
-    draft = load_model(p["draft"], dtype=dtype, name="go2-vlm-draft")
+    p = go2_pair_paths(out_dir)
+    target = load_model(p.target, dtype=dtype, name="go2-vlm-target")
+    draft = load_model(p.draft, dtype=dtype, name="go2-vlm-draft")
     check_pair(draft, target)
-    heads = EarlyExitHeads.load(target.model, p["exits"]) if with_exits else None
+    heads = EarlyExitHeads.load(target.model, p.exits) if with_exits else None
     return draft, target, heads
 
 

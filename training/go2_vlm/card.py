@@ -1,6 +1,6 @@
 """Model card of the Go2 VLM pair (docs/models/go2_vlm.md), written from its train and eval reports.
 
-    python -m go2_sim.vlm --card [--out models/go2_vlm]
+    python -m training.go2_vlm --card [--out models/go2_vlm]
 
 The numbers in the card come only from ``train_report.json`` and ``eval_report.json`` (written by
 ``scripts/make_models.py --steps go2_vlm go2_eval``), so the card never disagrees with the
@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from specdec.models import artefacts
+
 from . import pair
 from .evaluate import eval_up_to_date
 from .train import OBJECT_MIN_TOKENS
 
-CARD_PATH = os.path.join(pair.REPO_ROOT, "docs", "models", "go2_vlm.md")
-# `scripts/experiments/go2_recipe_sweep.py --evaluate models/go2_vlm` on the committed weights
-# (validation success | said done at another object | train s); re-run it after retraining.
-COMMITTED_VALIDATION = "**88 / 100** | 1 | 636"
+CARD_PATH = artefacts.repo_path("docs", "models", "go2_vlm.md")
 
 
 def _pct(x: Optional[float]) -> str:
@@ -36,10 +35,19 @@ def _spec_row(name: str, spec: pair.PairSpec, params: Optional[int]) -> str:
             f"{params or 0:,} |")
 
 
-def render(out_dir: str = pair.DEFAULT_OUT) -> str:
-    paths = pair.artefact_paths(out_dir)
-    train = pair.read_json(paths["train_report"]) or {}
-    ev = pair.read_json(paths["eval_report"]) or {}
+def _validation_row(ev: dict, train_seconds) -> str:
+    """Validation success | said done at another object | train s, of the evaluated weights."""
+    val = ev.get("target_validation")
+    if not val:
+        return "n/a (run `make models-eval`) | | "
+    return (f"**{len(val['successes'])} / {val['episodes']}** | {val['said_done_elsewhere']} | "
+            f"{train_seconds}")
+
+
+def render(out_dir: Optional[str] = None) -> str:
+    paths = artefacts.go2_pair_paths(out_dir)
+    train = pair.read_json(paths.train_report) or {}
+    ev = pair.read_json(paths.eval_report) or {}
     cfg = train.get("config", {})
     t, d, dag = train.get("target", {}), train.get("draft", {}), train.get("dagger", {})
     warm = train.get("vision_warmup", {})
@@ -52,9 +60,9 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
     lines = [
         "# Model card: go2_vlm (Go2 VLM pair: target with early exits + edge draft)",
         "",
-        "Written by `python -m go2_sim.vlm --card` from `models/go2_vlm/train_report.json` and",
+        "Written by `python -m training.go2_vlm --card` from `models/go2_vlm/train_report.json` and",
         "`eval_report.json`; rebuilt by `make models` (steps `go2_vlm`, `go2_eval`; code in",
-        "`go2_sim/vlm/`).",
+        "`training/go2_vlm/`).",
         stale,
         "## What it is",
         "",
@@ -78,9 +86,9 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
         f"* Early exits: adapters ({train.get('exits', {}).get('adapter', '?')}) after decoder layers "
         f"{', '.join(str(int(k) + 1) for k in sorted(exits))} of {n_layers}, in",
         "  `target/early_exit.safetensors` (metadata: base-model fingerprint, layers, shapes).",
-        f"* Committed: `models/go2_vlm/target/model.safetensors` ({_size(os.path.join(paths['target'], 'model.safetensors'))}),"
-        f" `draft/model.safetensors` ({_size(os.path.join(paths['draft'], 'model.safetensors'))}),"
-        f" `target/early_exit.safetensors` ({_size(paths['exits'])}), configs, tokenizer, processor.",
+        f"* Committed: `models/go2_vlm/target/model.safetensors` ({_size(os.path.join(paths.target, 'model.safetensors'))}),"
+        f" `draft/model.safetensors` ({_size(os.path.join(paths.draft, 'model.safetensors'))}),"
+        f" `target/early_exit.safetensors` ({_size(paths.exits)}), configs, tokenizer, processor.",
         "* Licence: trained here on simulator data only; same licence as the project.",
         "",
         "## Training",
@@ -110,7 +118,7 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
          "* **DAgger round**: off in this recipe (`dagger_episodes 0`; see the development runs below)."),
         f"* **Draft**: {d.get('steps')} steps, same data, loss (1-a) CE + a KL(target || draft) with a = "
         f"{cfg.get('kd_alpha')}: {d.get('seconds')} s.",
-        "* **Exits**: `specdec.training.train_exits` on the target's answer positions, target frozen.",
+        "* **Exits**: `training.train_exits` on the target's answer positions, target frozen.",
         f"* **Total**: {train.get('total_seconds')} s wall clock on {train.get('threads')} CPU threads (x86-64), seed {cfg.get('seed')}",
         "  (fixed seeds: the same data for a config; the recipe hash in the report decides whether `make models`",
         "  retrains; the training itself is not bit-exact across runs, see below).",
@@ -174,7 +182,7 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
         "",
         "## Development runs",
         "",
-        "Each row is `python -m go2_sim.vlm --train --eval --force --out /tmp/run --set <overrides>` from the",
+        "Each row is `python -m training.go2_vlm --train --eval --force --out /tmp/run --set <overrides>` from the",
         "recipe of its time (50 evaluation episodes; one run each). Retraining one config is not bit-exact",
         "across runs (multi-threaded CPU reductions): two trainings of the same recipe gave 75.5 % and",
         "70.9 % held-out verb accuracy, so differences of a few points between rows are noise.",
@@ -204,7 +212,7 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
         "| previous + `boundary_repeat=4 target.vision_dim=96 target.vision_depth=3` | 66 / 100 | 22 | 814 |",
         "| previous + `boundary_repeat=4 image=128x96` (48 image tokens) | 70 / 100 | 21 | 874 |",
         "| previous + `object_weight=1 vision_warmup_steps=2500` (the committed recipe, sweep run) | **87 / 100** | **0** | 668 |",
-        f"| committed weights (`--evaluate models/go2_vlm`) | {COMMITTED_VALIDATION} |",
+        f"| committed weights (`make models-eval`) | {_validation_row(ev, t.get('seconds'))} |",
         "",
         "The previous recipe sat at a plateau near 70 % on validation seeds, and nearly all its failures were",
         "the same: it said `done` at the same-colour object of the other shape. The cause was its vision",
@@ -228,7 +236,7 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
         "",
         "* A toy-sized pair for a toy world: it knows 8 objects, one room and one camera; it is here so",
         "  the whole system runs, is tested and is measured end to end on a CPU. For a real robot use a",
-        "  released VLM pair (e.g. Qwen2-VL-2B / 7B) and train its exits with `specdec.training.train_exits`.",
+        "  released VLM pair (e.g. Qwen2-VL-2B / 7B) and train its exits with `training.train_exits`.",
         "* Remaining failures: the target is never found (the search turn repeated while the object is",
         "  far away, a few pixels wide, or hidden behind another one) and turning back and forth in front",
         "  of an obstacle; one wrong-object `done` in 100 validation episodes.",
@@ -237,7 +245,7 @@ def render(out_dir: str = pair.DEFAULT_OUT) -> str:
     return "\n".join(lines)
 
 
-def write(out_dir: str = pair.DEFAULT_OUT, path: str = CARD_PATH) -> str:
+def write(out_dir: Optional[str] = None, path: str = CARD_PATH) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(render(out_dir))

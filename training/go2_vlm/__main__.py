@@ -1,20 +1,22 @@
-"""python -m go2_sim.vlm: train / evaluate the Go2 VLM pair, write its model card."""
+"""python -m training.go2_vlm: train / evaluate the Go2 VLM pair, write its model card."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from specdec.models.artefacts import go2_pair_dir
+
+from .config import TrainConfig, apply_overrides
 from .evaluate import EVAL_SEEDS, evaluate_and_save
-from .pair import DEFAULT_OUT
-from .train import TrainConfig, apply_overrides, build
+from .train import build
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train / evaluate the Go2 VLM pair (target + draft + exits).")
     ap.add_argument("--train", action="store_true", help="train (skipped when the artefacts exist, unless --force)")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--eval", action="store_true", help="closed-loop evaluation on seeded episodes")
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--out", default=go2_pair_dir())
     ap.add_argument("--episodes", type=int, default=len(EVAL_SEEDS), help="evaluation episodes (seeds 0..n-1)")
     ap.add_argument("--report", default=None, help="write the evaluation JSON here (default: OUT/eval_report.json)")
     ap.add_argument("--quick", action="store_true", help="tiny training run for development (not the artefacts)")

@@ -6,16 +6,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .pair import (IMAGE_H, IMAGE_W, MERGE, NUMBER_WORDS, PATCH, bgr_to_rgb, build_processor,
                    build_tokenizer, prompt_text)
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 
 COMBOS = [(c, sh) for c in ("red", "green", "blue", "yellow") for sh in ("ball", "box")]
@@ -47,23 +45,36 @@ def region_labels(env, info) -> np.ndarray:
     return out
 
 
-def _gen_chunk(job):
-    """Worker: ``episodes`` expert rollouts -> frames (patches, object regions) and samples.
+@dataclass(frozen=True)
+class DataJob:
+    """One worker's chunk of rollouts (:func:`data_jobs`): everything that decides its data."""
+
+    seed: int                # rollout seed of the chunk (depends on the chunk's number only)
+    episodes: int
+    perturb_prob: float      # executed action replaced by a random one (the label stays the expert's)
+    supersample: int         # camera anti-aliasing
+    blocked_prob: float      # episodes that start behind another object
+    near_prob: float         # ... close to an object
+    absent_twins: bool       # also label the visible objects' absent twins (answer: the search turn)
+    learner_driven: bool     # the learner set by :func:`set_rollout_policy` drives (DAgger), not the expert
+
+
+def _gen_chunk(job: DataJob):
+    """Worker: ``job.episodes`` rollouts -> frames (patches, object regions) and samples.
 
     Every frame is labelled for *every* object in the room as the instructed one (the expert's
     action for that object from the same state): the same image with different instructions and
     different answers, which is what teaches the models to read the instruction.
     """
-    chunk_seed, episodes, perturb, supersample, blocked, near, absent_twins, use_policy = job
     torch.set_num_threads(1)
     from specdec.models.images import to_pil
 
     from go2_vlm_control.action_language import format_action
 
-    from ..camera import CameraConfig
-    from ..dataset import rollouts
-    from ..episode import instruction_for
-    from ..expert import ExpertConfig, _blocker, expert_action, in_view
+    from go2_sim.camera import CameraConfig
+    from go2_sim.dataset import rollouts
+    from go2_sim.episode import instruction_for
+    from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view
 
     expert_cfg = ExpertConfig()
     search = format_action("left", min(expert_cfg.search_turn_deg, expert_cfg.limits.max_turn_deg))
@@ -73,8 +84,9 @@ def _gen_chunk(job):
     samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
                                 "in_view": [], "absent": []}
     for env, ep, _seed, _step, image, info, label in rollouts(
-            episodes, chunk_seed, perturb_prob=perturb, camera_config=CameraConfig(supersample=supersample),
-            blocked_prob=blocked, near_prob=near, policy=_ROLLOUT_POLICY if use_policy else None, with_info=True):
+            job.episodes, job.seed, perturb_prob=job.perturb_prob,
+            camera_config=CameraConfig(supersample=job.supersample), blocked_prob=job.blocked_prob,
+            near_prob=job.near_prob, policy=_ROLLOUT_POLICY if job.learner_driven else None, with_info=True):
         batch = proc(text=[prompt_text(proc, env.instruction)], images=[to_pil(bgr_to_rgb(image))],
                      return_tensors="pt")
         n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
@@ -108,7 +120,7 @@ def _gen_chunk(job):
                 samples["true"].append(obj is true_target)
                 samples["in_view"].append(seen)
                 samples["absent"].append(False)
-            if absent_twins:
+            if job.absent_twins:
                 # The visible objects' twins that are not in the room (same colour, other shape): the
                 # answer is the search turn. Without these the colour alone predicts most answers and
                 # the shape word is never needed; with them every frame that shows a red ball also
@@ -238,7 +250,7 @@ _ROLLOUT_POLICY = None
 
 
 def set_rollout_policy(model, processor) -> None:
-    """Let ``model`` (greedy, through its adapter) drive the rollouts of data jobs with the policy flag."""
+    """Let ``model`` (greedy, through its adapter) drive the rollouts of learner-driven data jobs."""
     global _ROLLOUT_POLICY
     from specdec.models.adapters import wrap_model
 
@@ -247,16 +259,19 @@ def set_rollout_policy(model, processor) -> None:
     _ROLLOUT_POLICY = greedy_policy(wrap_model(model.eval(), processor))
 
 
-def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, policy: bool = False) -> list:
+def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven: bool = False) -> List[DataJob]:
     """Data jobs of ``cfg.chunk`` episodes each, numbered from ``first_chunk`` (chunk k's seed and
     camera depend on k only, so the data are the same whatever the worker count)."""
     n_chunks = max(1, math.ceil(episodes / cfg.chunk))
-    return [(cfg.seed * 100_003 + k, min(cfg.chunk, episodes - (k - first_chunk) * cfg.chunk), cfg.perturb_prob,
-             2 if k % cfg.exact_camera_every == 0 else cfg.supersample, cfg.blocked_prob, cfg.near_prob, cfg.absent_twins, policy)
+    return [DataJob(seed=cfg.seed * 100_003 + k, episodes=min(cfg.chunk, episodes - (k - first_chunk) * cfg.chunk),
+                    perturb_prob=cfg.perturb_prob,
+                    supersample=2 if k % cfg.exact_camera_every == 0 else cfg.supersample,
+                    blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
+                    learner_driven=learner_driven)
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 
-def collect_chunks(jobs: list, workers: int, desc: str = "go2 data (chunks)", progress: bool = True) -> list:
+def collect_chunks(jobs: List[DataJob], workers: int, desc: str = "go2 data (chunks)", progress: bool = True) -> list:
     import multiprocessing as mp
 
     from tqdm import tqdm
@@ -303,7 +318,7 @@ def make_dataset(cfg: TrainConfig, progress: bool = True, log=print) -> Go2Data:
 def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
     """Fixed-layout tensors from the chunks of :func:`collect_chunks` (chunk k holds episodes
     k*chunk.. ; every ``held_out_every``-th episode is held out)."""
-    from ..expert import ExpertConfig
+    from go2_sim.expert import ExpertConfig
 
     tok = build_tokenizer()
     eos = tok.eos_token_id

@@ -4,8 +4,8 @@ Design. A ``LlamaForCausalLM`` with the target's hidden size, tokenizer, embeddi
 head, and ``k`` decoder layers initialised from chosen target layers (default: the first
 ``k - 1`` and the last). Only the decoder layers and the final norm are trained - by KL
 distillation to the target's next-token distribution on target-labelled text
-(:mod:`specdec.training.teacher`), with a candidate-vocabulary softmax to keep CPU training
-cheap (:mod:`specdec.training.losses`).
+(:mod:`training.teacher`), with a candidate-vocabulary softmax to keep CPU training
+cheap (:mod:`training.losses`).
 
 Committed artefact (small): ``models/<draft>/`` holds ``draft_config.json`` (the HF config and
 the provenance: target fingerprint, init layers, training stats) and the draft's *own* weights
@@ -14,9 +14,9 @@ normal HF folder under ``.cache/models/<draft>/`` by adding the target's embeddi
 tokenizer files; the trained weights are rounded to fp16 in memory before saving, so the
 assembled draft equals the trained one exactly.
 
-    python -m specdec.training.distill_draft --target .cache/models/smollm2-135m-instruct \\
+    python -m training.text.distill_draft --target .cache/models/smollm2-135m-instruct \\
         --layers 4 --data text --out models/smollm2-135m-draft
-    python -m specdec.training.distill_draft --assemble models/smollm2-135m-draft \\
+    python -m training.text.distill_draft --assemble models/smollm2-135m-draft \\
         --target .cache/models/smollm2-135m-instruct --out .cache/models/smollm2-135m-draft
 """
 
@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..models.fingerprint import model_fingerprint, tokenizer_fingerprint
-from .losses import candidate_set, full_vocab_stats, kl_on_candidates
-from .teacher import Labels
+from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
+from ..losses import candidate_set, full_vocab_stats, kl_on_candidates
+from ..teacher import Labels
 
 DRAFT_CONFIG = "draft_config.json"
 DRAFT_FORMAT = "specdec-draft/1"
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from .data import cached_labels, make_source
-    from .train_exits import load_target, pick_device, set_threads
+    from ..train_exits import load_target, pick_device, set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="HF folder of the target")

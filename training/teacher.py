@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..models.layout import decoder_layout
+from specdec.models.layout import decoder_layout
 
 
 @dataclass

@@ -5,7 +5,7 @@ Sources are named on command lines by a spec string:
 
 ``text[:chat=N,prose=M,new=T,seed=S]``
     chat prompts (chat template applied) answered by the target, plus openings of prose
-    passages continued by the target (:mod:`specdec.training.corpus`); every prompt and
+    passages continued by the target (:mod:`training.text.corpus`); every prompt and
     generated position is labelled.
 ``prompts:FILE.jsonl``
     one JSON object per line, ``{"kind": "chat"|"prose", "text": ...}``, answered by the target.
@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import corpus
-from .teacher import Labels, label_many
+from ..teacher import Labels, label_many
 
 
 def chat_ids(tokenizer, text: str) -> List[int]:

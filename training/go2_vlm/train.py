@@ -6,88 +6,23 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from specdec.models.artefacts import go2_pair_paths
+
+from .config import TrainConfig, recipe_sha
 from .data import (COMBOS, Go2Data, assemble_dataset, collect_chunks, data_jobs, expert_chunks, set_rollout_policy,
                    training_rows)
-from .pair import (DEFAULT_OUT, DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, WORDS,
-                   read_json, artefact_paths, artefacts_exist, build_model, build_processor, build_tokenizer,
-                   save_processor)
+from .pair import (DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, artefacts_exist,
+                   build_model, build_processor, build_tokenizer, read_json, save_processor)
 
 
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    episodes: int = 350            # expert rollouts (about 11 decisions each, each frame labelled per object)
-    chunk: int = 25                # episodes per data job (fixes the data whatever the worker count)
-    perturb_prob: float = 0.25     # executed action replaced by a random one (label stays the expert's)
-    blocked_prob: float = 0.25     # episodes that start behind another object (dataset.blocked_start)
-    absent_twins: bool = False     # also label "go to <visible object's colour> <other shape>" (absent): search
-    near_prob: float = 0.35        # ... close to an object, often a same-colour twin (dataset.near_object_start)
-    supersample: int = 1           # camera anti-aliasing for the training frames (the default camera: 2) ...
-    exact_camera_every: int = 4    # ... except every n-th chunk, rendered with the default camera
-    held_out_every: int = 20       # every n-th chunk of episodes is held out
-    workers: int = 2
-    threads: int = 2
-    target_steps: int = 4000
-    target_batch: int = 32
-    target_lr: float = 2e-3
-    draft_steps: int = 1500
-    draft_batch: int = 32
-    draft_lr: float = 3e-3
-    dagger_episodes: int = 0       # rollouts driven by the trained target, labelled by the expert (0: off)
-    dagger_steps: int = 700        # target fine-tuning steps on expert + DAgger data
-    dagger_lr: float = 1e-3
-    rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
-    boundary_repeat: int = 1       # ... and "done" / twin-close-in-view samples (data.training_rows)
-    kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
-    sigma_deg: float = 2.0         # ordinal label smoothing of turn magnitudes (0: off)
-    sigma_m: float = 0.03          # ... and of translations
-    exit_adapter: str = "mlp"
-    exit_rank: int = 64
-    exit_epochs: float = 30.0
-    exit_lr: float = 3e-3
-    weight_decay: float = 0.01
-    aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
-    object_weight: float = 1.0     # ... plus each visible object's colour and shape from its image tokens (object_loss)
-    vision_warmup_steps: int = 2500  # steps training the vision tower alone on object_loss first (0: off)
-    vision_warmup_frames: int = 16  # frames per warm-up step
-    vision_warmup_lr: float = 2e-3
-    other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
-
-
-def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
-    """Set ``cfg``'s fields from text (``{"target_steps": "6000", "absent_twins": "true"}``)."""
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise KeyError(f"TrainConfig has no field {key!r}")
-        kind = type(getattr(cfg, key))
-        setattr(cfg, key, value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
-    return cfg
-
-
-# Fields added after a recipe was trained: at these values they change nothing, so they leave
-# that recipe's hash (and the committed artefacts' up-to-date state) as it was.
-_NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
-            "vision_warmup_lr": 2e-3}
-
-
-def recipe_sha(cfg: "TrainConfig") -> str:
-    """Hash of everything that decides the trained weights (config, shapes, vocabulary, exits)."""
-    import hashlib
-
-    config = {k: v for k, v in asdict(cfg).items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
-    recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
-              "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-
-def up_to_date(out_dir: str = DEFAULT_OUT) -> bool:
-    """The committed artefacts exist and were trained with the current recipe."""
-    report = read_json(artefact_paths(out_dir)["train_report"]) or {}
+def up_to_date(out_dir: Optional[str] = None) -> bool:
+    """The pair in ``out_dir`` (default: the committed one) exists and was trained with the current recipe."""
+    report = read_json(go2_pair_paths(out_dir).train_report) or {}
     return artefacts_exist(out_dir) and report.get("recipe_sha") == recipe_sha(TrainConfig())
 
 
@@ -272,6 +207,13 @@ def shape_accuracy(model, data: Go2Data, frames: torch.Tensor, batch: int = 64) 
 
 PROBE_LAYER = 1  # decoder layer whose image-token outputs get the in-place auxiliary targets
 
+# Weights of the auxiliary terms (:meth:`AuxHeads.loss`), relative to the per-token region term (1):
+HERE_WEIGHT = 2.0     # "this token shows the instructed object" is what the answer is read from: weighted highest
+ROWCOL_WEIGHT = 0.25  # a token's row/column is a fixed function of its place, learned early: a light reminder
+STATE_WEIGHT = 0.5    # visibility/bearing/distance restate what the answer already supervises: half weight
+REGION_PRIOR = -3.0   # initial region logit: an object shows in few of the 24 tokens (sigmoid(-3) ~ 5 %)
+BEARING_SCALE_DEG = 45.0  # bearing regressed in units of 45 deg, so its squared error is O(1) like the others
+
 
 class AuxHeads(torch.nn.Module):
     """Training-only heads (discarded after training) that give the small models dense targets:
@@ -296,7 +238,7 @@ class AuxHeads(torch.nn.Module):
         colour_words, shape_words = _colour_shape_ids()
         self.register_buffer("colour_words", colour_words, persistent=False)
         self.register_buffer("shape_words", shape_words, persistent=False)
-        self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), -3.0))
+        self.region_bias = torch.nn.Parameter(torch.full((len(COMBOS),), REGION_PRIOR))
         self.region_scale = torch.nn.Parameter(torch.tensor(1.0))
         self.tokens = torch.nn.Linear(hidden, 1 + self.rows + self.cols)
         self.state = torch.nn.Linear(hidden, 3)
@@ -343,12 +285,12 @@ class AuxHeads(torch.nn.Module):
         vis = st[:, 0]
         n_vis = vis.sum().clamp_min(1.0)
         l_vis = f.binary_cross_entropy_with_logits(out[:, 0], vis)
-        l_bear = (((out[:, 1] - (st[:, 1] / 45.0).clamp(-4, 4)) ** 2) * vis).sum() / n_vis
+        l_bear = (((out[:, 1] - (st[:, 1] / BEARING_SCALE_DEG).clamp(-4, 4)) ** 2) * vis).sum() / n_vis
         l_dist = (((out[:, 2] - st[:, 2].clamp_min(0.05).log()) ** 2) * vis).sum() / n_vis
         # detached, read only when logging (a float() here would sync a GPU every step)
         self.last = {k: v.detach() for k, v in (("reg", reg), ("here", l_here), ("rowcol", l_row + l_col),
                                                  ("vis", l_vis), ("bear", l_bear), ("dist", l_dist))}
-        return reg + 2.0 * l_here + 0.25 * (l_row + l_col) + 0.5 * (l_vis + l_bear + l_dist)
+        return reg + HERE_WEIGHT * l_here + ROWCOL_WEIGHT * (l_row + l_col) + STATE_WEIGHT * (l_vis + l_bear + l_dist)
 
 
 def _frame_batches(data: Go2Data, rows: torch.Tensor, batch: int, gen: torch.Generator):
@@ -430,11 +372,11 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
 def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 64, topk: int = 16,
                  progress: bool = True):
     """One pass of the trained target over every frame: its answer log-probs [N, A, V] (for the
-    draft) and :class:`specdec.training.teacher.Labels` of the answer positions (for the exits)."""
+    draft) and :class:`training.teacher.Labels` of the answer positions (for the exits)."""
     from tqdm import tqdm
 
     from specdec.models.layout import decoder_layout
-    from specdec.training.teacher import Labels
+    from training.teacher import Labels
 
     model.eval()
     layers = decoder_layout(model).layers
@@ -481,7 +423,7 @@ def _labels_subset(labels, held_out: torch.Tensor):
     return labels.subset(rows_t), labels.subset(rows_h)
 
 
-def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[TrainConfig] = None,
+def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[TrainConfig] = None,
           progress: bool = True, log=print, device: str = "cpu", target_only: bool = False) -> dict:
     """Train target, draft and exit adapters from scratch and save them under ``out_dir``.
 
@@ -491,11 +433,12 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
     the committed artefacts are the CPU ones ``make models`` rebuilds). ``target_only`` stops
     after the target (recipe experiments: no draft, no exits, only ``out_dir/target``).
     """
+    out_dir = go2_pair_paths(out_dir).root
     if artefacts_exist(out_dir) and not force:
         log(f"go2 vlm pair: artefacts present in {out_dir} (force=True retrains)")
         return {"skipped": True, "out_dir": out_dir}
     from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
-    from specdec.training.train_exits import train_exit_heads
+    from training.train_exits import train_exit_heads
 
     cfg = config or TrainConfig()
     threads = torch.get_num_threads()
@@ -541,7 +484,7 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             t = time.time()
             set_rollout_policy(target.cpu(), processor)
             first = len(chunks)
-            chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, policy=True), cfg.workers,
+            chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, learner_driven=True), cfg.workers,
                                              desc="go2 dagger rollouts (chunks)", progress=progress)
             data, train_rows, held_rows = prepare(chunks)
             target.to(device)
@@ -553,7 +496,7 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             log(f"go2 dagger: {report['dagger']}")
 
         if target_only:
-            path = artefact_paths(out_dir)["target"]
+            path = go2_pair_paths(out_dir).target
             os.makedirs(path, exist_ok=True)
             target.cpu().save_pretrained(path)
             save_processor(processor, path)
@@ -591,18 +534,18 @@ def build(out_dir: str = DEFAULT_OUT, force: bool = False, config: Optional[Trai
             import shutil
 
             shutil.rmtree(tmp)
-        p = artefact_paths(tmp)
-        for model, path in ((target, p["target"]), (draft, p["draft"])):
+        p = go2_pair_paths(tmp)
+        for model, path in ((target, p.target), (draft, p.draft)):
             os.makedirs(path, exist_ok=True)
             model.save_pretrained(path)
             save_processor(processor, path)
-        heads.save(p["exits"], extra_metadata={"trained_on": "go2_sim expert frames (answer positions)"})
+        heads.save(p.exits, extra_metadata={"trained_on": "go2_sim expert frames (answer positions)"})
         report["fingerprints"] = {"tokenizer": tokenizer_fingerprint(tok), "target": model_fingerprint(target),
                                   "draft": model_fingerprint(draft)}
         report["total_seconds"] = round(time.time() - t_start, 1)
         report["threads"] = cfg.threads
         report["recipe_sha"] = recipe_sha(cfg)
-        with open(p["train_report"], "w") as f:
+        with open(p.train_report, "w") as f:
             json.dump(report, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
         _replace_dir(tmp, out_dir)

@@ -1,0 +1,80 @@
+"""The training recipe of the Go2 VLM pair: :class:`TrainConfig`, text overrides and the recipe hash.
+
+Its own module so that data (:mod:`.data`) and training (:mod:`.train`) both read the recipe
+without importing each other. The hash (:func:`recipe_sha`) covers everything that decides the
+trained weights; ``make models`` retrains the committed pair when it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Dict
+
+from .pair import DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, WORDS
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    episodes: int = 350            # expert rollouts (about 11 decisions each, each frame labelled per object)
+    chunk: int = 25                # episodes per data job (fixes the data whatever the worker count)
+    perturb_prob: float = 0.25     # executed action replaced by a random one (label stays the expert's)
+    blocked_prob: float = 0.25     # episodes that start behind another object (dataset.blocked_start)
+    absent_twins: bool = False     # also label "go to <visible object's colour> <other shape>" (absent): search
+    near_prob: float = 0.35        # ... close to an object, often a same-colour twin (dataset.near_object_start)
+    supersample: int = 1           # camera anti-aliasing for the training frames (the default camera: 2) ...
+    exact_camera_every: int = 4    # ... except every n-th chunk, rendered with the default camera
+    held_out_every: int = 20       # every n-th chunk of episodes is held out
+    workers: int = 2
+    threads: int = 2
+    target_steps: int = 4000
+    target_batch: int = 32
+    target_lr: float = 2e-3
+    draft_steps: int = 1500
+    draft_batch: int = 32
+    draft_lr: float = 3e-3
+    dagger_episodes: int = 0       # rollouts driven by the trained target, labelled by the expert (0: off)
+    dagger_steps: int = 700        # target fine-tuning steps on expert + DAgger data
+    dagger_lr: float = 1e-3
+    rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
+    boundary_repeat: int = 1       # ... and "done" / twin-close-in-view samples (data.training_rows)
+    kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
+    sigma_deg: float = 2.0         # ordinal label smoothing of turn magnitudes (0: off)
+    sigma_m: float = 0.03          # ... and of translations
+    exit_adapter: str = "mlp"
+    exit_rank: int = 64
+    exit_epochs: float = 30.0
+    exit_lr: float = 3e-3
+    weight_decay: float = 0.01
+    aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
+    object_weight: float = 1.0     # ... plus each visible object's colour and shape from its image tokens (object_loss)
+    vision_warmup_steps: int = 2500  # steps training the vision tower alone on object_loss first (0: off)
+    vision_warmup_frames: int = 16  # frames per warm-up step
+    vision_warmup_lr: float = 2e-3
+    other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
+    """Set ``cfg``'s fields from text (``{"target_steps": "6000", "absent_twins": "true"}``)."""
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise KeyError(f"TrainConfig has no field {key!r}")
+        kind = type(getattr(cfg, key))
+        setattr(cfg, key, value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+    return cfg
+
+
+# Fields added after a recipe was trained: at these values they change nothing, so they leave
+# that recipe's hash (and the committed artefacts' up-to-date state) as it was.
+_NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
+            "vision_warmup_lr": 2e-3}
+
+
+def recipe_sha(cfg: "TrainConfig") -> str:
+    """Hash of everything that decides the trained weights (config, shapes, vocabulary, exits)."""
+    config = {k: v for k, v in asdict(cfg).items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
+    recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
+              "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
