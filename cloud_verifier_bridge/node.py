@@ -1,13 +1,18 @@
 """cloud_verifier_bridge node: serves the speculative protocol topics for the robot's edge node.
 
-Parameters (config/cloud_verifier_bridge.yaml):
-  mode             "local": load the target + early exits here (a cloud machine on the ROS
-                   network, or simulation); "remote": relay every message to a verifier server
-                   over WebSockets and every reply back, hints the moment they arrive.
-  target_model, exit_adapters, exit_layer, dtype, device          (local mode)
-  server_uri, robot_id, token | token_file, tls_ca_file,
-  connect_timeout_s                                               (remote mode)
-  diagnostics_period_s
+``mode: local`` loads the target and its early exits here (a cloud machine on the ROS network, or
+simulation); ``mode: remote`` relays every message to a verifier server over WebSockets and every
+reply back, hints the moment they arrive. Parameters: ``PARAMETERS`` below and
+config/cloud_verifier_bridge.yaml.
+
+Remote relaying runs in two threads (up: topics -> server, down: server -> topics). Neither may
+die: each step runs under :func:`_keep_running`, which counts and reports any exception and
+carries on. When the server cannot be reached the bridge answers the edge at once
+(``SessionEnd`` TIMEOUT, or UNAUTHORIZED for a refused credential) instead of letting it wait for
+its deadline, fails the other messages already queued behind the failed one, and drops later
+messages of sessions it has failed, so an outage never builds a backlog of stale requests that
+would hit the server when it comes back. Diagnostics: level ERROR while the link is failing, OK
+again after the next successful exchange; ``link_errors`` counts every failure.
 """
 
 from __future__ import annotations
@@ -15,53 +20,100 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
 from specdec.protocol import EndReason, SessionEnd
-from specdec.transport.base import CloudTimeout, TransportError
+from specdec.transport.base import CloudTimeout
 from specdec.transport.websocket import AuthenticationError
-from specdec_ros.node_runtime import run_node
+from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
+from specdec_ros.node_runtime import Param, declare_parameters, run_node
 from specdec_ros.ros_transport import RosCloudTransport
+
+NODE_NAME = "cloud_verifier_bridge"
+MODES = ("local", "remote")
+FAILED_SESSIONS_KEPT = 256  # remembered so their later messages are dropped, not retried
+
+PARAMETERS = [
+    Param("mode", "remote", "local: the target in this process | remote: a WebSocket verifier server"),
+    Param("target_model", "", "local: target model folder"),
+    Param("exit_adapters", "", "local: early-exit adapter file ('' = no hints)"),
+    Param("exit_layer", -1, "local: exit layer for hints (-1: the first in the file)"),
+    Param("dtype", "float32", "local: float32 | bfloat16 | float16"),
+    Param("device", "auto", "local: auto | cpu | cuda"),
+    Param("server_uri", "ws://127.0.0.1:8765", "remote: verifier server (wss://... with tls_ca_file for TLS)"),
+    Param("robot_id", "go2", "remote: this robot's id at the server"),
+    Param("token", "", "remote: robot token (prefer token_file or EDGE_CLOUD_VLM_TOKEN)"),
+    Param("token_file", "", "remote: file holding the robot token"),
+    Param("tls_ca_file", "", "remote: CA certificate for wss://"),
+    Param("connect_timeout_s", 5.0, "remote: longest wait for one connection attempt"),
+    Param("diagnostics_period_s", 1.0, "diagnostics publication period"),
+]
 
 
 class CloudVerifierBridge(Node):
     def __init__(self, **node_kwargs):
-        super().__init__("cloud_verifier_bridge", **node_kwargs)
-        p = self.declare_parameter
-        self.mode = p("mode", "local").value
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.p = p = declare_parameters(self, PARAMETERS)
+        self.mode = p["mode"]
+        if self.mode not in MODES:
+            raise ValueError(f"parameter mode must be one of {MODES}, got {self.mode!r}")
         self.stop_event = threading.Event()
         self.transport = RosCloudTransport(self)
         self.started = time.monotonic()
         self.relayed_up = 0
         self.relayed_down = 0
         self.link_errors = 0
+        self.link_failing = False
         self.last_error = ""
         self.verifier = None
         self.client = None
+        self._failed_sessions: "OrderedDict[str, None]" = OrderedDict()
         if self.mode == "local":
             self._start_local()
-        elif self.mode == "remote":
-            self._start_remote()
         else:
-            raise ValueError(f"parameter mode must be 'local' or 'remote', got {self.mode!r}")
-        self.diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(p("diagnostics_period_s", 1.0).value, self._publish_diagnostics)
+            self._start_remote()
+        hardware = p["target_model"] if self.mode == "local" else p["server_uri"]
+        self.diagnostics = Diagnostics(self, hardware_id=hardware, period_s=p["diagnostics_period_s"])
+        self.diagnostics.add("verifier link", self._link_report)
+
+    # -- threads that must not die ---------------------------------------------------------
+    def _keep_running(self, name: str, step) -> None:
+        """Start a thread that runs ``step()`` until shutdown; an exception is reported, counted
+        and the loop goes on (after a short pause, so a persistent fault does not spin)."""
+        def loop():
+            while not self.stop_event.is_set():
+                try:
+                    step()
+                except Exception as exc:
+                    self._link_failed(f"{name}: {type(exc).__name__}: {exc}")
+                    self.stop_event.wait(0.1)
+
+        threading.Thread(target=loop, name=name, daemon=True).start()
+
+    def _link_failed(self, error: str) -> None:
+        self.link_errors += 1
+        if not self.link_failing or error != self.last_error:  # once per change, not per message
+            self.get_logger().error(error)
+        self.link_failing, self.last_error = True, error
+
+    def _link_ok(self) -> None:
+        if self.link_failing:
+            self.get_logger().info("verifier link working again")
+        self.link_failing = False
 
     # -- local: the target runs in this process --------------------------------------------
     def _start_local(self):
         from .target import build_verifier
 
-        p = self.declare_parameter
-        model = p("target_model", "").value
-        if not model:
+        p = self.p
+        if not p["target_model"]:
             raise ValueError("mode local needs parameter target_model (a model folder)")
-        self.verifier = build_verifier(model, p("exit_adapters", "").value or None, p("exit_layer", -1).value,
-                                       p("dtype", "float32").value, p("device", "auto").value)
-        threading.Thread(target=self.verifier.serve, args=(self.transport, self.stop_event),
-                         name="verifier", daemon=True).start()
-        self.get_logger().info(f"serving target {model} in-process (exit layer {self.verifier.exit_layer})")
+        self.verifier = build_verifier(p["target_model"], p["exit_adapters"] or None, p["exit_layer"],
+                                       p["dtype"], p["device"])
+        self._keep_running("verifier", lambda: self.verifier.serve(self.transport, self.stop_event))
+        self.get_logger().info(f"serving target {p['target_model']} in-process (exit layer {self.verifier.exit_layer})")
 
     # -- remote: relay to a verifier server ------------------------------------------------
     def _start_remote(self):
@@ -69,73 +121,76 @@ class CloudVerifierBridge(Node):
 
         from specdec.transport.websocket import WebSocketClient
 
-        p = self.declare_parameter
-        uri = p("server_uri", "ws://127.0.0.1:8765").value
-        token = p("token", "").value or os.environ.get("EDGE_CLOUD_VLM_TOKEN", "")
-        token_file = p("token_file", "").value
-        if token_file:
-            with open(os.path.expanduser(token_file)) as handle:
+        p = self.p
+        token = p["token"] or os.environ.get("EDGE_CLOUD_VLM_TOKEN", "")
+        if p["token_file"]:
+            with open(os.path.expanduser(p["token_file"])) as handle:
                 token = handle.read().strip()
         if not token:
             raise ValueError("mode remote needs a robot token (parameter token or token_file, "
                              "or EDGE_CLOUD_VLM_TOKEN)")
-        ca_file = p("tls_ca_file", "").value
-        context = ssl.create_default_context(cafile=ca_file) if ca_file else None
-        self.client = WebSocketClient(uri, p("robot_id", "go2").value, token, ssl_context=context,
-                                      connect_timeout=p("connect_timeout_s", 5.0).value)
-        threading.Thread(target=self._relay_up, name="relay-up", daemon=True).start()
-        threading.Thread(target=self._relay_down, name="relay-down", daemon=True).start()
-        self.get_logger().info(f"relaying protocol topics to {uri}")
+        context = ssl.create_default_context(cafile=p["tls_ca_file"]) if p["tls_ca_file"] else None
+        self.client = WebSocketClient(p["server_uri"], p["robot_id"], token, ssl_context=context,
+                                      connect_timeout=p["connect_timeout_s"])
+        self._keep_running("relay-up", self._relay_up)
+        self._keep_running("relay-down", self._relay_down)
+        self.get_logger().info(f"relaying protocol topics to {p['server_uri']}")
 
     def _relay_up(self):
-        while not self.stop_event.is_set():
-            message = self.transport.recv(0.1)
-            if message is None:
-                continue
-            try:
-                self.client.send(message)
-                self.relayed_up += 1
-            except TransportError as exc:
-                # Tell the edge now instead of letting it wait for its deadline.
-                self.link_errors += 1
-                self.last_error = str(exc)
-                self.get_logger().error(f"cannot reach the verifier server: {exc}")
-                refused = isinstance(exc, AuthenticationError)
-                self.transport.send(SessionEnd(
-                    session_id=message.session_id,
-                    reason=int(EndReason.UNAUTHORIZED if refused else EndReason.TIMEOUT),
-                    detail=f"{'credential refused' if refused else 'cloud unreachable'}: {exc}"))
+        message = self.transport.recv(0.1)
+        if message is None or message.session_id in self._failed_sessions:
+            return
+        try:
+            self.client.send(message)
+        except Exception as exc:
+            self._link_failed(f"cannot reach the verifier server: {type(exc).__name__}: {exc}")
+            refused = isinstance(exc, AuthenticationError)
+            self._fail_session(message, refused, str(exc))
+            while (queued := self.transport.recv(0)) is not None:  # stale by now: fail them too
+                self._fail_session(queued, refused, str(exc))
+            return
+        self.relayed_up += 1
+        self._link_ok()
+
+    def _fail_session(self, message, refused: bool, error: str) -> None:
+        """Tell the edge now instead of letting it wait for its deadline (once per session)."""
+        sid = message.session_id
+        if sid in self._failed_sessions:
+            return
+        self._failed_sessions[sid] = None
+        if len(self._failed_sessions) > FAILED_SESSIONS_KEPT:
+            self._failed_sessions.popitem(last=False)
+        if isinstance(message, SessionEnd):
+            return  # the edge ended it: nobody waits for an answer
+        self.transport.send(SessionEnd(
+            session_id=sid, reason=int(EndReason.UNAUTHORIZED if refused else EndReason.TIMEOUT),
+            detail=f"{'credential refused' if refused else 'cloud unreachable'}: {error}"))
 
     def _relay_down(self):
-        while not self.stop_event.is_set():
-            try:
-                message = self.client.recv(0.1)
-            except CloudTimeout:
-                continue
-            self.transport.send(message)
-            self.relayed_down += 1
+        try:
+            message = self.client.recv(0.1)
+        except CloudTimeout:
+            return
+        self.transport.send(message)
+        self.relayed_down += 1
+        self._link_ok()
 
     # -- monitoring ------------------------------------------------------------------------
-    def _publish_diagnostics(self):
-        status = DiagnosticStatus(name="cloud_verifier_bridge", hardware_id=self.mode)
+    def _link_report(self) -> Report:
         values = {"mode": self.mode, "uptime_s": f"{time.monotonic() - self.started:.0f}"}
         if self.verifier is not None:
             stats = self.verifier.stats
-            values.update({k: str(v) for k, v in vars(stats).items()})
-            values["open_sessions"] = str(len(self.verifier.open_sessions))
-            errors = getattr(stats, "errors", 0)
-        else:
-            values.update(relayed_up=str(self.relayed_up), relayed_down=str(self.relayed_down),
-                          link_errors=str(self.link_errors), reconnects=str(self.client.reconnects),
-                          bytes_sent=str(self.client.bytes_sent), bytes_received=str(self.client.bytes_received),
-                          last_error=self.last_error)
-            errors = self.link_errors
-        status.level = DiagnosticStatus.OK if not errors else DiagnosticStatus.WARN
-        status.message = "ok" if not errors else "errors seen (see values)"
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics.publish(array)
+            values.update(vars(stats))
+            values["open_sessions"] = len(self.verifier.open_sessions)
+            if getattr(stats, "errors", 0):
+                return Report(WARN, "verifier errors seen (see values)", values)
+            return Report(OK, "ok", values)
+        values.update(relayed_up=self.relayed_up, relayed_down=self.relayed_down, link_errors=self.link_errors,
+                      reconnects=self.client.reconnects, bytes_sent=self.client.bytes_sent,
+                      bytes_received=self.client.bytes_received, last_error=self.last_error)
+        if self.link_failing:
+            return Report(ERROR, f"verifier link failing: {self.last_error}", values)
+        return Report(OK, "ok", values)
 
     def destroy_node(self):
         self.stop_event.set()
@@ -145,7 +200,7 @@ class CloudVerifierBridge(Node):
 
 
 def main(args=None):
-    return run_node(CloudVerifierBridge, "cloud_verifier_bridge", args, threads=2)
+    return run_node(CloudVerifierBridge, NODE_NAME, args, threads=2)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv=None):
     from go2_sim.sim_node import camera_info_msg, image_msg
     from go2_vlm_control.action_language import try_parse_action
     from go2_vlm_control.motion import ActionExecutor, MotionLimits
-    from specdec_ros.bags import BagWriter
+    from ros_tools.bags import BagWriter
 
     env = Go2Episode()
     env.reset(args.seed)

@@ -1,23 +1,84 @@
-"""What every node's entry point does: parameters from a defaults table, and a main() that
-reports a failed start (bad parameter, missing model) and exits non-zero instead of a traceback.
-Only rclpy APIs present in Humble and Jazzy."""
+"""What every node's entry point does: parameters from one table, and a main() that reports a
+failed start (bad parameter, missing model) in one line and exits non-zero instead of a traceback.
+
+The parameter convention, the same for every node:
+
+* a node module defines ``PARAMETERS``, a list of :class:`Param` (name, default, description);
+  the default's type is the parameter's type (bool, int, float, str or a list of str);
+* ``declare_parameters(node, PARAMETERS)`` declares them all (the description shows in
+  ``ros2 param describe``) and returns ``{name: value}``;
+* a float parameter also accepts an integer (``-p cloud_timeout_s:=10``, ``timeout: 5`` in YAML)
+  and the node always sees a float; any other type mismatch is refused in one line;
+* ``config/<node>.yaml`` lists exactly these names (a test checks every node's table against it).
+
+Only rclpy APIs present in Humble and Jazzy.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Sequence, Union
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 
-def declare_parameters(node: Node, defaults: Dict[str, object]) -> Dict[str, object]:
-    """Declare every ``name: default`` and return the values in effect."""
-    for name, default in defaults.items():
-        # numbers may come as int or float from YAML / the command line
-        node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=isinstance(default, float)))
-    return {name: node.get_parameter(name).value for name in defaults}
+@dataclass(frozen=True)
+class Param:
+    """One node parameter: its default fixes its type."""
+
+    name: str
+    default: object
+    description: str = ""
+
+    @property
+    def type(self) -> type:
+        return list if isinstance(self.default, (list, tuple)) else type(self.default)
+
+
+ParameterTable = Union[Sequence[Param], Mapping[str, object]]
+
+
+def as_table(table: ParameterTable) -> Sequence[Param]:
+    """The table as Params (a plain ``{name: default}`` mapping is read as a table without
+    descriptions, for nodes not yet converted)."""
+    if isinstance(table, Mapping):
+        return [Param(name, default) for name, default in table.items()]
+    return list(table)
+
+
+def defaults(table: ParameterTable) -> Dict[str, object]:
+    return {p.name: p.default for p in as_table(table)}
+
+
+class ParameterError(ValueError):
+    """A parameter value of the wrong type or out of range."""
+
+
+def declare_parameters(node: Node, table: ParameterTable) -> Dict[str, object]:
+    """Declare every parameter of ``table`` on ``node`` and return the values in effect."""
+    values = {}
+    for param in as_table(table):
+        is_float = param.type is float
+        # floats are declared dynamically typed so an integer override does not kill the node;
+        # the value is checked and converted below
+        descriptor = ParameterDescriptor(description=param.description, dynamic_typing=is_float)
+        if param.type is list and not param.default:
+            value = node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, descriptor).value or []
+        else:
+            value = node.declare_parameter(param.name, param.default, descriptor).value
+        if is_float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParameterError(f"parameter {param.name} must be a number, got {value!r}")
+            if not isinstance(value, float):
+                value = float(value)
+                node.set_parameters([Parameter(param.name, value=value)])
+        values[param.name] = list(value) if param.type is list else value
+    return values
 
 
 def run_node(factory: Callable[[], Node], name: str, args=None, threads: int = 1) -> int:
@@ -39,3 +100,18 @@ def run_node(factory: Callable[[], Node], name: str, args=None, threads: int = 1
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def dataclass_params(cls, descriptions: Mapping[str, str]) -> list:
+    """Params for the fields of a config dataclass, defaults taken from the dataclass (one source
+    for a setting used by several nodes). ``descriptions`` names the fields to expose."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(descriptions) - set(fields)
+    if unknown:
+        raise KeyError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    return [Param(name, fields[name].default, text) for name, text in descriptions.items()]
+
+
+def build_dataclass(cls, values: Mapping[str, object]):
+    """``cls`` from the parameter values named like its fields (the others keep their defaults)."""
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})

@@ -10,11 +10,13 @@ import time
 import pytest
 import yaml
 
-from specdec_ros.bags import read_bag
-from specdec_ros.harness import ROOT, Probe, launched, ros_env
+from ros_tools.bags import read_bag
+from ros_tools.launch_runner import launched
+from ros_tools.probe import Probe, ros_env
 
 pytestmark = pytest.mark.timeout(400)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAGS = {"mcap": os.path.join(ROOT, "test", "data", "sim_seed7_mcap"),
         "sqlite3": os.path.join(ROOT, "test", "data", "sim_seed11_sqlite3")}
 GO2_MODELS = os.path.join(ROOT, "models", "go2_vlm")
@@ -62,6 +64,41 @@ def test_replay_of_missing_bag_is_a_clear_error(tmp_path):
     assert proc.returncode == 1 and "rosbag2 folder" in proc.stderr
 
 
+def corrupt(bag, tmp_path, how):
+    """A copy of a committed bag, damaged the way a crash or a bad disk damages one."""
+    import shutil
+
+    copy = tmp_path / how
+    shutil.copytree(bag, copy)
+    data = next(p for p in copy.iterdir() if p.suffix in (".mcap", ".db3"))
+    if how == "truncated_mcap":
+        with open(data, "r+b") as handle:
+            handle.truncate(data.stat().st_size // 2)
+    elif how == "scribbled_sqlite3":
+        with open(data, "r+b") as handle:
+            handle.seek(data.stat().st_size // 2)
+            handle.write(os.urandom(8192))
+    elif how == "bad_metadata":
+        (copy / "metadata.yaml").write_text("rosbag2_bagfile_information: [unclosed\n")
+    elif how == "metadata_missing_keys":
+        (copy / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 9\n")
+    return copy
+
+
+@pytest.mark.parametrize("bag,how", [("mcap", "truncated_mcap"), ("sqlite3", "scribbled_sqlite3"),
+                                     ("mcap", "bad_metadata"), ("sqlite3", "metadata_missing_keys")])
+def test_corrupted_bag_is_one_line_no_traceback(bag, how, tmp_path):
+    from ros_tools.bags import BagError
+
+    damaged = corrupt(BAGS[bag], tmp_path, how)
+    with pytest.raises(BagError, match=str(damaged)):
+        list(read_bag(str(damaged)))
+    proc = subprocess.run([os.path.join(LIB, "bag_replay"), "--ros-args", "-p", f"bag:={damaged}"],
+                          env=ros_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "unreadable bag" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("storage", ["mcap"])
 def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_path):
     import torch
@@ -87,7 +124,7 @@ def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_pat
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 names = {s.name for _, m in probe.messages("/diagnostics") for s in m.status}
-                if {"edge_spec_drafter", "cloud_verifier_bridge"} <= names:
+                if {"edge_spec_drafter", "cloud_verifier_bridge"} <= {n.split(":")[0] for n in names}:
                     break
                 time.sleep(0.2)
             replay = subprocess.run([os.path.join(LIB, "bag_replay"), "--ros-args", "-p", f"bag:={BAGS[storage]}",

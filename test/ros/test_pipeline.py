@@ -3,16 +3,16 @@
 Shows: decoded actions are identical across the speculative modes and cloud-only decoding
 (local and remote verifier); early-exit hints reach the edge before the final verify result;
 a wrong robot token is refused and the robot gets an invalid action (it stops).
-Uses tiny random-init Qwen2-VL models saved to folders, so decoded text is arbitrary tokens:
-that is fine for equality, and the parser rejects it (so the controller never moves).
+Uses the tiny random-init Qwen2-VL models of conftest (decoded text is arbitrary tokens: fine for
+equality, and the parser rejects it, so the controller never moves).
 """
 
-import os
 import time
 
 import pytest
 
-from specdec_ros.harness import Probe, launched, random_frame, ros_env
+from ros_tools.launch_runner import launched
+from ros_tools.probe import Probe, ros_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -20,30 +20,11 @@ MODES = ["speculative_early_exit", "speculative", "cloud_only", "edge_only"]
 INSTRUCTION = "go to the red ball"
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A tiny draft/target VLM pair (different image token counts) + target exit heads, as folders."""
-    import torch
-
-    from specdec.models.early_exit import EarlyExitHeads
-    from specdec.models.tiny import tiny_pair
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("models")
-    draft, target = tiny_pair("qwen2_vl", noise=0.15, draft_image_size=28)
-    for name, adapter in (("draft", draft), ("target", target)):
-        adapter.model.save_pretrained(root / name)
-        adapter.processor.save_pretrained(root / name)
-    EarlyExitHeads(target.model, [1]).save(str(root / "target" / "early_exit.safetensors"))
-    return root
-
-
-def run_robot(models, tmp_path, mode, verifier, decisions=2, extra=None, env=None):
+def run_robot(models, frame, tmp_path, mode, verifier, decisions=2, extra=None, env=None):
     """Launch robot.launch.yaml, feed a fixed camera frame, collect decoded actions."""
     from sensor_msgs.msg import Image
 
     from edge_cloud_vlm_msgs.msg import DecodedAction, EarlyExitHint, VerifyResult
-    from specdec_ros.images import rgb_to_image
     from specdec_ros.qos import COMMAND_QOS, PROTOCOL_QOS, SENSOR_QOS
 
     env = env or ros_env()
@@ -52,7 +33,6 @@ def run_robot(models, tmp_path, mode, verifier, decisions=2, extra=None, env=Non
     probe.record(EarlyExitHint, "/spec/to_edge/early_exit_hint", PROTOCOL_QOS)
     probe.record(VerifyResult, "/spec/to_edge/verify_result", PROTOCOL_QOS)
     camera = probe.node.create_publisher(Image, "/camera/image_raw", SENSOR_QOS)
-    frame = rgb_to_image(random_frame(1))
     args = {"mode": mode, "verifier": verifier, "models": str(models), "instruction": INSTRUCTION, **(extra or {})}
     log = tmp_path / f"robot-{mode}-{verifier}.log"
     try:
@@ -71,10 +51,9 @@ def run_robot(models, tmp_path, mode, verifier, decisions=2, extra=None, env=Non
 
 
 @pytest.fixture(scope="module")
-def local_results(models, tmp_path_factory):
+def local_results(tiny_vlm_models, camera_frame, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
-    # decision_period makes the node decide repeatedly on the same frame
-    return {mode: run_robot(models, tmp, mode, "local") for mode in MODES}
+    return {mode: run_robot(tiny_vlm_models, camera_frame, tmp, mode, "local") for mode in MODES}
 
 
 def test_modes_decode_identically_over_dds(local_results):
@@ -108,7 +87,7 @@ def test_hints_arrive_before_results(local_results):
     assert all(hints[key] <= results[key] for key in both)
 
 
-def test_remote_verifier_matches_cloud_only(models, tmp_path, local_results):
+def test_remote_verifier_matches_cloud_only(tiny_vlm_models, camera_frame, tmp_path, local_results):
     from specdec.transport.websocket import hash_token
 
     token_file = tmp_path / "token"
@@ -116,15 +95,16 @@ def test_remote_verifier_matches_cloud_only(models, tmp_path, local_results):
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(f"robots:\n  go2: {{token_sha256: {hash_token('robot-secret')}}}\n")
     env = ros_env()
+    models = tiny_vlm_models
     with launched("cloud.launch.yaml", {"models": str(models), "tokens": str(tokens), "port": "18765"}, env,
                   tmp_path / "cloud.log"):
-        actions, _ = run_robot(models, tmp_path, "speculative_early_exit", "remote", decisions=1, env=env,
+        actions, _ = run_robot(models, camera_frame, tmp_path, "speculative_early_exit", "remote", decisions=1, env=env,
                                extra={"server_uri": "ws://127.0.0.1:18765", "token_file": str(token_file)})
         assert actions[0].text == local_results["cloud_only"][0][0].text
         assert actions[0].stats.hints > 0 and actions[0].stats.bytes_sent > 0
         # A robot with the wrong token is refused: the decision is invalid, the robot stops.
         token_file.write_text("wrong-secret\n")
-        refused, _ = run_robot(models, tmp_path, "speculative", "remote", decisions=1, env=ros_env(),
+        refused, _ = run_robot(models, camera_frame, tmp_path, "speculative", "remote", decisions=1, env=ros_env(),
                                extra={"server_uri": "ws://127.0.0.1:18765", "token_file": str(token_file)})
     assert not refused[0].valid
     assert "unreachable" in refused[0].reject_reason or "refused" in refused[0].reject_reason, refused[0]

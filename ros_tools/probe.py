@@ -1,25 +1,27 @@
-"""Run real nodes in separate processes and talk to them over DDS (tests, demo, tools)."""
+"""An isolated ROS graph for a script, and a node inside the script's own process.
+
+``ros_env()`` is the environment for processes of one isolated graph (a random ROS_DOMAIN_ID,
+localhost-only discovery), so tests and demos running at the same time never see each other.
+``Probe`` is an rclpy node with its own context, spun in a background thread: it records what
+launched nodes publish and publishes to them (camera frames, instructions, resets), the way the
+ROS tests and ``make demo`` drive the real nodes over DDS. Start the nodes themselves with
+:func:`ros_tools.launch_runner.launched`.
+"""
 
 from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 
-import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
 
 def ros_env(**extra) -> dict:
+    """os.environ for one isolated graph, plus ``extra`` variables."""
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -28,29 +30,8 @@ def ros_env(**extra) -> dict:
     return env
 
 
-@contextmanager
-def launched(launch_file: str, args: dict, env: dict, log_path=None):
-    """Run a launch file through the launch runner; stop it (and all its nodes) afterwards."""
-    cmd = [sys.executable, "-m", "specdec_ros.launch_runner", os.path.join(ROOT, "launch", launch_file),
-           *[f"{k}:={v}" for k, v in args.items()]]
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if log_path:
-            log.close()
-
-
 class Probe:
-    """An rclpy node in the test process with its own context, spun in a background thread."""
+    """An rclpy node in this process with its own context, spun in a background thread."""
 
     def __init__(self, env: dict, name: str = "probe"):
         os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
@@ -61,6 +42,7 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.received = {}
+        self.errors = []  # exceptions raised by callbacks (the spin thread goes on)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
@@ -69,8 +51,10 @@ class Probe:
         while self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
-            except Exception:
-                break
+            except Exception as exc:  # shutdown ends the loop; anything else is a failed callback
+                if not self.context.ok():
+                    break
+                self.errors.append(exc)
 
     def record(self, msg_type, topic, qos=10):
         self.received[topic] = []
@@ -98,7 +82,3 @@ class Probe:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(2)
-
-
-def random_frame(seed: int = 0, shape=(72, 96, 3)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)

@@ -14,6 +14,10 @@ The recorder needs each topic's type (``types`` parameter, parallel to ``topics`
 subscription must be typed before any message arrives; the replayer takes types from the bag.
 Sensor topics (camera, odometry) use sensor-data QoS: recorded best effort (parameter
 sensor_reliability), replayed reliable, which best-effort subscribers also receive.
+
+A bag that cannot be read (missing or bad metadata.yaml, a truncated mcap, a damaged sqlite3
+file, a message that does not deserialise) is a :class:`BagError` naming the bag and the fault,
+and the tools exit with that one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ import importlib
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
 
-from .qos import COMMAND_QOS, SENSOR_QOS
+from specdec_ros.node_runtime import Param, declare_parameters, run_node
+from specdec_ros.qos import COMMAND_QOS, SENSOR_QOS
 
 SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
                 "nav_msgs/msg/Odometry")
@@ -68,8 +72,11 @@ class BagWriter:
         if plugin is None:
             raise ValueError(f"storage must be sqlite3 or mcap, got {storage!r}")
         self.store = typestore()
-        self.writer = Writer(path, version=9, storage_plugin=plugin)
-        self.writer.open()
+        try:
+            self.writer = Writer(path, version=9, storage_plugin=plugin)
+            self.writer.open()
+        except Exception as exc:  # the folder exists, no permission, ...
+            raise BagError(f"{path}: cannot create the bag ({type(exc).__name__}: {exc})") from None
         self.connections: Dict[str, object] = {}
         self.count = 0
 
@@ -83,14 +90,28 @@ class BagWriter:
         self.writer.close()
 
 
+class BagError(ValueError):
+    """A bag that cannot be read or written (the message names the bag and the fault)."""
+
+
 def read_bag(path: str, topics=None):
-    """Yield (topic, type name, receive time ns, rclpy message) in bag order."""
+    """Yield (topic, type name, receive time ns, rclpy message) in bag order; BagError if the bag
+    (or any message in it) cannot be read."""
     from rosbags.rosbag2 import Reader
 
-    with Reader(path) as reader:
-        connections = [c for c in reader.connections if topics is None or c.topic in topics]
-        for connection, stamp, raw in reader.messages(connections=connections):
-            yield connection.topic, connection.msgtype, stamp, deserialize_message(raw, ros_type(connection.msgtype))
+    if not os.path.isdir(path):
+        raise BagError(f"{path}: not a rosbag2 folder")
+    try:
+        with Reader(path) as reader:
+            connections = [c for c in reader.connections if topics is None or c.topic in topics]
+            for connection, stamp, raw in reader.messages(connections=connections):
+                message = deserialize_message(raw, ros_type(connection.msgtype))
+                yield connection.topic, connection.msgtype, stamp, message
+    except BagError:
+        raise
+    except Exception as exc:  # rosbags, sqlite3, mcap and CDR errors alike: which bag, what fault
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise BagError(f"{path}: unreadable bag ({type(exc).__name__}: {first_line})") from None
 
 
 def sensor_profile(reliability: str):
@@ -104,51 +125,67 @@ def sensor_profile(reliability: str):
                       durability=SENSOR_QOS.durability)
 
 
+RECORDER_PARAMETERS = [
+    Param("output", "recording", "bag folder to create (must not exist)"),
+    Param("storage", "sqlite3", "sqlite3 | mcap"),
+    Param("topics", ["/camera/image_raw"], "topics to record"),
+    Param("types", ["sensor_msgs/msg/Image"], "their message types, in the same order"),
+    Param("max_messages", 0, "> 0: stop after this many messages"),
+    # best effort by default: a robot's camera driver publishes best effort and a reliable
+    # subscriber would not match it; "reliable" records a reliable publisher (bag_replay) losslessly
+    Param("sensor_reliability", "best_effort", "QoS reliability for sensor topics: best_effort | reliable"),
+]
+
+REPLAY_PARAMETERS = [
+    Param("bag", "", "rosbag2 folder to play"),
+    Param("rate", 1.0, "playback speed factor"),
+    Param("loop", False, "play again from the start at the end"),
+    Param("start_delay_s", 1.0, "wait before the first message"),
+    Param("restamp", False, "set header stamps to the replay time"),
+    Param("wait_subscribers", 0, "> 0: first wait (up to 30 s) for this many subscribers on every topic"),
+    # reliable by default, like `ros2 bag play`: best-effort (sensor-data) subscribers also get
+    # it, and a reliable recorder gets every message even on a loaded machine
+    Param("sensor_reliability", "reliable", "QoS reliability for sensor topics: best_effort | reliable"),
+]
+
+
 class BagRecorder(Node):
     def __init__(self):
         super().__init__("bag_recorder")
-        output = self.declare_parameter("output", "recording").value
-        topics: List[str] = list(self.declare_parameter("topics", ["/camera/image_raw"]).value)
-        types: List[str] = list(self.declare_parameter("types", ["sensor_msgs/msg/Image"]).value)
-        if len(topics) != len(types):
+        p = declare_parameters(self, RECORDER_PARAMETERS)
+        if len(p["topics"]) != len(p["types"]):
             raise ValueError("parameters topics and types must have the same length")
-        self.max_messages = self.declare_parameter("max_messages", 0).value
-        self.writer = BagWriter(output, self.declare_parameter("storage", "sqlite3").value)
-        # sensor topics: best effort by default (a robot's camera driver publishes best effort and a
-        # reliable subscriber would not match it); "reliable" records a reliable publisher (e.g.
-        # bag_replay) without loss
-        sensor_qos = sensor_profile(self.declare_parameter("sensor_reliability", "best_effort").value)
-        for topic, type_name in zip(topics, types):
+        self.max_messages = p["max_messages"]
+        sensor_qos = sensor_profile(p["sensor_reliability"])
+        self.writer = BagWriter(p["output"], p["storage"])
+        for topic, type_name in zip(p["topics"], p["types"]):
             qos = sensor_qos if type_name in SENSOR_TYPES else COMMAND_QOS
             self.create_subscription(ros_type(type_name), topic,
                                      lambda msg, t=topic, n=type_name: self._on_message(t, n, msg), qos)
-        self.get_logger().info(f"recording {len(topics)} topics to {output}")
+        self.get_logger().info(f"recording {len(p['topics'])} topics to {p['output']}")
 
     def _on_message(self, topic, type_name, msg):
         self.writer.write(topic, type_name, msg, self.get_clock().now().nanoseconds)
         if self.max_messages and self.writer.count >= self.max_messages:
             raise SystemExit(0)
 
+    def destroy_node(self):
+        self.writer.close()
+        super().destroy_node()
+
 
 class BagReplay(Node):
     def __init__(self):
         super().__init__("bag_replay")
-        self.path = self.declare_parameter("bag", "").value
-        if not self.path or not os.path.isdir(self.path):
-            raise FileNotFoundError(f"parameter bag must name a rosbag2 folder, got {self.path!r}")
-        self.rate = float(self.declare_parameter("rate", 1.0).value)
-        self.loop = bool(self.declare_parameter("loop", False).value)
-        self.start_delay_s = float(self.declare_parameter("start_delay_s", 1.0).value)
-        self.restamp = bool(self.declare_parameter("restamp", False).value)
-        # > 0: before playing, wait (up to 30 s) until every topic has this many subscribers,
-        # so nothing published during DDS discovery is lost
-        self.wait_subscribers = int(self.declare_parameter("wait_subscribers", 0).value)
-        # reliable by default, like `ros2 bag play`: it also reaches best-effort (sensor-data)
-        # subscribers, and a reliable recorder gets every message even on a loaded machine
-        sensor_qos = sensor_profile(self.declare_parameter("sensor_reliability", "reliable").value)
+        p = declare_parameters(self, REPLAY_PARAMETERS)
+        self.path, self.rate, self.loop, self.restamp = p["bag"], p["rate"], p["loop"], p["restamp"]
+        self.start_delay_s, self.wait_subscribers = p["start_delay_s"], p["wait_subscribers"]
+        if not self.path:
+            raise BagError("parameter bag must name a rosbag2 folder")
+        sensor_qos = sensor_profile(p["sensor_reliability"])
         self.messages = list(read_bag(self.path))
         if not self.messages:
-            raise ValueError(f"{self.path}: no messages")
+            raise BagError(f"{self.path}: no messages")
         self.publishers_ = {}
         for topic, type_name, _, _ in self.messages:
             if topic not in self.publishers_:
@@ -176,24 +213,16 @@ class BagReplay(Node):
 
 
 def record_main(args=None):
-    rclpy.init(args=args)
-    node = BagRecorder()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    finally:
-        node.writer.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(BagRecorder, "bag_recorder", args)
 
 
 def replay_main(args=None):
     rclpy.init(args=args)
     try:
         node = BagReplay()
-    except (FileNotFoundError, ValueError) as exc:
+    except Exception as exc:  # unreadable bag, bad parameter: one line, no traceback
         print(f"bag_replay: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
         return 1
     try:
         node.play()
