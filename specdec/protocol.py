@@ -1,4 +1,4 @@
-"""Edge <-> cloud protocol, version 1, as plain dataclasses.
+"""Edge <-> cloud protocol, version 2, as plain dataclasses.
 
 This module is the single source of truth for the protocol's fields. The ROS
 interface package (``msg/msg/*.msg``) mirrors it field for field (a test checks
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Dict, List, Type
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: SessionStart.prefill_wait_ms, SessionStart.grammar
 
 
 class DecodingMode(IntEnum):
@@ -102,12 +102,16 @@ class SessionStart(Message):
     image_data: bytes = b""  # encoded image the model conditions on
     mode: int = int(DecodingMode.SPECULATIVE_EARLY_EXIT)
     max_new_tokens: int = 32
-    gamma: int = 4  # draft tokens per block
+    gamma: int = 4  # most draft tokens per block (blocks may be shorter: draft-length control)
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0  # draft/target truncation for sampling; 0 = full vocabulary
     seed: int = 0  # seeds the verifier's acceptance sampling
     stop_token_ids: List[int] = field(default_factory=list)
+    # Block 0 follows within this many ms: hold the prefill for it and verify it in the same
+    # forward pass (one pass instead of two for a short answer); 0 = prefill at once.
+    prefill_wait_ms: float = 0.0
+    grammar: str = ""  # constrain draft and target to this output grammar ("" = none; see engine.grammar)
 
 
 @dataclass

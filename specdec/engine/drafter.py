@@ -1,23 +1,29 @@
-"""Edge side: drafts blocks with the draft model and drives one decoding session.
+"""Edge side: decodes one decision with the draft model and (optionally) a cloud verifier.
 
-:class:`EdgeDecoder` decodes one decision in any :class:`DecodingMode`:
+:meth:`EdgeDecoder.decode` serves every :class:`DecodingMode`:
 
-* ``SPECULATIVE_EARLY_EXIT`` (default): draft ``gamma`` tokens, send a
-  ``DraftBlock``, wait. On an ``EarlyExitHint`` pre-draft the next block from
-  the hinted state (``committed + draft[:predicted_accepted] +
-  predicted_next_token``) while the cloud finishes verifying. When the
-  ``VerifyResult`` arrives, keep the pre-draft if the hint was right and send it
-  at once (``predrafted=True``); otherwise roll the draft cache back and redraft.
-  Hints only ever decide what the edge drafts next - the committed output
-  comes from ``VerifyResult`` alone - so a wrong hint never changes the output.
-* ``SPECULATIVE``: the same without hints/pre-drafting.
-* ``CLOUD_ONLY``: send prompt + image; the cloud decodes autoregressively and
-  returns the tokens in ``SessionEnd``.
-* ``EDGE_ONLY``: the draft model alone, no cloud.
+* ``SPECULATIVE_EARLY_EXIT`` (default) and ``SPECULATIVE`` - speculative decoding, the loop of
+  :meth:`EdgeDecoder._speculative`:
+
+  1. open the session: ``SessionStart`` (prompt, image, settings) goes out first, so the cloud's
+     prefill overlaps with the draft's (with ``merge_first_block`` the cloud holds its prefill for
+     block 0 and verifies both in one forward pass);
+  2. prefill the draft and propose block 0;
+  3. send the block; the pre-draft strategy starts working on the next one;
+  4. await the result - early-exit hints (one per exit layer) re-aim the pre-draft;
+  5. commit the accepted draft tokens and the cloud's token; stop on a finished result;
+  6. the next block: the pre-drafted one if its guess was right, else a fresh one.
+
+  How long each block is (:mod:`~specdec.engine.draft_length`) and what is drafted while waiting
+  (:mod:`~specdec.engine.predraft`) are strategy objects; committed tokens only ever come from
+  ``VerifyResult``, so no strategy can change the output.
+* ``CLOUD_ONLY`` - send prompt + image; the cloud decodes autoregressively and returns the tokens
+  in ``SessionEnd``.
+* ``EDGE_ONLY`` - the draft alone, no cloud.
 
 Each wait for the cloud is bounded by ``timeout_s``: a silent cloud raises
-:class:`~specdec.transport.base.CloudTimeout`; a session the cloud refuses or ends
-raises :class:`CloudError` with the protocol's reason code.
+:class:`~specdec.transport.base.CloudTimeout`; a session the cloud refuses or ends raises
+:class:`CloudError` with the protocol's reason code.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..models.adapters import DecodeState, ModelAdapter, wrap_model
+from ..models.adapters import ModelAdapter, wrap_model
 from ..models.images import ImageLike, encode_png
 from ..protocol import (
     DecodingMode,
@@ -44,9 +50,14 @@ from ..protocol import (
     VerifyResult,
 )
 from ..transport.base import CloudTimeout, EdgeTransport
-from .predraft import EagerPredrafter
-from .sampling import SamplingParams, choose_token, draft_sample, make_generator
+from .draft_length import make_policy
+from .grammar import compile_grammar
+from .interfaces import DraftLengthPolicy, DraftProposal, PredraftStrategy, RoundOutcome
+from .predraft import NoPredraft, make_strategy
+from .proposer import Proposer
+from .sampling import SamplingParams, make_generator
 from .stats import DecisionStats, RoundStats
+from .token_loop import TokenLoop, TokenPicker
 
 
 class CloudError(RuntimeError):
@@ -71,9 +82,13 @@ class DecodeResult:
     session_id: str = ""
 
 
+PREDRAFT_POLICIES = ("hint", "eager")
+DRAFT_LENGTHS = ("fixed", "confidence", "adaptive")
+
+
 @dataclass
 class DecodeConfig:
-    gamma: int = 4
+    gamma: int = 4  # the longest draft block (every block with draft_length "fixed")
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 1.0
@@ -84,20 +99,84 @@ class DecodeConfig:
     timeout_s: float = 30.0  # longest wait for any one cloud message
     predraft: bool = True  # pre-draft on early-exit hints (SPECULATIVE_EARLY_EXIT mode)
     # "hint": the paper's policy, pre-draft a whole block when the hint arrives.
-    # "eager": ours (predraft.py), pre-draft from the moment a block is sent, switch on the hint,
+    # "eager": ours (predraft.py), pre-draft from the moment a block is sent, re-aim on hints,
     # stop the moment the result arrives.
     predraft_policy: str = "hint"
+    # "fixed": gamma tokens per block; "confidence": stop after a token below
+    # confidence_threshold; "adaptive": the length that maximises expected tokens per second.
+    draft_length: str = "fixed"
+    confidence_threshold: float = 0.4
+    merge_first_block: bool = False  # the cloud holds its prefill for block 0 (one pass for both)
+    grammar: str = ""  # output grammar (a regular expression, engine.grammar) for draft and target
     end_wait_s: float = 0.25  # after the final result, wait this long for the cloud's cost totals
 
+    def __post_init__(self):
+        problems = []
+        if self.gamma < 1:
+            problems.append(f"gamma must be >= 1 (got {self.gamma})")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.do_sample and not self.temperature > 0:
+            problems.append("sampling needs temperature > 0")
+        if self.top_k < 0 or (self.draft_top_k is not None and self.draft_top_k < 0):
+            problems.append("top_k and draft_top_k must be >= 0")
+        if self.predraft_policy not in PREDRAFT_POLICIES:
+            problems.append(f"predraft_policy must be 'hint' or 'eager', got {self.predraft_policy!r}")
+        if self.draft_length not in DRAFT_LENGTHS:
+            problems.append(f"draft_length must be one of {', '.join(DRAFT_LENGTHS)}, got {self.draft_length!r}")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            problems.append(f"confidence_threshold must be in [0, 1] (got {self.confidence_threshold})")
+        if not self.timeout_s > 0:
+            problems.append(f"timeout_s must be > 0 (got {self.timeout_s})")
+        if problems:
+            raise ValueError("; ".join(problems))
 
-@dataclass
-class _Block:
-    base: List[int]  # committed tokens the block continues
-    tokens: List[int]
-    topk: int
-    topk_ids: List[int]
-    topk_probs: List[float]
-    draft_ms: float
+
+class _Session:
+    """One decision's link to the cloud: sequence numbers and waits bounded by the timeout."""
+
+    def __init__(self, transport: EdgeTransport, sid: str, timeout_s: float):
+        self.transport = transport
+        self.sid = sid
+        self.timeout_s = timeout_s
+        self.seq = 0
+
+    def send(self, msg: Message) -> None:
+        msg.session_id, msg.seq = self.sid, self.seq
+        self.seq += 1
+        self.transport.send(msg)
+
+    def recv(self, what: str, deadline: Optional[float] = None) -> Message:
+        """Next message of this session (others are dropped); CloudTimeout when none comes
+        within the timeout (or by ``deadline``, a ``time.monotonic()`` value)."""
+        deadline = time.monotonic() + self.timeout_s if deadline is None else deadline
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise CloudTimeout()
+                msg = self.transport.recv(left)
+            except CloudTimeout:
+                raise CloudTimeout(f"cloud did not answer {what} of session {self.sid[:8]} "
+                                   f"within {self.timeout_s:g} s") from None
+            if getattr(msg, "session_id", None) == self.sid:
+                return msg
+
+    def poll(self) -> Optional[Message]:
+        """A waiting message of this session, or None at once."""
+        while True:
+            try:
+                msg = self.transport.recv(0)
+            except CloudTimeout:
+                return None
+            if getattr(msg, "session_id", None) == self.sid:
+                return msg
+
+    def abort(self, reason: EndReason, detail: str) -> None:
+        try:
+            self.send(SessionEnd(reason=int(reason), detail=detail))
+        except Exception:
+            pass
 
 
 class EdgeDecoder:
@@ -109,6 +188,11 @@ class EdgeDecoder:
         self.transport = transport
         self.robot_id = robot_id
         self.config = DecodeConfig(**config)
+        # learnt across decisions: draft-length policies (their cost and acceptance estimates),
+        # compiled grammars, and how long block 0 takes (for merge_first_block)
+        self._policies: Dict[Tuple, DraftLengthPolicy] = {}
+        self._grammars: Dict[str, object] = {}
+        self._first_block_ms: Optional[float] = None
 
     # -- entry ------------------------------------------------------------------------------
     def decode(self, prompt: str, image: ImageLike = None, mode: DecodingMode = DecodingMode.SPECULATIVE_EARLY_EXIT,
@@ -116,14 +200,6 @@ class EdgeDecoder:
         """Decode one decision; ``overrides`` replace :class:`DecodeConfig` fields for this call."""
         cfg = replace(self.config, **overrides) if overrides else self.config
         mode = DecodingMode(mode)
-        if cfg.gamma < 1:
-            raise ValueError(f"gamma must be >= 1 (got {cfg.gamma})")
-        if cfg.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})")
-        if cfg.do_sample and not cfg.temperature > 0:
-            raise ValueError("sampling needs temperature > 0")
-        if cfg.predraft_policy not in ("hint", "eager"):
-            raise ValueError(f"predraft_policy must be 'hint' or 'eager', got {cfg.predraft_policy!r}")
         if mode != DecodingMode.EDGE_ONLY and self.transport is None:
             raise ValueError(f"{mode.name} needs a transport to a cloud verifier")
         stats = DecisionStats(mode=int(mode))
@@ -135,9 +211,11 @@ class EdgeDecoder:
             if mode == DecodingMode.EDGE_ONLY:
                 tokens, finish = self._edge_only(cfg, prompt, image, stats)
             elif mode == DecodingMode.CLOUD_ONLY:
-                tokens, finish = self._cloud_only(cfg, sid, prompt, image, stats, t_start)
+                tokens, finish = self._cloud_only(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, image,
+                                                  stats, t_start)
             else:
-                tokens, finish = self._speculative(cfg, sid, prompt, image, mode, stats, t_start)
+                tokens, finish = self._speculative(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, image,
+                                                   mode, stats, t_start)
         if not stats.latency_ms:
             stats.latency_ms = (time.perf_counter() - t_start) * 1000
         stats.new_tokens = len(tokens)
@@ -148,7 +226,7 @@ class EdgeDecoder:
         return DecodeResult(tokens=tokens, text=self.draft.decode_text(tokens), stats=stats,
                             finish_reason=int(finish), session_id=sid)
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- settings ---------------------------------------------------------------------------
     def _stop_ids(self, cfg: DecodeConfig) -> frozenset:
         ids = self.draft.eos_token_ids if cfg.stop_token_ids is None else cfg.stop_token_ids
         return frozenset(int(t) for t in ids)
@@ -160,78 +238,33 @@ class EdgeDecoder:
         k = cfg.draft_top_k if cfg.draft_top_k else (cfg.top_k if cfg.top_k else 64)
         return max(1, min(int(k), self.draft.vocab_size))
 
-    def _prefill(self, prompt: str, image: ImageLike, stats: DecisionStats) -> DecodeState:
+    def _grammar(self, cfg: DecodeConfig):
+        if not cfg.grammar:
+            return None
+        if cfg.grammar not in self._grammars:
+            self._grammars[cfg.grammar] = compile_grammar(cfg.grammar, self.draft, self._stop_ids(cfg))
+        return self._grammars[cfg.grammar]
+
+    def _policy(self, cfg: DecodeConfig) -> DraftLengthPolicy:
+        key = (cfg.draft_length, cfg.gamma, cfg.confidence_threshold)
+        if key not in self._policies:
+            self._policies[key] = make_policy(cfg.draft_length, cfg.gamma, cfg.confidence_threshold)
+        return self._policies[key]
+
+    def _prefill(self, prompt: str, image: ImageLike, stats: DecisionStats):
         t = time.perf_counter()
         state = self.draft.prefill(self.draft.encode(prompt, image))
         stats.draft_forward_passes += 1
         stats.prefill_ms = (time.perf_counter() - t) * 1000
         return state
 
-    def _make_block(self, state: DecodeState, base: List[int], count: int, cfg: DecodeConfig, k: int,
-                    stop: frozenset, generator, stats: DecisionStats) -> _Block:
-        """Draft up to ``count`` tokens after ``prompt + base`` (rolling the cache back as needed)."""
-        t = time.perf_counter()
-        draft = self.draft
-        tokens: List[int] = []
-        ids: List[int] = []
-        probs: List[float] = []
-        pending = draft.sync(state, base)
-        for _ in range(count):
-            logits = draft.forward(state, pending, keep=1)[-1]
-            if cfg.do_sample:
-                token, top_ids, top_probs = draft_sample(logits, cfg.temperature, k, generator)
-                ids.extend(top_ids)
-                probs.extend(top_probs)
-            else:
-                token = int(torch.argmax(logits))
-            tokens.append(token)
-            if token in stop:
-                break
-            pending = [token]
-        stats.draft_forward_passes += len(tokens)
-        elapsed = (time.perf_counter() - t) * 1000
-        stats.draft_ms += elapsed
-        if cfg.do_sample:
-            return _Block(list(base), tokens, k, ids, probs, elapsed)
-        return _Block(list(base), tokens, 1, list(tokens), [1.0] * len(tokens), elapsed)
-
-    def _recv(self, sid: str, timeout: float, what: str, deadline: Optional[float] = None) -> Message:
-        """Next message of this session (others are dropped); CloudTimeout when none comes
-        within ``timeout`` seconds (or by ``deadline``, a ``time.monotonic()`` value)."""
-        deadline = time.monotonic() + timeout if deadline is None else deadline
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise CloudTimeout()
-                msg = self.transport.recv(left)
-            except CloudTimeout:
-                raise CloudTimeout(
-                    f"cloud did not answer {what} of session {sid[:8]} within {timeout:g} s") from None
-            if getattr(msg, "session_id", None) == sid:
-                return msg
-
-    def _poll(self, sid: str) -> Optional[Message]:
-        """A waiting message of this session, or None at once (others' messages are dropped)."""
-        while True:
-            try:
-                msg = self.transport.recv(0)
-            except CloudTimeout:
-                return None
-            if getattr(msg, "session_id", None) == sid:
-                return msg
-
-    def _abort(self, sid: str, seq: int, reason: EndReason, detail: str) -> None:
-        try:
-            self.transport.send(SessionEnd(session_id=sid, seq=seq, reason=int(reason), detail=detail))
-        except Exception:
-            pass
-
-    def _start_msg(self, cfg: DecodeConfig, sid: str, prompt: str, image: ImageLike, mode: DecodingMode,
+    def _start_msg(self, cfg: DecodeConfig, prompt: str, image: ImageLike, mode: DecodingMode,
                    stop: frozenset) -> SessionStart:
+        wait_ms = 0.0
+        if cfg.merge_first_block and mode != DecodingMode.CLOUD_ONLY:
+            # long enough for block 0 to follow (learnt), so the cloud can verify it with the prefill
+            wait_ms = 250.0 if self._first_block_ms is None else 1.5 * self._first_block_ms + 10.0
         return SessionStart(
-            session_id=sid,
-            seq=0,
             robot_id=self.robot_id,
             prompt=prompt,
             tokenizer_fingerprint=self.draft.fingerprint,
@@ -245,42 +278,34 @@ class EdgeDecoder:
             top_k=cfg.top_k,
             seed=cfg.seed,
             stop_token_ids=sorted(stop),
+            prefill_wait_ms=wait_ms,
+            grammar=cfg.grammar,
         )
 
     # -- modes ------------------------------------------------------------------------------
     def _edge_only(self, cfg: DecodeConfig, prompt: str, image: ImageLike, stats: DecisionStats):
         stop = self._stop_ids(cfg)
-        params = self._params(cfg)
-        generator = make_generator(cfg.seed, "draft")
         state = self._prefill(prompt, image, stats)
-        tokens: List[int] = []
-        pending = [state.prompt_ids[-1]]
-        finish = FinishReason.MAX_NEW_TOKENS
-        t = time.perf_counter()
-        for _ in range(cfg.max_new_tokens):
-            logits = self.draft.forward(state, pending, keep=1)[-1]
-            token = choose_token(logits, params, generator)
-            tokens.append(token)
-            if token in stop:
-                finish = FinishReason.STOP_TOKEN
-                break
-            pending = [token]
-        stats.draft_forward_passes += len(tokens)
-        stats.draft_ms += (time.perf_counter() - t) * 1000
-        return tokens, finish
+        picker = TokenPicker.for_target(self._params(cfg), make_generator(cfg.seed, "draft"))
+        loop = TokenLoop(self.draft, state, [], limit=cfg.max_new_tokens, picker=picker, stop=stop,
+                         grammar=self._grammar(cfg)).run()
+        stats.draft_forward_passes += loop.forward_passes
+        stats.draft_ms += loop.ms
+        finish = FinishReason.STOP_TOKEN if loop.tokens and loop.tokens[-1] in stop else FinishReason.MAX_NEW_TOKENS
+        return loop.tokens, finish
 
-    def _cloud_only(self, cfg: DecodeConfig, sid: str, prompt: str, image: ImageLike, stats: DecisionStats,
+    def _cloud_only(self, cfg: DecodeConfig, session: _Session, prompt: str, image: ImageLike, stats: DecisionStats,
                     t_start: float):
         stop = self._stop_ids(cfg)
-        self.transport.send(self._start_msg(cfg, sid, prompt, image, DecodingMode.CLOUD_ONLY, stop))
+        session.send(self._start_msg(cfg, prompt, image, DecodingMode.CLOUD_ONLY, stop))
         t = time.perf_counter()
         try:
             while True:
-                msg = self._recv(sid, cfg.timeout_s, "the cloud-only request")
+                msg = session.recv("the cloud-only request")
                 if isinstance(msg, SessionEnd):
                     break
         except CloudTimeout:
-            self._abort(sid, 1, EndReason.TIMEOUT, "edge timed out waiting for the cloud")
+            session.abort(EndReason.TIMEOUT, "edge timed out waiting for the cloud")
             raise
         stats.wait_ms += (time.perf_counter() - t) * 1000
         stats.latency_ms = (time.perf_counter() - t_start) * 1000
@@ -289,156 +314,121 @@ class EdgeDecoder:
         stats.target_forward_passes = msg.target_forward_passes
         stats.cloud_compute_ms = msg.cloud_compute_ms
         tokens = list(msg.tokens)
-        if tokens and tokens[-1] in stop:
-            finish = FinishReason.STOP_TOKEN
-        else:
-            finish = FinishReason.MAX_NEW_TOKENS
+        finish = FinishReason.STOP_TOKEN if tokens and tokens[-1] in stop else FinishReason.MAX_NEW_TOKENS
         return tokens, finish
 
-    def _speculative(self, cfg: DecodeConfig, sid: str, prompt: str, image: ImageLike, mode: DecodingMode,
+    def _speculative(self, cfg: DecodeConfig, session: _Session, prompt: str, image: ImageLike, mode: DecodingMode,
                      stats: DecisionStats, t_start: float):
         stop = self._stop_ids(cfg)
-        use_hints = mode == DecodingMode.SPECULATIVE_EARLY_EXIT and cfg.predraft
-        k = self._draft_k(cfg)
-        generator = make_generator(cfg.seed, "draft")
-        seq = 0
-        self.transport.send(self._start_msg(cfg, sid, prompt, image, mode, stop))
-        seq += 1
+        policy = self._policy(cfg)
+        grammar = self._grammar(cfg)
+        # 1. Open the session: the cloud starts encoding the prompt and image right away.
+        session.send(self._start_msg(cfg, prompt, image, mode, stop))
+        picker = TokenPicker.for_draft(self._params(cfg), make_generator(cfg.seed, "draft"), self._draft_k(cfg))
         try:
-            state = self._prefill(prompt, image, stats)
+            # 2. Prefill the draft and propose block 0.
+            proposer = Proposer(self.draft, self._prefill(prompt, image, stats), picker, stop, cfg.max_new_tokens,
+                                policy, grammar)
+            hints = mode == DecodingMode.SPECULATIVE_EARLY_EXIT and cfg.predraft
+            strategy = make_strategy(cfg.predraft_policy, proposer) if hints else NoPredraft()
             committed: List[int] = []
-
-            def draft_after(base: List[int]) -> _Block:
-                count = min(cfg.gamma, cfg.max_new_tokens - len(base) - 1)
-                return self._make_block(state, base, max(count, 0), cfg, k, stop, generator, stats)
-
-            block = draft_after(committed)
-            predrafted = False
-            round_no = 0
+            block, predrafted = proposer.propose(committed), False
+            self._first_block_ms = (time.perf_counter() - t_start) * 1000
             finish = FinishReason.NOT_FINISHED
-            while True:
-                msg_out = DraftBlock(
-                    session_id=sid, seq=seq, round=round_no, position=len(committed), tokens=block.tokens,
-                    topk=block.topk, topk_ids=block.topk_ids, topk_probs=block.topk_probs,
-                    predrafted=predrafted, draft_ms=block.draft_ms,
-                )
-                seq += 1
-                rs = RoundStats(round=round_no, position=len(committed), drafted=len(block.tokens),
-                                predrafted=predrafted, draft_ms=block.draft_ms)
-                self.transport.send(msg_out)
-                deadline = time.monotonic() + cfg.timeout_s  # for this round's result, hints included
-                predraft: Optional[_Block] = None
-                eager = None
-                if use_hints and cfg.predraft_policy == "eager":
-                    eager = EagerPredrafter(self, state, cfg, k, stop, generator, stats)
-                    eager.aim_full_acceptance(committed, block.tokens)
-                t_hint = 0.0
-                blocked = 0.0
-                while True:
-                    msg = None
-                    if eager is not None and not eager.complete:
-                        msg = self._poll(sid)  # never wait while there is pre-drafting to do
-                        if msg is None:
-                            eager.step()
-                            continue
-                    if msg is None:
-                        t_wait = time.perf_counter()
-                        msg = self._recv(sid, cfg.timeout_s, f"round {round_no}", deadline)
-                        blocked += time.perf_counter() - t_wait
-                    if isinstance(msg, VerifyResult):
-                        if msg.round != round_no:
-                            continue  # duplicate or stale result
-                        break
-                    if isinstance(msg, EarlyExitHint):
-                        if msg.round != round_no or rs.hint:
-                            continue  # stale or repeated hint
-                        t_hint = time.perf_counter()
-                        rs.hint = True
-                        rs.hint_accepted = msg.predicted_accepted
-                        rs.hint_next_token = msg.predicted_next_token
-                        rs.hint_confidence = msg.confidence
-                        rs.exit_ms = msg.exit_ms
-                        if eager is not None:
-                            if self._hint_usable(msg, block):
-                                eager.aim(committed + block.tokens[:msg.predicted_accepted]
-                                          + [msg.predicted_next_token])
-                        elif use_hints:
-                            predraft = self._predraft(block, committed, msg, cfg, stop, draft_after)
-                            if predraft is not None:
-                                stats.predrafts += 1
-                                rs.predraft_ms = predraft.draft_ms
-                        continue
-                    if isinstance(msg, SessionEnd):
-                        raise CloudError(msg.reason, msg.detail)
-                rs.wait_ms = blocked * 1000
-                stats.wait_ms += rs.wait_ms
-                if not 0 <= msg.accepted <= len(block.tokens):
-                    raise ProtocolError(
-                        f"round {round_no}: cloud accepted {msg.accepted} of {len(block.tokens)} tokens")
-                rs.accepted = msg.accepted
-                rs.next_token = msg.next_token
-                rs.queue_ms = msg.queue_ms
-                rs.verify_ms = msg.verify_ms
-                if rs.hint:
-                    rs.hint_correct = rs.hint_accepted == msg.accepted and rs.hint_next_token == msg.next_token
-                    rs.hint_lead_ms = (time.perf_counter() - t_hint) * 1000
+            while finish == FinishReason.NOT_FINISHED:
+                # 3. Send the block; 4. await its result (pre-drafting meanwhile).
+                result, rs = self._round(session, len(stats.round_log), committed, block, predrafted, strategy,
+                                         stop, cfg.timeout_s)
                 stats.round_log.append(rs)
-                stats.target_forward_passes = msg.target_forward_passes
-                committed = committed + block.tokens[:msg.accepted] + [msg.next_token]
-                if msg.finished:
-                    finish = FinishReason(msg.finish_reason) if msg.finish_reason else FinishReason.MAX_NEW_TOKENS
+                stats.wait_ms += rs.wait_ms
+                stats.target_forward_passes = result.target_forward_passes
+                policy.observe(RoundOutcome(len(block.tokens), result.accepted, block.confidences, result.verify_ms,
+                                            result.queue_ms, rs.elapsed_ms,
+                                            proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0))
+                # 5. Commit what the cloud accepted, plus its own token.
+                committed = committed + block.tokens[:result.accepted] + [result.next_token]
+                if result.finished:
+                    finish = FinishReason(result.finish_reason) if result.finish_reason else FinishReason.MAX_NEW_TOKENS
                     break
                 if len(committed) >= cfg.max_new_tokens:
                     raise ProtocolError(f"cloud did not finish at max_new_tokens={cfg.max_new_tokens}")
-                if eager is not None and eager.tokens:
-                    stats.predrafts += 1
-                    rs.predraft_ms = eager.ms
-                    predraft = eager.block_for(committed)  # None when the guess was wrong
-                if predraft is not None and predraft.base == committed:
-                    block, predrafted = predraft, True
+                # 6. The next block: pre-drafted if the guess was right, else drafted now.
+                block = strategy.take(committed)
+                predrafted = block is not None
+                if predrafted:
                     stats.predraft_hits += 1
                 else:
-                    block, predrafted = draft_after(committed), False
-                round_no += 1
+                    block = proposer.propose(committed)
             stats.latency_ms = (time.perf_counter() - t_start) * 1000
         except CloudTimeout:
-            self._abort(sid, seq, EndReason.TIMEOUT, "edge timed out waiting for the cloud")
+            session.abort(EndReason.TIMEOUT, "edge timed out waiting for the cloud")
             raise
         except CloudError:
             raise
         except BaseException as exc:
-            self._abort(sid, seq, EndReason.CANCELLED, f"edge error: {type(exc).__name__}")
+            session.abort(EndReason.CANCELLED, f"edge error: {type(exc).__name__}")
             raise
-        self._collect_end(sid, cfg, stats)
+        stats.predrafts = getattr(strategy, "predrafts", 0)
+        stats.draft_forward_passes += proposer.forward_passes
+        stats.draft_ms += proposer.ms
+        self._collect_end(session, cfg, stats)
         return committed, finish
 
-    def _predraft(self, block: _Block, committed: List[int], hint: EarlyExitHint, cfg: DecodeConfig,
-                  stop: frozenset, draft_after) -> Optional[_Block]:
-        """Draft the next block from the hinted state, or None when the hint ends generation."""
+    def _round(self, session: _Session, round_no: int, committed: List[int], block: DraftProposal, predrafted: bool,
+               strategy: PredraftStrategy, stop: frozenset, timeout_s: float) -> Tuple[VerifyResult, RoundStats]:
+        """Send ``block``, pre-draft while waiting, and return its result (hints re-aim the strategy)."""
+        session.send(DraftBlock(round=round_no, position=len(committed), tokens=block.tokens, topk=block.topk,
+                                topk_ids=block.topk_ids, topk_probs=block.topk_probs, predrafted=predrafted,
+                                draft_ms=block.draft_ms))
+        t_sent = time.perf_counter()
+        deadline = time.monotonic() + timeout_s  # for this round's result, hints included
+        rs = RoundStats(round=round_no, position=len(committed), drafted=len(block.tokens), predrafted=predrafted,
+                        draft_ms=block.draft_ms - block.hidden_ms)
+        strategy.on_send(committed, block)
+        blocked = 0.0
+        while True:
+            msg = session.poll() if strategy.has_work() else None
+            if msg is None and strategy.has_work():
+                strategy.work()  # never wait while there is pre-drafting to do
+                continue
+            if msg is None:
+                t_wait = time.perf_counter()
+                msg = session.recv(f"round {round_no}", deadline)
+                blocked += time.perf_counter() - t_wait
+            if isinstance(msg, VerifyResult):
+                if msg.round == round_no:
+                    break
+                continue  # duplicate or stale result
+            if isinstance(msg, EarlyExitHint):
+                if msg.round == round_no:
+                    t_hint = time.perf_counter()
+                    strategy.on_hint(self._hinted(committed, block, msg, stop))
+                    rs.add_hint(msg, (time.perf_counter() - t_hint) * 1000)
+                continue
+            if isinstance(msg, SessionEnd):
+                raise CloudError(msg.reason, msg.detail)
+        if not 0 <= msg.accepted <= len(block.tokens):
+            raise ProtocolError(f"round {round_no}: cloud accepted {msg.accepted} of {len(block.tokens)} tokens")
+        rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000)
+        return msg, rs
+
+    def _hinted(self, committed: List[int], block: DraftProposal, hint: EarlyExitHint,
+                stop: frozenset) -> Optional[List[int]]:
+        """The committed tokens the hint predicts after this round; None for an impossible
+        outcome (bad count or token id) or one that ends generation."""
         accepted = hint.predicted_accepted
-        if not self._hint_usable(hint, block):
-            return None
-        hinted = committed + block.tokens[:accepted] + [hint.predicted_next_token]
-        if hinted[-1] in stop or len(hinted) >= cfg.max_new_tokens:
+        if not (0 <= accepted <= len(block.tokens) and 0 <= hint.predicted_next_token < self.draft.vocab_size):
             return None
         if any(t in stop for t in block.tokens[:accepted]):
             return None
-        return draft_after(hinted)
+        return committed + block.tokens[:accepted] + [hint.predicted_next_token]
 
-    def _hint_usable(self, hint: EarlyExitHint, block: _Block) -> bool:
-        """A hint naming an impossible outcome (bad count or token id) is ignored."""
-        return (0 <= hint.predicted_accepted <= len(block.tokens)
-                and 0 <= hint.predicted_next_token < self.draft.vocab_size)
-
-    def _collect_end(self, sid: str, cfg: DecodeConfig, stats: DecisionStats) -> None:
+    def _collect_end(self, session: _Session, cfg: DecodeConfig, stats: DecisionStats) -> None:
         """The cloud follows a finished result with SessionEnd carrying its cost totals."""
         deadline = time.monotonic() + min(cfg.end_wait_s, cfg.timeout_s)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
             try:
-                msg = self._recv(sid, left, "the session end")
+                msg = session.recv("the session end", deadline)
             except CloudTimeout:
                 return
             if isinstance(msg, SessionEnd):

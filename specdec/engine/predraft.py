@@ -1,118 +1,118 @@
-"""Eager, interruptible pre-drafting: the edge never idles while a block is being verified.
+"""Pre-drafting: what the edge drafts while the cloud verifies a block.
 
-The paper's pre-drafting (policy ``"hint"``) starts drafting the next block when the early-exit
-hint arrives and drafts the whole block before looking at the transport again. Two gaps remain:
-the edge idles from sending a block until the hint arrives, and a wrong hint keeps it busy for
-up to gamma draft steps after the real result is already there.
+Three :class:`~specdec.engine.interfaces.PredraftStrategy` implementations:
 
-Policy ``"eager"`` (ours) closes both:
+* :class:`NoPredraft` - plain speculative decoding: the edge waits for the result.
+* :class:`HintPredraft` - the paper's policy: when an early-exit hint arrives, draft the whole
+  next block from the hinted outcome (``committed + block[:predicted_accepted] +
+  predicted_next_token``) at once; keep it if the result agrees.
+* :class:`EagerPredraft` - ours: never idle. Right after a block is sent, pre-draft on the
+  full-acceptance hypothesis (every token accepted, the bonus token equal to the draft's own next
+  prediction); when a hint names another outcome, switch to it (work on a shared prefix stays in
+  the draft cache); draft one token at a time so the edge looks at the transport between steps,
+  and stop the moment the result arrives.
 
-1. Right after sending a block, pre-draft on the *full-acceptance* hypothesis: every draft token
-   accepted and the bonus token equal to the draft's own next prediction.
-2. When the hint arrives and names another outcome, switch to the hint's hypothesis (the draft
-   cache rolls back to the common prefix; work on a shared prefix is kept).
-3. Draft one token at a time and poll the transport in between: the moment the result arrives,
-   keep what matches it and stop what does not.
-
-Only what the edge drafts next depends on these guesses; committed tokens come from the
-verifier's result alone, so the output is unchanged (greedy: identical tokens; sampling: the
-draft still samples each token from its own distribution given the actual prefix).
+Every later hint of the same round (one per exit layer, deeper ones more accurate) re-aims the
+pre-draft when it disagrees with the earlier one. Only what the edge drafts next depends on
+these guesses: committed tokens come from the verifier's result alone, so the output is
+unchanged (greedy: identical tokens; sampling: each drafted token is still drawn from the
+draft's distribution given the prefix it is used after).
 """
 
 from __future__ import annotations
 
-import time
 from typing import List, Optional
 
-import torch
+from .interfaces import DraftProposal, PredraftStrategy
+from .proposer import Proposer
 
-from .sampling import draft_sample
+
+class NoPredraft(PredraftStrategy):
+    def on_send(self, committed: List[int], block: DraftProposal) -> None:
+        pass
+
+    def on_hint(self, hinted: Optional[List[int]]) -> None:
+        pass
+
+    def take(self, committed: List[int]) -> Optional[DraftProposal]:
+        return None
 
 
-class EagerPredrafter:
-    """Drafts the next block token by token on the current hypothesis of the round's outcome."""
+class HintPredraft(PredraftStrategy):
+    """The paper: a whole block drafted on each (new) hinted outcome."""
 
-    def __init__(self, decoder, state, cfg, k: int, stop: frozenset, generator, stats):
-        self.draft = decoder.draft
-        self.state = state
-        self.cfg = cfg
-        self.k = k
-        self.stop = stop
-        self.generator = generator
-        self.stats = stats
-        self.base: Optional[List[int]] = None  # hypothesised committed tokens after this round
-        self.tokens: List[int] = []
-        self.ids: List[int] = []
-        self.probs: List[float] = []
-        self.ms = 0.0
-        self.switches = 0
+    def __init__(self, proposer: Proposer):
+        self.proposer = proposer
+        self.ready: Optional[DraftProposal] = None
+        self.predrafts = 0  # rounds that ended with a pre-drafted block (kept or not)
 
-    # -- hypotheses ----------------------------------------------------------------------------
-    def _count(self, base: List[int]) -> int:
-        if not base or base[-1] in self.stop or len(base) >= self.cfg.max_new_tokens:
-            return 0
-        return max(0, min(self.cfg.gamma, self.cfg.max_new_tokens - len(base) - 1))
+    def on_send(self, committed: List[int], block: DraftProposal) -> None:
+        self.ready = None
 
-    def aim(self, base: List[int]) -> None:
-        """Pre-draft after ``base`` from now on (keeps the work when ``base`` is unchanged)."""
-        if self.base == base:
+    def on_hint(self, hinted: Optional[List[int]]) -> None:
+        if hinted is None or (self.ready is not None and self.ready.base == hinted):
             return
-        if self.base is not None:
-            self.switches += 1
-        self.base, self.tokens, self.ids, self.probs, self.ms = list(base), [], [], [], 0.0
-
-    def aim_full_acceptance(self, committed: List[int], block_tokens: List[int]) -> None:
-        """Hypothesis before any hint: the whole block accepted, bonus = the draft's next token."""
-        if not block_tokens or any(t in self.stop for t in block_tokens):
+        if self.proposer.room(hinted) == 0:
             return
-        t = time.perf_counter()
-        with torch.inference_mode():
-            pending = self.draft.sync(self.state, committed + block_tokens)
-            logits = self.draft.forward(self.state, pending, keep=1)[-1]
-        self.stats.draft_forward_passes += 1
-        self._spend(t)
-        self.aim(committed + block_tokens + [int(torch.argmax(logits))])
+        self.ready = self.proposer.propose(hinted)
+        self.ready.hidden_ms = self.ready.draft_ms  # drafted while the cloud verified
 
-    # -- work ------------------------------------------------------------------------------------
-    @property
-    def complete(self) -> bool:
-        return self.base is None or len(self.tokens) >= self._count(self.base) or (
-            bool(self.tokens) and self.tokens[-1] in self.stop)
-
-    def step(self) -> None:
-        """Draft one more token on the current hypothesis."""
-        if self.complete:
-            return
-        t = time.perf_counter()
-        with torch.inference_mode():
-            pending = self.draft.sync(self.state, self.base + self.tokens)
-            logits = self.draft.forward(self.state, pending, keep=1)[-1]
-        if self.cfg.do_sample:
-            token, top_ids, top_probs = draft_sample(logits, self.cfg.temperature, self.k, self.generator)
-            self.ids.extend(top_ids)
-            self.probs.extend(top_probs)
-        else:
-            token = int(torch.argmax(logits))
-        self.tokens.append(token)
-        self.stats.draft_forward_passes += 1
-        self._spend(t)
-
-    def finish(self) -> None:
-        while not self.complete:
-            self.step()
-
-    def _spend(self, t0: float) -> None:
-        elapsed = (time.perf_counter() - t0) * 1000
-        self.ms += elapsed
-        self.stats.draft_ms += elapsed
-
-    def block_for(self, actual: List[int]):
-        """The pre-drafted block if it was drafted after ``actual``, completed; else None."""
-        if self.base != actual or not self.tokens:
+    def take(self, committed: List[int]) -> Optional[DraftProposal]:
+        ready, self.ready = self.ready, None
+        if ready is None or not ready.tokens:
             return None
-        self.finish()
-        from .drafter import _Block
+        self.predrafts += 1
+        return ready if ready.base == committed else None
 
-        if self.cfg.do_sample:
-            return _Block(list(self.base), list(self.tokens), self.k, list(self.ids), list(self.probs), self.ms)
-        return _Block(list(self.base), list(self.tokens), 1, list(self.tokens), [1.0] * len(self.tokens), self.ms)
+
+class EagerPredraft(PredraftStrategy):
+    """Ours: pre-draft from the moment a block is sent, one interruptible step at a time."""
+
+    def __init__(self, proposer: Proposer):
+        self.proposer = proposer
+        self.loop = None
+        self.predrafts = 0  # rounds that ended with pre-drafted tokens (kept or not)
+
+    def _aim(self, base: Optional[List[int]]) -> None:
+        if base is None or self.proposer.room(base) == 0:
+            self.loop = None
+        elif self.loop is None or self.loop.base != base:
+            self.loop = self.proposer.open(base)
+
+    def on_send(self, committed: List[int], block: DraftProposal) -> None:
+        self.loop = None
+        if not block.tokens:
+            return
+        base = committed + block.tokens
+        bonus = self.proposer.guess_next(base)
+        self._aim(None if bonus is None else base + [bonus])
+
+    def on_hint(self, hinted: Optional[List[int]]) -> None:
+        self._aim(hinted)
+
+    def has_work(self) -> bool:
+        loop = self.loop
+        return loop is not None and not loop.finished and self.proposer.policy.keep_drafting(loop.confidences, True)
+
+    def work(self) -> None:
+        self.proposer.extend(self.loop, hidden=True)
+
+    def take(self, committed: List[int]) -> Optional[DraftProposal]:
+        loop, self.loop = self.loop, None
+        if loop is None or not loop.tokens:
+            return None
+        self.predrafts += 1
+        if loop.base != committed:
+            return None
+        return self.proposer.finish(loop, hidden_ms=loop.ms)  # what follows is drafted in the open
+
+
+def make_strategy(kind: str, proposer: Proposer) -> PredraftStrategy:
+    """``kind``: "none" | "hint" (the paper's) | "eager" (ours)."""
+    if kind == "none":
+        return NoPredraft()
+    if kind == "hint":
+        return HintPredraft(proposer)
+    if kind == "eager":
+        return EagerPredraft(proposer)
+    raise ValueError(f"predraft_policy must be 'hint' or 'eager', got {kind!r}")

@@ -81,20 +81,24 @@ def draft_sample(
 
 AcceptFn = Callable[..., Tuple[int, int]]
 
+# ``target_logits`` below is anything indexable by row: a ``[n + 1, vocab]`` tensor, or the
+# verifier's lazy rows, which run the LM head only for the rows an acceptance rule reads (up to
+# the first rejection).
 
-def greedy_accept(target_logits: torch.Tensor, draft_tokens: Sequence[int], **_unused) -> Tuple[int, int]:
+
+def greedy_accept(target_logits, draft_tokens: Sequence[int], **_unused) -> Tuple[int, int]:
     """Longest prefix of the draft equal to the target's argmax, plus the target's next token."""
-    choice = torch.argmax(target_logits, dim=-1).tolist()  # one device sync
     accepted = 0
     for token in draft_tokens:
-        if choice[accepted] != token:
-            break
+        choice = int(torch.argmax(target_logits[accepted]))
+        if choice != token:
+            return accepted, choice
         accepted += 1
-    return accepted, choice[accepted]
+    return accepted, int(torch.argmax(target_logits[accepted]))
 
 
 def rejection_accept(
-    target_logits: torch.Tensor,
+    target_logits,
     draft_tokens: Sequence[int],
     *,
     topk_ids: Sequence[int],
@@ -105,26 +109,26 @@ def rejection_accept(
 ) -> Tuple[int, int]:
     """Speculative sampling (Leviathan et al. / Chen et al.), exact for a sparse draft ``q``."""
     n = len(draft_tokens)
-    p = target_probs(target_logits, params)  # [n + 1, vocab]
     if n == 0:
-        return 0, int(torch.multinomial(p[0].cpu(), 1, generator=generator))
-    index = torch.arange(n, device=p.device)
-    p_x = p[index, torch.tensor(list(draft_tokens), device=p.device)].tolist()
+        return 0, int(torch.multinomial(target_probs(target_logits[0], params).cpu(), 1, generator=generator))
     u = torch.rand(n, generator=generator).tolist()
     accepted = n
+    p = None
     for i, token in enumerate(draft_tokens):
+        p = target_probs(target_logits[i], params)
+        p_x = float(p[token])
         row = topk_ids[i * topk:(i + 1) * topk]
         try:
             q_x = topk_probs[i * topk + list(row).index(token)]  # q of the token actually drawn
         except ValueError:
             q_x = 0.0  # not in its own distribution: a malformed block, never accept
-        if not (q_x > 0.0 and u[i] * q_x < p_x[i]):
+        if not (q_x > 0.0 and u[i] * q_x < p_x):
             accepted = i
             break
     if accepted == n:
-        return n, int(torch.multinomial(p[n].cpu(), 1, generator=generator))
+        return n, int(torch.multinomial(target_probs(target_logits[n], params).cpu(), 1, generator=generator))
     row = slice(accepted * topk, (accepted + 1) * topk)
-    residual = p[accepted].cpu().clone()
+    residual = p.cpu().clone()
     residual.index_put_(
         (torch.tensor(list(topk_ids[row]), dtype=torch.long),),
         -torch.tensor(list(topk_probs[row]), dtype=residual.dtype),
@@ -132,7 +136,7 @@ def rejection_accept(
     )
     residual.clamp_(min=0.0)
     if not float(residual.sum()) > 1e-12:  # p == q numerically: the residual is empty, p itself is exact
-        residual = p[accepted].cpu()
+        residual = p.cpu()
     return accepted, int(torch.multinomial(residual, 1, generator=generator))
 
 

@@ -8,8 +8,9 @@ per-round log (:class:`RoundStats`) and a few derived rates.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # Field names of msg/msg/DecisionStats.msg, in order.
 MSG_FIELDS = (
@@ -44,17 +45,47 @@ class RoundStats:
     next_token: int = -1
     predrafted: bool = False  # the block was drafted on the previous round's hint
     draft_ms: float = 0.0  # edge time drafting this block (0 extra when pre-drafted)
-    wait_ms: float = 0.0  # send -> result, edge side (network + queue + verification)
+    wait_ms: float = 0.0  # edge blocked waiting for this result (not overlapped with pre-drafting)
     queue_ms: float = 0.0  # as reported by the verifier
     verify_ms: float = 0.0  # as reported by the verifier
     hint: bool = False  # an early-exit hint arrived for this round
-    hint_accepted: int = -1  # hint's predicted accepted count
+    hint_accepted: int = -1  # first hint's predicted accepted count
     hint_next_token: int = -1
     hint_confidence: float = 0.0
-    hint_correct: bool = False
-    exit_ms: float = 0.0  # verifier's time from verification start to the hint
-    hint_lead_ms: float = 0.0  # how long before the result the hint arrived at the edge
-    predraft_ms: float = 0.0  # edge time spent pre-drafting on this round's hint
+    hint_correct: bool = False  # the first hint named the exact result
+    exit_ms: float = 0.0  # verifier's time from verification start to the first hint
+    hint_lead_ms: float = 0.0  # how long before the result the first hint arrived at the edge
+    predraft_ms: float = 0.0  # edge time spent pre-drafting on hints as they arrived (the paper's policy)
+    elapsed_ms: float = 0.0  # send -> result at the edge
+    # every hint of the round, in arrival order (one per exit layer): (layer, accepted, next token, correct)
+    layer_hints: List[Tuple[int, int, int, bool]] = field(default_factory=list)
+    _hint_at: float = field(default=0.0, repr=False, compare=False)
+
+    def add_hint(self, hint, predraft_ms: float = 0.0) -> None:
+        """An ``EarlyExitHint`` for this round arrived (its correctness is known at the result)."""
+        if not self.hint:
+            self.hint = True
+            self.hint_accepted = hint.predicted_accepted
+            self.hint_next_token = hint.predicted_next_token
+            self.hint_confidence = hint.confidence
+            self.exit_ms = hint.exit_ms
+            self._hint_at = time.perf_counter()
+        self.predraft_ms += predraft_ms
+        self.layer_hints.append((hint.exit_layer, hint.predicted_accepted, hint.predicted_next_token, False))
+
+    def set_result(self, result, blocked_ms: float, elapsed_ms: float) -> None:
+        """The round's ``VerifyResult``; scores the hints against it."""
+        self.accepted = result.accepted
+        self.next_token = result.next_token
+        self.queue_ms = result.queue_ms
+        self.verify_ms = result.verify_ms
+        self.wait_ms = blocked_ms
+        self.elapsed_ms = elapsed_ms
+        right = (result.accepted, result.next_token)
+        self.layer_hints = [(layer, a, t, (a, t) == right) for layer, a, t, _ in self.layer_hints]
+        if self.hint:
+            self.hint_correct = (self.hint_accepted, self.hint_next_token) == right
+            self.hint_lead_ms = (time.perf_counter() - self._hint_at) * 1000
 
     @property
     def full_accept(self) -> bool:
@@ -166,6 +197,7 @@ class VerifierStats:
     target_forward_passes: int = 0
     compute_ms: float = 0.0
     hints_sent: int = 0
+    head_rows: int = 0  # LM-head rows computed at verification (lazily: up to the first rejection)
     duplicates: int = 0  # duplicate blocks answered from the result cache
     stale: int = 0  # stale/unknown messages ignored
     errors: int = 0  # protocol errors answered with SessionEnd

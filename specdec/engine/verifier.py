@@ -1,55 +1,63 @@
 """Cloud side: verifies draft blocks with the target model, one state per session.
 
-:class:`Verifier` is transport-agnostic: ``handle(msg, emit)`` processes one
-protocol message and answers through ``emit`` (thread-safe, non-blocking: it is
-also called from inside the target's forward pass to ship an early-exit hint).
-``serve(transport, stop_event)`` runs the receive loop over a
-:class:`~specdec.transport.base.CloudTransport`.
+:class:`Verifier` is transport-agnostic. Messages are *admitted* (cheap checks, answers that need
+no model) and the model work they cause is *queued* per robot; a scheduler runs the queued work
+round-robin across robots, one unit at a time, so one robot's long job (a 4096-token cloud-only
+decode, a flood of sessions) delays its own work, not the others'.
+
+* ``serve(transport, stop_event)`` - the receive loop: admit what arrives, run queued work,
+  prefill sessions whose first block did not come in time, expire idle sessions.
+* ``handle(msg, emit)`` - admit one message and run everything it queued (synchronous: tests and
+  simple callers). ``emit`` is thread-safe and non-blocking: it is also called from inside the
+  target's forward pass to ship early-exit hints.
 
 Message handling
 ----------------
 * ``SessionStart``: the protocol version and tokenizer fingerprint must match
   (else ``SessionEnd`` with ``PROTOCOL_VERSION_MISMATCH`` / ``TOKENIZER_MISMATCH``);
-  bad parameters give ``BAD_REQUEST``, too many open sessions ``OVERLOADED``.
-  The prompt (and PNG image) is encoded with the target's chat template and
-  ``prompt[:-1]`` prefilled. ``CLOUD_ONLY`` sessions are decoded autoregressively
-  right away and answered with ``SessionEnd(COMPLETED, tokens=...)``.
+  bad parameters or sizes give ``BAD_REQUEST``, too many open sessions (in all, or for this
+  robot) ``OVERLOADED``. The prompt (and image) is encoded with the target's chat template and
+  ``prompt[:-1]`` prefilled - or, with ``prefill_wait_ms``, the prefill waits that long for block 0
+  and both go through the target in ONE forward pass. ``CLOUD_ONLY`` sessions are decoded
+  autoregressively (a few tokens per turn of the scheduler) and answered with
+  ``SessionEnd(COMPLETED, tokens=...)``.
 * ``DraftBlock`` for the expected round: one target forward over
-  ``[last committed token] + tokens`` (with the early-exit hook attached in
-  ``SPECULATIVE_EARLY_EXIT`` mode), acceptance (greedy or rejection sampling),
-  stop-token / ``max_new_tokens`` truncation, ``VerifyResult``. When generation is
-  finished the session is closed and ``SessionEnd(COMPLETED)`` with the cost
-  totals follows the final result.
-* Duplicates - a block whose ``seq`` was already seen, or a block for an already
-  verified round with the same tokens - are answered by resending the cached
-  ``VerifyResult`` (no target forward). This works for a while (``linger_s``)
-  after the session closed, too.
-* Stale blocks - an already verified round with *different* tokens - are
-  ignored (counted in ``stats.stale``): the edge has moved on. A block for a
-  session that is already closed (timed out, cancelled, finished) is answered
-  with that session's ``SessionEnd`` again.
-* Out-of-order blocks - a future round, or the expected round at the wrong
-  ``position`` - are a protocol error: ``SessionEnd(BAD_REQUEST)`` and the
-  session is closed (an ordered transport never produces them).
+  ``[last committed token] + tokens``; the LM head runs only for the rows acceptance reads (up to
+  the first rejection). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
+  layer sends an ``EarlyExitHint`` (predicted accepted count and next token) as the pass reaches
+  it, its rows computed lazily too. Then acceptance (greedy or rejection sampling, under the
+  session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
+  ``VerifyResult``. When generation is finished the session is closed and
+  ``SessionEnd(COMPLETED)`` with the cost totals follows the final result.
+* Duplicates - a block whose ``seq`` was already seen, or a block for an already verified round
+  with the same tokens - are answered by resending the cached ``VerifyResult`` (no target
+  forward), also for a while (``linger_s``) after the session closed. They do not count as
+  activity: a session kept alive only by duplicates still times out.
+* Stale blocks - an already verified round with *different* tokens - are ignored (counted in
+  ``stats.stale``). A block for a session that is already closed is answered with that
+  session's ``SessionEnd`` again.
+* Out-of-order blocks - a future round, or the expected round at the wrong ``position`` - are a
+  protocol error: ``SessionEnd(BAD_REQUEST)`` and the session is closed.
 * ``SessionEnd`` from the edge closes the session (no answer).
-* Sessions idle longer than ``session_timeout_s`` are closed by ``expire()``
-  (called by ``serve``) with ``SessionEnd(TIMEOUT)``.
+* Sessions idle longer than ``session_timeout_s`` are closed by ``expire()`` (called by
+  ``serve``) with ``SessionEnd(TIMEOUT)``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..models.adapters import DecodeState, ModelAdapter
-from ..models.images import decode_image
+from ..models.adapters import DecodeState, ModelAdapter, PromptInputs
 from ..models.early_exit import EarlyExitHeads
+from ..models.images import decode_image
 from ..protocol import (
     PROTOCOL_VERSION,
     DecodingMode,
@@ -62,8 +70,10 @@ from ..protocol import (
     SessionStart,
     VerifyResult,
 )
-from .sampling import AcceptFn, SamplingParams, choose_token, greedy_accept, make_generator, rejection_accept
+from .grammar import GrammarError, compile_grammar
+from .sampling import AcceptFn, SamplingParams, greedy_accept, make_generator, rejection_accept
 from .stats import VerifierStats
+from .token_loop import TokenLoop, TokenPicker
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +83,15 @@ Emit = Callable[[Message], None]
 @dataclass
 class _Session:
     start: SessionStart
-    state: Optional[DecodeState]
     params: SamplingParams
     stop: frozenset
     generator: torch.Generator
     hints: bool
+    grammar: object = None
+    inputs: Optional[PromptInputs] = None  # encoded prompt, kept until the prefill
+    state: Optional[DecodeState] = None  # the target's KV cache once prefilled
+    prefill_due: Optional[float] = None  # deferred prefill: run it by then if block 0 has not come
+    decode: Optional[TokenLoop] = None  # a cloud-only decode in progress
     committed: List[int] = field(default_factory=list)
     next_round: int = 0
     results: Dict[int, VerifyResult] = field(default_factory=dict)
@@ -89,6 +103,44 @@ class _Session:
     last_active: float = 0.0
     end: Optional[SessionEnd] = None  # set once closed
 
+    @property
+    def sid(self) -> str:
+        return self.start.session_id
+
+    @property
+    def robot(self) -> str:
+        return self.start.robot_id
+
+
+class _Rows:
+    """The target's logits for a verified block, one row at a time: row ``i`` scores the token
+    after ``committed + tokens[:i]`` (masked by the grammar when the session has one). The LM
+    head runs only for the rows an acceptance rule reads."""
+
+    def __init__(self, target: ModelAdapter, hidden: torch.Tensor, sess: _Session, tokens: List[int]):
+        self.target = target
+        self.hidden = hidden
+        self.grammar = sess.grammar
+        self.state = sess.grammar.state_after(sess.committed) if sess.grammar is not None else None
+        self.tokens = tokens
+        self.rows: Dict[int, torch.Tensor] = {}
+        self.computed = 0
+
+    def _grammar_state(self, i: int):
+        state = self.state
+        for token in self.tokens[:i]:
+            state = self.grammar.advance(state, token)
+        return state
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i not in self.rows:
+            row = self.target.logits(self.hidden[i:i + 1])[0]
+            if self.grammar is not None:
+                row = row.masked_fill(~self.grammar.allowed(self._grammar_state(i), device=row.device), float("-inf"))
+            self.rows[i] = row
+            self.computed += 1
+        return self.rows[i]
+
 
 class Verifier:
     """Holds the target and per-session state; answers protocol messages.
@@ -98,9 +150,14 @@ class Verifier:
     target: the target :class:`ModelAdapter`.
     exit_heads: :class:`EarlyExitHeads` for the target, or a path to load them from
         (refused with :class:`EarlyExitError` when they do not fit), or None.
-    exit_layer: which exit layer emits the hint (default: the first one).
+    exit_layer: the one exit layer that sends hints; None (default): every layer in the heads,
+        each as the pass reaches it (progressive hints).
     greedy_rule / sampling_rule: acceptance rules (defaults: greedy prefix match,
         rejection sampling); replaceable for experiments and tests.
+    max_sessions / max_sessions_per_robot: open sessions in all / for one robot id.
+    max_prompt_tokens / max_image_pixels: the largest prompt and camera frame accepted.
+    max_prefill_wait_ms: the longest a prefill waits for block 0 (``SessionStart.prefill_wait_ms``).
+    decode_chunk: cloud-only tokens decoded per turn before other robots' work runs.
     """
 
     def __init__(
@@ -112,8 +169,13 @@ class Verifier:
         session_timeout_s: float = 60.0,
         linger_s: float = 30.0,
         max_sessions: int = 64,
+        max_sessions_per_robot: int = 8,
         max_gamma: int = 64,
         max_new_tokens_limit: int = 4096,
+        max_prompt_tokens: int = 8192,
+        max_image_pixels: int = 4096 * 4096,
+        max_prefill_wait_ms: float = 1000.0,
+        decode_chunk: int = 8,
         greedy_rule: AcceptFn = greedy_accept,
         sampling_rule: AcceptFn = rejection_accept,
         clock: Callable[[], float] = time.monotonic,
@@ -122,23 +184,32 @@ class Verifier:
         if isinstance(exit_heads, (str, os.PathLike)):
             exit_heads = EarlyExitHeads.load(target.model, os.fspath(exit_heads))
         self.exit_heads: Optional[EarlyExitHeads] = exit_heads
+        self.hint_layers: List[int] = []
         if exit_heads is not None:
-            if exit_layer is None:
-                exit_layer = exit_heads.exit_layers[0]
-            if exit_layer not in exit_heads.exit_layers:
+            if exit_layer is not None and exit_layer not in exit_heads.exit_layers:
                 raise ValueError(f"exit layer {exit_layer} not in the heads' layers {exit_heads.exit_layers}")
-        self.exit_layer = exit_layer
+            self.hint_layers = [exit_layer] if exit_layer is not None else list(exit_heads.exit_layers)
+        self.exit_layer = self.hint_layers[0] if self.hint_layers else None
         self.session_timeout_s = session_timeout_s
         self.linger_s = linger_s
         self.max_sessions = max_sessions
+        self.max_sessions_per_robot = max_sessions_per_robot
         self.max_gamma = max_gamma
         self.max_new_tokens_limit = max_new_tokens_limit
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_image_pixels = max_image_pixels
+        self.max_prefill_wait_ms = max_prefill_wait_ms
+        self.decode_chunk = max(1, int(decode_chunk))
         self.greedy_rule = greedy_rule
         self.sampling_rule = sampling_rule
         self.clock = clock
         self.stats = VerifierStats()
         self._sessions: Dict[str, _Session] = {}
         self._closed: Dict[str, Tuple[float, _Session]] = {}
+        self._grammars: Dict[Tuple[str, Tuple[int, ...]], object] = {}
+        # queued model work per robot, served round-robin: (kind, session id, message, received at)
+        self._queues: Dict[str, Deque[Tuple[str, str, Optional[Message], float]]] = {}
+        self._turns: Deque[str] = collections.deque()
         self._lock = threading.RLock()
 
     # -- public -----------------------------------------------------------------------------
@@ -147,26 +218,65 @@ class Verifier:
         with self._lock:
             return list(self._sessions)
 
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values())
+
     def serve(self, transport, stop_event: threading.Event, poll_s: float = 0.05) -> None:
-        """Receive loop: handle messages until ``stop_event`` is set; expire idle sessions."""
+        """Receive loop: admit messages, run queued work, run due prefills, expire idle sessions."""
         last_expire = self.clock()
         timed = hasattr(transport, "recv_with_time")
+        emit = transport.send
         while not stop_event.is_set():
+            wait = 0.0 if self.queued else min(poll_s, self._next_due(self.clock()))
             if timed:
-                msg, arrived = transport.recv_with_time(poll_s)
+                msg, arrived = transport.recv_with_time(wait)
             else:
-                msg, arrived = transport.recv(poll_s), None
-            if msg is not None:
-                self.handle(msg, transport.send, received_at=arrived)
+                msg, arrived = transport.recv(wait), None
+            with self._lock:
+                if msg is not None:
+                    self.admit(msg, emit, received_at=arrived)
+                self._queue_due_prefills(self.clock())
+                self.run_next(emit)
             now = self.clock()
             if now - last_expire >= min(1.0, self.session_timeout_s / 4):
-                self.expire(transport.send, now)
+                self.expire(emit, now)
                 last_expire = now
 
     def handle(self, msg: Message, emit: Emit, received_at: Optional[float] = None) -> None:
-        """Process one message from an edge; answers go through ``emit``."""
+        """Admit one message from an edge and run all the work it queued."""
+        with self._lock:
+            self.admit(msg, emit, received_at)
+            while self.run_next(emit):
+                pass
+
+    def flush_prefills(self, emit: Emit) -> None:
+        """Prefill every session still waiting for its first block, now."""
+        with self._lock:
+            self._queue_due_prefills(float("inf"))
+            while self.run_next(emit):
+                pass
+
+    def expire(self, emit: Emit, now: Optional[float] = None) -> List[str]:
+        """Close sessions idle longer than ``session_timeout_s``; forget long-closed ones."""
+        now = self.clock() if now is None else now
+        expired = []
+        with self._lock:
+            for sid, sess in list(self._sessions.items()):
+                if now - sess.last_active > self.session_timeout_s:
+                    expired.append(sid)
+                    self.stats.sessions_timed_out += 1
+                    self._close(sess, emit, EndReason.TIMEOUT, f"session idle for more than {self.session_timeout_s:g} s")
+            for sid, (closed_at, _) in list(self._closed.items()):
+                if now - closed_at > self.linger_s:
+                    del self._closed[sid]
+        return expired
+
+    # -- admission: cheap checks, answers without the model, queued work -----------------------
+    def admit(self, msg: Message, emit: Emit, received_at: Optional[float] = None) -> None:
         received_at = self.clock() if received_at is None else received_at
-        with self._lock, torch.inference_mode():
+        with self._lock:
             try:
                 if msg.protocol_version != PROTOCOL_VERSION:
                     self._refuse(msg, emit, EndReason.PROTOCOL_VERSION_MISMATCH,
@@ -182,28 +292,54 @@ class Verifier:
                     self.stats.stale += 1
                     log.warning("ignoring unexpected %s from an edge", type(msg).__name__)
             except Exception as exc:  # never let one session kill the server
-                log.exception("verifier failed on %s", type(msg).__name__)
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                sess = self._sessions.get(msg.session_id)
-                self._close(msg.session_id, sess, emit, EndReason.INTERNAL_ERROR,
-                            f"verifier error: {type(exc).__name__}: {exc}")
+                self._failed(msg.session_id, emit, exc)
 
-    def expire(self, emit: Emit, now: Optional[float] = None) -> List[str]:
-        """Close sessions idle longer than ``session_timeout_s``; forget long-closed ones."""
-        now = self.clock() if now is None else now
-        expired = []
-        with self._lock:
-            for sid, sess in list(self._sessions.items()):
-                if now - sess.last_active > self.session_timeout_s:
-                    expired.append(sid)
-                    self.stats.sessions_timed_out += 1
-                    self._close(sid, sess, emit, EndReason.TIMEOUT,
-                                f"session idle for more than {self.session_timeout_s:g} s")
-            for sid, (closed_at, _) in list(self._closed.items()):
-                if now - closed_at > self.linger_s:
-                    del self._closed[sid]
-        return expired
+    def _queue(self, sess: _Session, kind: str, msg: Optional[Message] = None, received_at: float = 0.0) -> None:
+        robot = sess.robot
+        if robot not in self._queues:
+            self._queues[robot] = collections.deque()
+        if not self._queues[robot]:
+            self._turns.append(robot)
+        self._queues[robot].append((kind, sess.sid, msg, received_at))
+
+    def run_next(self, emit: Emit) -> bool:
+        """Run one unit of queued work (the next robot's turn); False when there was none."""
+        with self._lock, torch.inference_mode():
+            if not self._turns:
+                return False
+            robot = self._turns.popleft()
+            queue = self._queues[robot]
+            kind, sid, msg, received_at = queue.popleft()
+            if queue:
+                self._turns.append(robot)
+            else:
+                del self._queues[robot]
+            sess = self._sessions.get(sid)
+            if sess is None:
+                if kind == "verify":
+                    self._on_block(msg, emit, received_at)  # closed meanwhile: answered from the closed session
+                return True
+            try:
+                if kind == "prefill":
+                    self._prefill(sess, emit)
+                elif kind == "decode":
+                    self._decode_some(sess, emit)
+                else:
+                    self._verify(sess, msg, emit, received_at)
+            except Exception as exc:
+                self._failed(sid, emit, exc)
+            return True
+
+    def _failed(self, sid: str, emit: Emit, exc: Exception) -> None:
+        log.exception("verifier failed on session %s", sid)
+        self.stats.errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        sess = self._sessions.get(sid)
+        if sess is not None:
+            self._close(sess, emit, EndReason.INTERNAL_ERROR, f"verifier error: {type(exc).__name__}: {exc}")
+        else:
+            emit(SessionEnd(session_id=sid, reason=int(EndReason.INTERNAL_ERROR),
+                            detail=f"verifier error: {type(exc).__name__}: {exc}"))
 
     # -- sessions ---------------------------------------------------------------------------
     def _send(self, sess: Optional[_Session], emit: Emit, msg: Message) -> None:
@@ -219,23 +355,19 @@ class Verifier:
             self.stats.sessions_refused += 1
         log.info("session %s refused: %s", msg.session_id, detail)
         sess = self._sessions.get(msg.session_id)
-        self._close(msg.session_id, sess, emit, reason, detail)
-
-    def _close(self, sid: str, sess: Optional[_Session], emit: Optional[Emit], reason: EndReason,
-               detail: str = "", tokens: Sequence[int] = ()) -> None:
-        end = SessionEnd(
-            session_id=sid,
-            reason=int(reason),
-            detail=detail,
-            tokens=list(tokens),
-            target_forward_passes=sess.forward_passes if sess else 0,
-            cloud_compute_ms=sess.compute_ms if sess else 0.0,
-        )
         if sess is not None:
-            sess.state = None  # free the KV cache
-            sess.end = end
-            self._sessions.pop(sid, None)
-            self._closed[sid] = (self.clock(), sess)
+            self._close(sess, emit, reason, detail)
+        else:
+            emit(SessionEnd(session_id=msg.session_id, reason=int(reason), detail=detail))
+
+    def _close(self, sess: _Session, emit: Optional[Emit], reason: EndReason, detail: str = "",
+               tokens: Sequence[int] = ()) -> None:
+        end = SessionEnd(session_id=sess.sid, reason=int(reason), detail=detail, tokens=list(tokens),
+                         target_forward_passes=sess.forward_passes, cloud_compute_ms=sess.compute_ms)
+        sess.state = sess.inputs = sess.decode = None  # free the KV cache and the image tensors
+        sess.end = end
+        self._sessions.pop(sess.sid, None)
+        self._closed[sess.sid] = (self.clock(), sess)
         if emit is not None:
             self._send(sess, emit, end)
 
@@ -250,36 +382,57 @@ class Verifier:
             return
         t0 = time.perf_counter()
         mode = DecodingMode(msg.mode)
-        params = SamplingParams(bool(msg.do_sample), float(msg.temperature), int(msg.top_k))
-        stop = frozenset(int(t) for t in msg.stop_token_ids)
-        sess = _Session(
-            start=msg,
-            state=None,
-            params=params,
-            stop=stop,
-            generator=make_generator(msg.seed, "verify"),
-            hints=mode == DecodingMode.SPECULATIVE_EARLY_EXIT and self.exit_heads is not None,
-            last_active=self.clock(),
-        )
-        sess.seen_seq.add(msg.seq)
         try:
             image = decode_image(msg.image_data, msg.image_format) if msg.image_data else None
         except Exception as exc:
             self._refuse(msg, emit, EndReason.BAD_REQUEST, f"cannot decode the {msg.image_format!r} image: {exc}")
+            return
+        if image is not None and image.width * image.height > self.max_image_pixels:
+            self._refuse(msg, emit, EndReason.BAD_REQUEST,
+                         f"image of {image.width}x{image.height} pixels exceeds {self.max_image_pixels} pixels")
+            return
+        stop = frozenset(int(t) for t in msg.stop_token_ids)
+        try:
+            grammar = self._grammar(msg.grammar, stop) if msg.grammar else None
+        except GrammarError as exc:
+            self._refuse(msg, emit, EndReason.BAD_REQUEST, f"grammar refused: {exc}")
             return
         try:
             inputs = self.target.encode(msg.prompt, image)
         except Exception as exc:
             self._refuse(msg, emit, EndReason.BAD_REQUEST, f"cannot encode the prompt: {exc}")
             return
+        if len(inputs.input_ids) > self.max_prompt_tokens:
+            self._refuse(msg, emit, EndReason.BAD_REQUEST,
+                         f"prompt of {len(inputs.input_ids)} tokens exceeds {self.max_prompt_tokens}")
+            return
+        sess = _Session(
+            start=msg,
+            params=SamplingParams(bool(msg.do_sample), float(msg.temperature), int(msg.top_k)),
+            stop=stop,
+            generator=make_generator(msg.seed, "verify"),
+            hints=mode == DecodingMode.SPECULATIVE_EARLY_EXIT and self.exit_heads is not None,
+            grammar=grammar,
+            inputs=inputs,
+            last_active=self.clock(),
+        )
+        sess.seen_seq.add(msg.seq)
+        sess.compute_ms += (time.perf_counter() - t0) * 1000
         self._sessions[sid] = sess
         self.stats.sessions_started += 1
-        sess.state = self.target.prefill(inputs)
-        if len(inputs.input_ids) > 1:
-            self._count_forward(sess)
-        sess.compute_ms += (time.perf_counter() - t0) * 1000
-        if mode == DecodingMode.CLOUD_ONLY:
-            self._cloud_only(sess, emit)
+        wait_ms = min(max(float(msg.prefill_wait_ms), 0.0), self.max_prefill_wait_ms)
+        if mode != DecodingMode.CLOUD_ONLY and wait_ms > 0:
+            sess.prefill_due = self.clock() + wait_ms / 1000  # block 0 may ride along with the prefill
+        else:
+            self._queue(sess, "prefill")
+
+    def _grammar(self, pattern: str, stop: frozenset):
+        key = (pattern, tuple(sorted(stop)))
+        if key not in self._grammars:
+            if len(self._grammars) >= 16:  # grammars arrive over the wire: bound the cache
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[key] = compile_grammar(pattern, self.target, stop)
+        return self._grammars[key]
 
     def _check_start(self, msg: SessionStart):
         if msg.tokenizer_fingerprint != self.target.fingerprint:
@@ -288,6 +441,10 @@ class Verifier:
                     f"{self.target.fingerprint[:12]!r}: draft and target must tokenize identically")
         if len(self._sessions) >= self.max_sessions:
             return EndReason.OVERLOADED, f"{len(self._sessions)} sessions open (limit {self.max_sessions})"
+        mine = sum(1 for s in self._sessions.values() if s.robot == msg.robot_id)
+        if mine >= self.max_sessions_per_robot:
+            return (EndReason.OVERLOADED,
+                    f"robot {msg.robot_id!r} has {mine} sessions open (limit {self.max_sessions_per_robot})")
         try:
             mode = DecodingMode(msg.mode)
         except ValueError:
@@ -308,16 +465,64 @@ class Verifier:
 
     def _on_end(self, msg: SessionEnd) -> None:
         sess = self._sessions.get(msg.session_id)
-        if sess is None:
-            return  # already closed (normal after a finished result) or unknown
-        if msg.seq in sess.seen_seq:
-            return
+        if sess is None or msg.seq in sess.seen_seq:
+            return  # already closed (normal after a finished result), unknown, or a duplicate
         reason = EndReason(msg.reason) if msg.reason in EndReason._value2member_map_ else EndReason.CANCELLED
-        self._close(msg.session_id, sess, None, reason, msg.detail)
+        self._close(sess, None, reason, msg.detail)
 
     def _count_forward(self, sess: _Session) -> None:
         sess.forward_passes += 1
         self.stats.target_forward_passes += 1
+
+    # -- prefill ------------------------------------------------------------------------------
+    def _next_due(self, now: float) -> float:
+        due = [s.prefill_due for s in self._sessions.values() if s.prefill_due is not None]
+        return max(0.0, min(due) - now) if due else float("inf")
+
+    def _queue_due_prefills(self, now: float) -> None:
+        for sess in list(self._sessions.values()):
+            if sess.prefill_due is not None and sess.prefill_due <= now:
+                sess.prefill_due = None
+                self._queue(sess, "prefill")
+
+    def _prefill(self, sess: _Session, emit: Emit) -> None:
+        if sess.state is not None or sess.inputs is None:
+            return  # already prefilled (with block 0)
+        t0 = time.perf_counter()
+        sess.state = self.target.prefill(sess.inputs)
+        if len(sess.inputs.input_ids) > 1:
+            self._count_forward(sess)
+        sess.inputs = None
+        self._spent(sess, t0)
+        if sess.start.mode == DecodingMode.CLOUD_ONLY:
+            picker = TokenPicker.for_target(sess.params, sess.generator)
+            sess.decode = TokenLoop(self.target, sess.state, [], limit=sess.start.max_new_tokens, picker=picker,
+                                    stop=sess.stop, grammar=sess.grammar)
+            self._queue(sess, "decode")
+
+    def _spent(self, sess: _Session, t0: float) -> None:
+        elapsed = (time.perf_counter() - t0) * 1000
+        sess.compute_ms += elapsed
+        self.stats.compute_ms += elapsed
+
+    # -- cloud-only ---------------------------------------------------------------------------
+    def _decode_some(self, sess: _Session, emit: Emit) -> None:
+        """``decode_chunk`` more cloud-only tokens, then the next robot's turn."""
+        t0 = time.perf_counter()
+        loop = sess.decode
+        for _ in range(self.decode_chunk):
+            if loop.finished:
+                break
+            passes = loop.forward_passes
+            loop.step()
+            for _ in range(loop.forward_passes - passes):
+                self._count_forward(sess)
+        self._spent(sess, t0)
+        if not loop.finished:
+            self._queue(sess, "decode")
+            return
+        self.stats.sessions_completed += 1
+        self._close(sess, emit, EndReason.COMPLETED, "cloud-only", tokens=loop.tokens)
 
     # -- blocks -----------------------------------------------------------------------------
     def _on_block(self, msg: DraftBlock, emit: Emit, received_at: float) -> None:
@@ -330,24 +535,15 @@ class Verifier:
             else:
                 self._refuse(msg, emit, EndReason.UNKNOWN_SESSION, f"unknown session {sid!r}")
             return
-        sess.last_active = self.clock()
         if msg.round < sess.next_round or (msg.seq in sess.seen_seq and msg.round in sess.results):
-            self._answer_old_round(sess, msg, emit)
+            self._answer_old_round(sess, msg, emit)  # a duplicate: not activity
             return
         if msg.seq in sess.seen_seq:
-            self.stats.stale += 1  # same seq as another message: a corrupt duplicate
+            self.stats.stale += 1  # same seq as another message: a duplicate of a queued block
             return
         sess.seen_seq.add(msg.seq)
-        if msg.round > sess.next_round or msg.position != len(sess.committed):
-            self._refuse(msg, emit, EndReason.BAD_REQUEST,
-                         f"out-of-order block: round {msg.round} at position {msg.position}, expected round "
-                         f"{sess.next_round} at position {len(sess.committed)}")
-            return
-        problem = self._check_block(sess, msg)
-        if problem:
-            self._refuse(msg, emit, EndReason.BAD_REQUEST, problem)
-            return
-        self._verify(sess, msg, emit, received_at)
+        sess.last_active = self.clock()
+        self._queue(sess, "verify", msg, received_at)
 
     def _answer_old_round(self, sess: _Session, msg: DraftBlock, emit: Emit, resend_end: bool = False) -> None:
         known = sess.blocks.get(msg.round)
@@ -364,6 +560,9 @@ class Verifier:
             log.debug("ignoring stale block round %d of session %s", msg.round, msg.session_id)
 
     def _check_block(self, sess: _Session, msg: DraftBlock) -> Optional[str]:
+        if msg.round > sess.next_round or msg.position != len(sess.committed):
+            return (f"out-of-order block: round {msg.round} at position {msg.position}, expected round "
+                    f"{sess.next_round} at position {len(sess.committed)}")
         n = len(msg.tokens)
         if n > sess.start.gamma:
             return f"block of {n} tokens exceeds the session's gamma {sess.start.gamma}"
@@ -378,26 +577,39 @@ class Verifier:
         return None
 
     def _verify(self, sess: _Session, msg: DraftBlock, emit: Emit, received_at: float) -> None:
+        if msg.round < sess.next_round:
+            self._answer_old_round(sess, msg, emit)  # a re-sent block queued behind the original
+            return
+        problem = self._check_block(sess, msg)
+        if problem:
+            self._refuse(msg, emit, EndReason.BAD_REQUEST, problem)
+            return
         t0 = time.perf_counter()
         queue_ms = max(0.0, (self.clock() - received_at) * 1000)
         tokens = list(msg.tokens)
         n = len(tokens)
-        hooks = None
-        if sess.hints and n:
-            hooks = self._attach_hint(sess, msg, emit, t0)
+        hooks = self._attach_hints(sess, msg, emit, t0) if sess.hints and n else None
         try:
-            logits = self.target.block_logits(sess.state, sess.committed, tokens)
+            if sess.state is None:  # block 0 arrived while the prefill waited for it: one pass for both
+                sess.prefill_due = None
+                sess.state, hidden = self.target.prefill_with(sess.inputs, tokens, keep=n + 1)
+                sess.inputs = None
+            else:
+                pending = self.target.sync(sess.state, sess.committed)
+                hidden = self.target.forward_hidden(sess.state, pending + tokens, keep=n + 1)
         finally:
             if hooks is not None:
                 hooks.remove()
         self._count_forward(sess)
+        rows = _Rows(self.target, hidden, sess, tokens)
         if sess.params.do_sample:
             accepted, next_token = self.sampling_rule(
-                logits, tokens, topk_ids=msg.topk_ids, topk_probs=msg.topk_probs, topk=msg.topk,
+                rows, tokens, topk_ids=msg.topk_ids, topk_probs=msg.topk_probs, topk=msg.topk,
                 params=sess.params, generator=sess.generator,
             )
         else:
-            accepted, next_token = self.greedy_rule(logits, tokens)
+            accepted, next_token = self.greedy_rule(rows, tokens)
+        self.stats.head_rows += rows.computed
         accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
         sess.committed.extend(tokens[:accepted])
         sess.committed.append(next_token)
@@ -406,7 +618,7 @@ class Verifier:
         self.stats.compute_ms += verify_ms
         self.stats.rounds += 1
         result = VerifyResult(
-            session_id=sess.start.session_id,
+            session_id=sess.sid,
             round=msg.round,
             position=msg.position,
             accepted=accepted,
@@ -423,7 +635,7 @@ class Verifier:
         self._send(sess, emit, result)
         if result.finished:
             self.stats.sessions_completed += 1
-            self._close(sess.start.session_id, sess, emit, EndReason.COMPLETED, FinishReason(finish).name.lower())
+            self._close(sess, emit, EndReason.COMPLETED, FinishReason(finish).name.lower())
 
     def _finish_rules(self, sess: _Session, tokens: List[int], accepted: int, next_token: int):
         """Cut the committed tokens at the first stop token / at max_new_tokens, like generate()."""
@@ -444,51 +656,36 @@ class Verifier:
             accepted, next_token = cut - 1, out[cut - 1]
         return accepted, next_token, finish
 
-    def _attach_hint(self, sess: _Session, msg: DraftBlock, emit: Emit, t0: float):
-        n = len(msg.tokens)
-        draft = torch.tensor(msg.tokens)
-        fired = []
+    # -- early-exit hints -------------------------------------------------------------------
+    def _attach_hints(self, sess: _Session, msg: DraftBlock, emit: Emit, t0: float):
+        """Hooks that send one hint per exit layer from inside the verification pass. Each
+        hint walks the block's rows at that layer until the exit head disagrees with a draft
+        token, so it computes exit logits for ``accepted + 1`` rows, not all of them."""
+        tokens = list(msg.tokens)
+        n = len(tokens)
+        heads = self.exit_heads
 
-        def on_exit(layer: int, logits: torch.Tensor) -> None:
-            if fired:
-                return
-            fired.append(layer)
-            rows = logits[0, -(n + 1):].float()
-            guess = rows.argmax(-1)
-            accepted = int((guess[:n].cpu() == draft).to(torch.int32).cumprod(0).sum())
-            token = int(guess[accepted])
-            confidence = float(torch.softmax(rows[accepted], -1)[token])
+        def on_exit(layer: int, hidden: torch.Tensor) -> None:
+            states = hidden[0, -(n + 1):]
+            accepted = 0
+            while True:
+                logits = heads.exit_logits(layer, states[accepted:accepted + 1])[0].float()
+                guess = int(torch.argmax(logits))
+                if accepted < n and guess == tokens[accepted]:
+                    accepted += 1
+                    continue
+                break
             hint = EarlyExitHint(
-                session_id=sess.start.session_id,
+                session_id=sess.sid,
                 round=msg.round,
                 position=msg.position,
                 exit_layer=layer,
                 predicted_accepted=accepted,
-                predicted_next_token=token,
-                confidence=confidence,
+                predicted_next_token=guess,
+                confidence=float(torch.softmax(logits, -1)[guess]),
                 exit_ms=(time.perf_counter() - t0) * 1000,
             )
             self.stats.hints_sent += 1
             self._send(sess, emit, hint)
 
-        return self.exit_heads.attach(on_exit, layers=[self.exit_layer])
-
-    # -- cloud-only -------------------------------------------------------------------------
-    def _cloud_only(self, sess: _Session, emit: Emit) -> None:
-        t0 = time.perf_counter()
-        state = sess.state
-        pending = [state.prompt_ids[-1]]
-        tokens: List[int] = []
-        for _ in range(sess.start.max_new_tokens):
-            logits = self.target.forward(state, pending, keep=1)[-1]
-            self._count_forward(sess)
-            token = choose_token(logits, sess.params, sess.generator)
-            tokens.append(token)
-            if token in sess.stop:
-                break
-            pending = [token]
-        elapsed = (time.perf_counter() - t0) * 1000
-        sess.compute_ms += elapsed
-        self.stats.compute_ms += elapsed
-        self.stats.sessions_completed += 1
-        self._close(sess.start.session_id, sess, emit, EndReason.COMPLETED, "cloud-only", tokens=tokens)
+        return heads.attach(on_exit, layers=self.hint_layers, hidden=True)

@@ -75,6 +75,41 @@ class DecodeState:
         return self.base + len(self.cached)
 
 
+class LMHead:
+    """Hidden states -> next-token logits: the model's own LM head (with its final logit
+    soft-capping / scale, where the family has one), or a reduced-vocabulary draft head whose
+    column ``i`` scores token ``token_ids[i]``.
+
+    Callers ask for logits only for the rows they read (one row per drafted token; rows up to
+    the first rejection at verification), which on a CPU is most of a small model's cost.
+    """
+
+    def __init__(self, module: nn.Module, token_ids: Optional[torch.Tensor] = None,
+                 softcap: Optional[float] = None, scale: Optional[float] = None):
+        self.module = module
+        self.token_ids = token_ids
+        self.softcap = softcap
+        self.scale = scale
+        self.hidden_size = int(module.weight.shape[1])
+        self.size = int(module.weight.shape[0])
+
+    @classmethod
+    def of(cls, model: nn.Module, module: nn.Module) -> "LMHead":
+        config = getattr(model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        softcap = getattr(text, "final_logit_softcapping", None)
+        scale = getattr(text, "logit_scale", None)
+        return cls(module, None, softcap, scale)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.module(hidden)
+        if self.scale is not None:
+            out = out * self.scale
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out.float()
+
+
 class ModelAdapter:
     """A causal LM (text or VLM) plus its tokenizer/processor, with explicit decode state."""
 
@@ -98,6 +133,9 @@ class ModelAdapter:
         self.device = param.device
         self.dtype = param.dtype
         self.eos_token_ids = self._eos_ids()
+        self._decoder = getattr(model, model.base_model_prefix)  # the stack without the LM head
+        self.lm_head = LMHead.of(model, layout.lm_head)
+        self.head = self.lm_head
 
     # -- identity ------------------------------------------------------------------------
     def _eos_ids(self) -> List[int]:
@@ -147,15 +185,16 @@ class ModelAdapter:
 
     # -- decoding ------------------------------------------------------------------------
     def new_cache(self):
+        """A cache every rollback can undo exactly: one growing layer per decoder layer.
+
+        transformers' sliding-window layers keep only ``window - 1`` keys after a ``crop``, so two
+        rollbacks in a row (a wrong pre-draft, then the real result) would leave fewer keys than
+        the length counter says. Full layers keep everything; the attention mask still applies
+        the model's sliding window, so outputs are those of the model's own cache.
+        """
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        if hasattr(cache, "activate_past_recording"):
-            try:  # sliding-window layers must keep their past to be croppable
-                cache.activate_past_recording()
-            except Exception:  # pragma: no cover - layer types without it
-                pass
-        return cache
+        return DynamicCache()
 
     def _positions(self, state: DecodeState, start: int, count: int) -> Optional[torch.Tensor]:
         """Explicit position ids for ``count`` tokens from cache position ``start`` (None: model default)."""
@@ -164,6 +203,15 @@ class ModelAdapter:
     def _prefill_extra(self, inputs: PromptInputs, state: DecodeState) -> Dict[str, Any]:
         """Model kwargs for the prefill forward (vision tensors)."""
         return {}
+
+    def _run(self, state: DecodeState, ids: Sequence[int], start: int, keep: int, **extra) -> torch.Tensor:
+        """One forward pass of ``ids`` at cache position ``start``: final hidden states
+        ``[keep, hidden]`` (after the final norm; all positions when ``keep`` is 0)."""
+        tensor = torch.tensor([list(ids)], device=self.device)
+        out = self._decoder(input_ids=tensor, past_key_values=state.cache, use_cache=True,
+                            position_ids=self._positions(state, start, len(ids)), **extra)
+        hidden = out.last_hidden_state[0]
+        return hidden[-keep:] if keep else hidden
 
     @torch.inference_mode()
     def prefill(self, inputs: Union[PromptInputs, str], image: ImageLike = None) -> DecodeState:
@@ -176,24 +224,60 @@ class ModelAdapter:
         extra = self._prefill_extra(inputs, state)
         head = inputs.input_ids[:-1]
         if head:
-            ids = torch.tensor([head], device=self.device)
-            self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
-                       position_ids=self._positions(state, 0, len(head)), logits_to_keep=1, **extra)
+            self._run(state, head, 0, 1, **extra)
         elif extra:
             raise ValueError("a prompt with an image needs text after the image")
+        state.prompt_positions = None  # only the prefill needs them
         return state
+
+    @torch.inference_mode()
+    def prefill_with(self, inputs: PromptInputs, tokens: Sequence[int], keep: int):
+        """The whole prompt plus ``tokens`` in ONE forward pass (a first draft block verified
+        together with the prefill): ``(state, hidden [keep, hidden])``."""
+        if not inputs.input_ids:
+            raise ValueError("empty prompt")
+        state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
+        extra = self._prefill_extra(inputs, state)
+        hidden = self._run(state, list(inputs.input_ids) + list(tokens), 0, keep, **extra)
+        state.prompt_positions = None
+        state.cached = [inputs.input_ids[-1]] + list(tokens)
+        return state, hidden
+
+    @torch.inference_mode()
+    def forward_hidden(self, state: DecodeState, tokens: Sequence[int], keep: int = 0) -> torch.Tensor:
+        """Feed ``tokens`` after the cache; final hidden states of the last ``keep`` of them. The LM
+        head is left to the caller, who computes it only for the rows it reads."""
+        hidden = self._run(state, tokens, state.length, keep)
+        state.cached.extend(tokens)
+        return hidden
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary float logits ``[rows, vocab]`` for final hidden states."""
+        return self.lm_head.logits(hidden)
+
+    @torch.inference_mode()
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the head this model proposes tokens with: ``[rows, len(head_ids)]`` for a
+        reduced-vocabulary draft head, else the full vocabulary (``head_ids`` is None)."""
+        return self.head.logits(hidden)
+
+    @property
+    def head_ids(self) -> Optional[torch.Tensor]:
+        return self.head.token_ids
+
+    def use_head(self, head: "LMHead") -> None:
+        """Propose tokens with ``head`` (a reduced-vocabulary draft head; the full one stays for
+        :meth:`logits`)."""
+        if head.hidden_size != self.lm_head.hidden_size:
+            raise ValueError(f"head for hidden size {head.hidden_size}, model has {self.lm_head.hidden_size}")
+        self.head = head
 
     @torch.inference_mode()
     def forward(self, state: DecodeState, tokens: Sequence[int], keep: int = 0) -> torch.Tensor:
         """Feed ``tokens`` after the cache; return float logits ``[n, vocab]`` for the last
         ``keep`` of them (all when 0). One forward pass."""
-        n = len(tokens)
-        start = state.length
-        ids = torch.tensor([list(tokens)], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
-                         position_ids=self._positions(state, start, n), logits_to_keep=keep)
-        state.cached.extend(tokens)
-        return out.logits[0].float()
+        return self.logits(self.forward_hidden(state, tokens, keep))
 
     def block_logits(self, state: DecodeState, committed: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         """Verification in ONE forward pass: roll the cache back to ``prompt + committed``, feed
@@ -264,12 +348,14 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         return extra
 
     def _positions(self, state: DecodeState, start: int, count: int) -> torch.Tensor:
-        if state.prompt_positions is not None and start < state.base:
-            positions = state.prompt_positions[:, :, start:start + count]
-            state.prompt_positions = None  # only the prefill needs them
-            return positions
-        pos = torch.arange(start + state.rope_delta, start + state.rope_delta + count, device=self.device)
-        return pos.view(1, 1, -1).expand(3, 1, -1)
+        prompt = state.prompt_positions
+        known = 0 if prompt is None else max(0, min(start + count, prompt.shape[-1]) - start)
+        pos = torch.arange(start + known + state.rope_delta, start + count + state.rope_delta, device=self.device)
+        text = pos.view(1, 1, -1).expand(3, 1, -1)
+        if not known:
+            return text
+        return torch.cat([prompt[:, :, start:start + known], text], dim=-1) if count > known else \
+            prompt[:, :, start:start + known]
 
 
 QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -133,20 +134,27 @@ class EarlyExitHeads(nn.Module):
         adapted = self.adapters[str(layer)](hidden)
         return self._layout.lm_head(self._layout.final_norm(adapted))
 
-    def attach(self, callback: ExitCallback, layers: Optional[Sequence[int]] = None):
-        """Call ``callback(layer, logits)`` from inside the forward pass of the target.
+    def attach(self, callback: ExitCallback, layers: Optional[Sequence[int]] = None, *, hidden: bool = False):
+        """Call ``callback(layer, logits)`` from inside the forward pass of the target - or, with
+        ``hidden=True``, ``callback(layer, hidden_states)`` so the caller computes exit logits
+        (:meth:`exit_logits`) only for the rows it needs.
 
-        Returns a handle whose ``remove()`` detaches the hooks (use as a context
-        manager). ``logits`` has shape [batch, seq, vocab] for the tokens of that pass.
+        Hooks fire only for forward passes run by the thread that attached them: the same model
+        object may serve as a draft in another thread, whose passes must not produce hints.
+        Returns a handle whose ``remove()`` detaches the hooks (use as a context manager).
+        ``logits`` / ``hidden_states`` have shape [batch, seq, ...] for the tokens of that pass.
         """
+        owner = threading.get_ident()
         handles = []
         for layer in layers if layers is not None else self.exit_layers:
             module = self._layout.layers[layer]
 
             def hook(_module, _inputs, output, layer=layer):
-                hidden = output[0] if isinstance(output, (tuple, list)) else output
+                if threading.get_ident() != owner:
+                    return
+                states = output[0] if isinstance(output, (tuple, list)) else output
                 with torch.no_grad():
-                    callback(layer, self.exit_logits(layer, hidden))
+                    callback(layer, states if hidden else self.exit_logits(layer, states))
 
             handles.append(module.register_forward_hook(hook))
         return _Hooks(handles)

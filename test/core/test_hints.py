@@ -10,7 +10,7 @@ from specdec.engine.verifier import Verifier
 from specdec.models.early_exit import EarlyExitHeads
 from specdec.models.layout import decoder_layout
 from specdec.protocol import DraftBlock, EarlyExitHint, SessionStart, VerifyResult
-from specdec.transport.base import EdgeTransport
+from specdec.transport.base import CloudTimeout, EdgeTransport
 from specdec.transport.inprocess import InProcessTransport
 
 PROMPT = "go forward two meters then turn left"  # same as conftest.PROMPT
@@ -19,10 +19,12 @@ PROMPT = "go forward two meters then turn left"  # same as conftest.PROMPT
 class HintRewriter(EdgeTransport):
     """Edge transport wrapper that rewrites every early-exit hint with ``rewrite(hint, block)``."""
 
-    def __init__(self, inner, rewrite):
+    def __init__(self, inner, rewrite, result_delay_s: float = 0.0):
         self.inner = inner
         self.rewrite = rewrite
         self.blocks = {}
+        self.result_delay_s = result_delay_s  # a deep target: results trail their hints by this much
+        self._held = None
 
     def send(self, msg):
         if isinstance(msg, DraftBlock):
@@ -30,9 +32,20 @@ class HintRewriter(EdgeTransport):
         self.inner.send(msg)
 
     def recv(self, timeout):
+        if self._held is not None:
+            due, held = self._held
+            if time.monotonic() < due:
+                time.sleep(min(timeout, due - time.monotonic()))
+                if time.monotonic() < due:
+                    raise CloudTimeout("held")
+            self._held = None
+            return held
         msg = self.inner.recv(timeout)
         if isinstance(msg, EarlyExitHint):
             msg = self.rewrite(msg, self.blocks[msg.round])
+        elif isinstance(msg, VerifyResult) and self.result_delay_s:
+            self._held = (time.monotonic() + self.result_delay_s, msg)
+            return self.recv(timeout)
         return msg
 
     def close(self):

@@ -43,9 +43,10 @@ def chi_square_pvalue(counts: Counter, probs: dict, n: int) -> float:
 
 
 def broken_rule(target_logits, draft_tokens, *, topk_ids, topk_probs, topk, params, generator):
-    """Rejection sampling with the classic bug: resample from p, not from the residual."""
+    """Rejection sampling with the classic bug: resample from p, not from the residual.
+    (Rules get the target's rows one at a time, as the verifier computes them lazily.)"""
     n = len(draft_tokens)
-    p = target_probs(target_logits, params).cpu()
+    p = target_probs(torch.stack([target_logits[i] for i in range(n + 1)]), params).cpu()
     for i, token in enumerate(draft_tokens):
         row_ids = list(topk_ids[i * topk:(i + 1) * topk])
         q_x = topk_probs[i * topk + row_ids.index(token)]
