@@ -39,6 +39,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def node_of(status_name: str) -> str:
+    """The node of a diagnostics status named "<node>: <task>"."""
+    return status_name.split(":", 1)[0].strip()
+
+
 class DemoMonitor:
     """Resets episodes and records what happens, from inside the ROS graph."""
 
@@ -66,7 +71,7 @@ class DemoMonitor:
 
         self.ready = set()
         node.create_subscription(DiagnosticArray, "/diagnostics",
-                                 lambda m: self.ready.update(s.name for s in m.status), 10)
+                                 lambda m: self.ready.update(node_of(s.name) for s in m.status), 10)
         self.reset_pub = node.create_publisher(UInt32, "sim/reset", 10)
         self.UInt32 = UInt32
 
@@ -173,40 +178,70 @@ def summarise(episodes, args):
 
 
 def plot(episodes, summary, path):
+    """One map per episode (its own room: walls, objects, target, the robot's path from start
+    to end; failed episodes in red, dashed, drawn above everything) and the latency histogram.
+    Units on every axis; the title is a figure title that the layout keeps inside the image."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_map, ax_lat) = plt.subplots(1, 2, figsize=(12, 5))
-    colours = {"red": "r", "green": "g", "blue": "b", "yellow": "y", "orange": "orange", "purple": "purple"}
+    colours = {"red": "tab:red", "green": "tab:green", "blue": "tab:blue", "yellow": "gold"}
+    n = max(1, len(episodes))
+    cols = min(n, 5)
+    rows = math.ceil(n / cols)
+    fig = plt.figure(figsize=(3.2 * cols + 4.5, 3.4 * rows + 0.9), constrained_layout=True)
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [1.4])
+    fig.suptitle(f"{summary['mode']} @ RTT {summary['rtt_ms']:.0f} ms: {summary['successes']}/"
+                 f"{summary['episodes']} episodes reached the target", fontsize=12)
     for i, e in enumerate(episodes):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ep = e["episode"] or {}
+        half = float(ep.get("room_size", 6.0)) / 2.0
+        ax.add_patch(plt.Rectangle((-half, -half), 2 * half, 2 * half, fill=False, lw=1.5,
+                                   edgecolor="dimgray"))
+        target = (ep.get("target") or {}).get("name")
+        for obj in ep.get("objects", []):
+            is_target = obj.get("name") == target
+            ax.scatter([obj["x"]], [obj["y"]], c=colours.get(obj.get("color"), "grey"),
+                       marker="*" if is_target else ("o" if obj.get("shape") == "ball" else "s"),
+                       s=220 if is_target else 60, edgecolors="k", zorder=3)
+        ok = e["success"]
         if e["path"]:
             xs, ys = zip(*e["path"])
-            ax_map.plot(xs, ys, lw=1.5, label=f"seed {e['seed']} {'✓' if e['success'] else '✗'}")
-            ax_map.plot(xs[-1], ys[-1], "k.")
-        target = (e["episode"] or {}).get("target")
-        for obj in (e["episode"] or {}).get("objects", []):
-            if i == 0 or obj.get("name") == target:
-                c = colours.get(str(obj.get("colour", obj.get("color", ""))), "grey")
-                ax_map.scatter([obj["x"]], [obj["y"]], c=c, marker="*" if obj.get("name") == target else "o",
-                               s=140 if obj.get("name") == target else 40, edgecolors="k", alpha=0.8)
-    ax_map.set_aspect("equal")
-    ax_map.set_title(f"robot paths ({summary['successes']}/{summary['episodes']} reached the target)")
-    ax_map.legend(fontsize=7)
+            style = dict(color="tab:green", ls="-") if ok else dict(color="tab:red", ls="--")
+            ax.plot(xs, ys, lw=2.0, zorder=5, label="path", **style)
+            ax.plot(xs[0], ys[0], "o", mfc="white", mec="k", ms=7, zorder=6, label="start")
+            ax.plot(xs[-1], ys[-1], "X", color=style["color"], mec="k", ms=9, zorder=6,
+                    label="end")
+        ax.set_xlim(-half - 0.2, half + 0.2)
+        ax.set_ylim(-half - 0.2, half + 0.2)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+        verdict = "reached" if ok else f"failed ({e['outcome']})"
+        ax.set_title(f"seed {e['seed']}: {verdict}", fontsize=9,
+                     color="tab:green" if ok else "tab:red")
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    ax_lat = fig.add_subplot(grid[:, cols])
     lat = [d["latency_ms"] for e in episodes for d in e["decisions"]]
     ax_lat.hist(lat, bins=20, color="steelblue")
-    ax_lat.set_title(f"{summary['mode']} @ RTT {summary['rtt_ms']:.0f} ms: per-decision latency "
-                     f"(median {summary['latency_ms_median']:.0f} ms)")
-    ax_lat.set_xlabel("ms")
-    fig.tight_layout()
+    ax_lat.set_title(f"per-decision latency: median {summary['latency_ms_median']:.0f} ms, "
+                     f"p90 {summary['latency_ms_p90']:.0f} ms", fontsize=9)
+    ax_lat.set_xlabel("decision latency (ms)")
+    ax_lat.set_ylabel("decisions")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from specdec_ros.harness import Probe, launched, ros_env
+    from ros_tools.launch_runner import launched
+    from ros_tools.probe import Probe, ros_env
 
     from specdec.transport.websocket import hash_token
 
