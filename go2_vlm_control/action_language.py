@@ -40,6 +40,11 @@ MAX_TEXT_CHARS = 32  # the longest valid action is "strafe_right 9999.999" (21 c
 _NUMBER = r"(?:0|[1-9][0-9]{0,3})(?:\.[0-9]{1,3})?"
 ACTION_PATTERN = (r"(?:(?:forward|backward|left|right|strafe_left|strafe_right) " + _NUMBER
                   + r"|stop|done)")
+# What a grammar-constrained model may generate (engine.grammar): ACTION_PATTERN without the zero
+# values parse_action rejects, so every constrained output parses.
+_POSITIVE = r"(?:[1-9][0-9]{0,3}(?:\.[0-9]{1,3})?|0\.(?:[0-9]{0,2}[1-9]|[0-9]?[1-9]0|[1-9]00))"
+GRAMMAR_PATTERN = (r"(?:(?:forward|backward|left|right|strafe_left|strafe_right) " + _POSITIVE
+                   + r"|stop|done)")
 _ACTION_RE = re.compile(r"(?P<verb>[a-z_]+)(?: (?P<num>" + _NUMBER + r"))?")
 _STRIP = " \t\r\n"
 

@@ -417,7 +417,7 @@ class EdgeDecoder:
         """The committed tokens the hint predicts after this round; None for an impossible
         outcome (bad count or token id) or one that ends generation."""
         accepted = hint.predicted_accepted
-        if not (0 <= accepted <= len(block.tokens) and 0 <= hint.predicted_next_token < self.draft.vocab_size):
+        if not (0 <= accepted <= len(block.tokens) and 0 <= hint.predicted_next_token < self.draft.token_count):
             return None
         if any(t in stop for t in block.tokens[:accepted]):
             return None

@@ -10,9 +10,10 @@ regular expression into an automaton over the tokenizer's vocabulary:
 2. every token has a *surface*: the text it appends (byte-level BPE: the token's own text;
    WordPiece / SentencePiece: with or without the separating space, depending on whether it is
    the first generated token);
-3. a token is allowed in a state when its whole surface keeps the DFA alive; a stop token only
-   where the text so far is a complete match. Allowed sets are computed per state on first use
-   (only tokens whose first character is live are walked) and cached.
+3. a token is allowed in a state when its whole surface keeps the DFA alive *and* a complete
+   match is still reachable afterwards by whole tokens; a stop token only where the text so far
+   is a complete match. Allowed sets are computed per state on first use (only tokens whose
+   first character is live are walked) and cached.
 
 The same automaton masks the draft's and the target's logits (the edge compiles it for the draft,
 the verifier for the target; identical tokenizers give identical masks), so speculative decoding
@@ -199,7 +200,7 @@ class CharDfa:
 
 
 # -- token surfaces ---------------------------------------------------------------------------
-def token_surfaces(tokenizer, vocab_size: int) -> Tuple[List[Optional[str]], List[Optional[str]]]:
+def token_surfaces(tokenizer, token_count: int) -> Tuple[List[Optional[str]], List[Optional[str]]]:
     """``(first, later)``: the text each token appends as the first generated token and after
     another token (None: a special token or a partial character - never allowed)."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -207,34 +208,32 @@ def token_surfaces(tokenizer, vocab_size: int) -> Tuple[List[Optional[str]], Lis
         if getattr(added, "special", False):
             special.add(int(token_id))
 
-    def decode(ids):
-        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    def decode(batch):
+        return tokenizer.batch_decode(batch, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    reference = _reference_word(tokenizer, vocab_size, special, decode)
-    ref_text = decode([reference])
+    ids = list(range(token_count))
+    alone = decode([[t] for t in ids])
+    reference = _reference_word(alone, special)
+    ref_text = alone[reference]
+    joined = decode([[reference, t] for t in ids])
     first: List[Optional[str]] = []
     later: List[Optional[str]] = []
-    for token in range(vocab_size):
-        if token in special:
+    for token in ids:
+        text = alone[token]
+        if token in special or not text or "\ufffd" in text:
             first.append(None)
             later.append(None)
             continue
-        alone = decode([token])
-        joined = decode([reference, token])
-        after = joined[len(ref_text):] if joined.startswith(ref_text) else alone
-        bad = "\ufffd" in alone or not alone
-        first.append(None if bad else alone)
-        later.append(None if bad or not after else after)
+        after = joined[token][len(ref_text):] if joined[token].startswith(ref_text) else text
+        first.append(text)
+        later.append(after or None)
     return first, later
 
 
-def _reference_word(tokenizer, vocab_size, special, decode) -> int:
+def _reference_word(decoded: List[str], special) -> int:
     """A plain alphabetic word token to measure how other tokens attach after a token."""
-    for token in range(vocab_size):
-        if token in special:
-            continue
-        text = decode([token])
-        if len(text) >= 2 and text.isascii() and text.isalpha():
+    for token, text in enumerate(decoded):
+        if token not in special and len(text) >= 2 and text.isascii() and text.isalpha():
             return token
     raise GrammarError("the tokenizer has no plain word token to measure token surfaces with")
 
@@ -243,16 +242,20 @@ def _reference_word(tokenizer, vocab_size, special, decode) -> int:
 class TokenGrammar:
     """The grammar over token ids. A state is ``(dfa_state, started)``."""
 
-    def __init__(self, pattern: str, tokenizer, vocab_size: int, stop_ids: Sequence[int]):
+    def __init__(self, pattern: str, tokenizer, vocab_size: int, stop_ids: Sequence[int],
+                 token_count: Optional[int] = None):
         self.pattern = pattern
         self.dfa = CharDfa(pattern)
-        self.vocab_size = vocab_size
-        self.stop_ids = sorted(int(t) for t in stop_ids if 0 <= int(t) < vocab_size)
+        self.vocab_size = vocab_size  # logits columns (masks have this size)
+        count = min(vocab_size, token_count or len(tokenizer))
+        self.stop_ids = sorted(int(t) for t in stop_ids if 0 <= int(t) < count)
         if not self.stop_ids:
             raise GrammarError("a grammar needs a stop token to end the output with")
-        first, later = token_surfaces(tokenizer, vocab_size)
+        first, later = token_surfaces(tokenizer, count)
         self._surfaces = (first, later)
         self._by_first_char = tuple(self._index(s) for s in (first, later))
+        self._moves: Dict[Tuple[int, bool], Dict[int, Tuple[int, bool]]] = {}
+        self._live: Dict[Tuple[int, bool], bool] = {}
         self._allowed: Dict[Tuple[int, bool], List[int]] = {}
         self._masks: Dict[Tuple[int, bool, int], torch.Tensor] = {}
 
@@ -272,7 +275,8 @@ class TokenGrammar:
         dfa_state, started = state
         if token in self.stop_ids:
             return (CharDfa.DEAD, True)  # nothing follows a stop token
-        text = self._surfaces[1 if started else 0][token] if 0 <= token < self.vocab_size else None
+        surfaces = self._surfaces[1 if started else 0]
+        text = surfaces[token] if 0 <= token < len(surfaces) else None
         if text is None:
             return (CharDfa.DEAD, True)
         return (self.dfa.walk(dfa_state, text), True)
@@ -287,18 +291,52 @@ class TokenGrammar:
         return state[0] == CharDfa.DEAD or not self.allowed_ids(state)
 
     # -- allowed tokens ---------------------------------------------------------------------
+    def _candidates(self, state: Tuple[int, bool]) -> Dict[int, Tuple[int, bool]]:
+        """Tokens whose surface keeps the DFA alive from ``state``, with the state they lead to."""
+        if state not in self._moves:
+            dfa_state, started = state
+            surfaces = self._surfaces[1 if started else 0]
+            moves = {}
+            for char, tokens in self._by_first_char[1 if started else 0].items():
+                if self.dfa.step(dfa_state, char) == CharDfa.DEAD:
+                    continue
+                for token in tokens:
+                    nxt = self.dfa.walk(dfa_state, surfaces[token])
+                    if nxt != CharDfa.DEAD:
+                        moves[token] = (nxt, True)
+            self._moves[state] = moves
+        return self._moves[state]
+
+    def _is_live(self, state: Tuple[int, bool]) -> bool:
+        """A complete match is still reachable from ``state`` by whole tokens. A token whose text
+        fits the grammar can still lead nowhere (WordPiece's "for" before "forward" needs a
+        continuation without a space): such tokens are never allowed. Decided for every state
+        reachable from ``state`` at once (a fixpoint over that finite graph)."""
+        if state not in self._live:
+            reachable, todo = {state}, [state]
+            while todo:
+                for nxt in self._candidates(todo.pop()).values():
+                    if nxt not in reachable and nxt not in self._live:
+                        reachable.add(nxt)
+                        todo.append(nxt)
+            live = {s for s in reachable if self.dfa.accepting(s[0])}
+            changed = True
+            while changed:
+                changed = False
+                for s in reachable - live:
+                    if any(n in live or self._live.get(n, False) for n in self._candidates(s).values()):
+                        live.add(s)
+                        changed = True
+            for s in reachable:
+                self._live[s] = s in live
+        return self._live[state]
+
     def allowed_ids(self, state: Tuple[int, bool]) -> List[int]:
         if state[0] == CharDfa.DEAD:
             return []
         if state not in self._allowed:
-            dfa_state, started = state
-            surfaces = self._surfaces[1 if started else 0]
-            allowed = []
-            for char, tokens in self._by_first_char[1 if started else 0].items():
-                if self.dfa.step(dfa_state, char) == CharDfa.DEAD:
-                    continue
-                allowed.extend(t for t in tokens if self.dfa.walk(dfa_state, surfaces[t]) != CharDfa.DEAD)
-            if self.dfa.accepting(dfa_state):
+            allowed = [t for t, nxt in self._candidates(state).items() if self._is_live(nxt)]
+            if self.dfa.accepting(state[0]):
                 allowed.extend(self.stop_ids)
             self._allowed[state] = sorted(allowed)
         return self._allowed[state]
@@ -322,4 +360,4 @@ class TokenGrammar:
 
 def compile_grammar(pattern: str, adapter, stop_ids: Sequence[int]) -> TokenGrammar:
     """The token automaton of ``pattern`` for ``adapter``'s tokenizer (edge and cloud alike)."""
-    return TokenGrammar(pattern, adapter.tokenizer, adapter.vocab_size, stop_ids)
+    return TokenGrammar(pattern, adapter.tokenizer, adapter.vocab_size, stop_ids, adapter.token_count)

@@ -136,7 +136,9 @@ class _Rows:
         if i not in self.rows:
             row = self.target.logits(self.hidden[i:i + 1])[0]
             if self.grammar is not None:
-                row = row.masked_fill(~self.grammar.allowed(self._grammar_state(i), device=row.device), float("-inf"))
+                allowed = self.grammar.allowed(self._grammar_state(i), device=row.device)
+                if allowed.any():  # none: the row follows a stop token and is cut anyway
+                    row = row.masked_fill(~allowed, float("-inf"))
             self.rows[i] = row
             self.computed += 1
         return self.rows[i]
@@ -566,7 +568,7 @@ class Verifier:
         n = len(msg.tokens)
         if n > sess.start.gamma:
             return f"block of {n} tokens exceeds the session's gamma {sess.start.gamma}"
-        vocab = self.target.vocab_size
+        vocab = self.target.token_count
         if any(not 0 <= t < vocab for t in msg.tokens):
             return f"draft token outside the vocabulary 0..{vocab - 1}"
         if sess.params.do_sample and n:

@@ -85,21 +85,23 @@ class LMHead:
     """
 
     def __init__(self, module: nn.Module, token_ids: Optional[torch.Tensor] = None,
-                 softcap: Optional[float] = None, scale: Optional[float] = None):
+                 softcap: Optional[float] = None, scale: Optional[float] = None, valid: Optional[int] = None):
         self.module = module
+        self.valid = valid  # columns from here on are padding (no such token): never chosen
         self.token_ids = token_ids
         self.softcap = softcap
         self.scale = scale
-        self.hidden_size = int(module.weight.shape[1])
-        self.size = int(module.weight.shape[0])
+        weight = module.weight() if callable(module.weight) else module.weight  # int8 dynamic Linear: a method
+        self.hidden_size = int(weight.shape[1])
+        self.size = int(weight.shape[0])
 
     @classmethod
-    def of(cls, model: nn.Module, module: nn.Module) -> "LMHead":
+    def of(cls, model: nn.Module, module: nn.Module, token_count: Optional[int] = None) -> "LMHead":
         config = getattr(model, "config", None)
         text = getattr(config, "text_config", None) or config
         softcap = getattr(text, "final_logit_softcapping", None)
         scale = getattr(text, "logit_scale", None)
-        return cls(module, None, softcap, scale)
+        return cls(module, None, softcap, scale, token_count)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         out = self.module(hidden)
@@ -107,7 +109,10 @@ class LMHead:
             out = out * self.scale
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
-        return out.float()
+        out = out.float()
+        if self.valid is not None and self.valid < out.shape[-1]:
+            out[..., self.valid:] = float("-inf")
+        return out
 
 
 class ModelAdapter:
@@ -126,6 +131,9 @@ class ModelAdapter:
         layout = decoder_layout(model)
         self.num_layers = len(layout.layers)
         self.vocab_size = layout.vocab_size
+        # tokens that exist: LM heads are often padded past the tokenizer (Qwen2-VL-7B: 152,064
+        # logits for 151,665 tokens, its 2B draft 151,936); padding ids are never chosen
+        self.token_count = min(self.vocab_size, len(self.tokenizer))
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         self.use_chat_template = bool(template) if use_chat_template is None else use_chat_template
@@ -134,7 +142,7 @@ class ModelAdapter:
         self.dtype = param.dtype
         self.eos_token_ids = self._eos_ids()
         self._decoder = getattr(model, model.base_model_prefix)  # the stack without the LM head
-        self.lm_head = LMHead.of(model, layout.lm_head)
+        self.lm_head = LMHead.of(model, layout.lm_head, self.token_count)
         self.head = self.lm_head
 
     # -- identity ------------------------------------------------------------------------
@@ -390,7 +398,7 @@ def check_pair(draft: ModelAdapter, target: ModelAdapter) -> None:
             f"(fingerprints {draft.fingerprint[:12]} vs {target.fingerprint[:12]}); "
             "speculative decoding needs identical vocabularies, special tokens and chat templates"
         )
-    if draft.vocab_size != target.vocab_size:
+    if draft.token_count != target.token_count:  # padded LM heads may differ in size; tokens may not
         raise TokenizerMismatchError(
-            f"draft {draft.name} has {draft.vocab_size} output logits, target {target.name} has {target.vocab_size}"
+            f"draft {draft.name} has {draft.token_count} tokens, target {target.name} has {target.token_count}"
         )

@@ -1,14 +1,9 @@
 """Shared fixtures of the core (ROS-free) tests: tiny models, images, reference decoding."""
 
-import os
-import sys
+from collections import Counter
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 torch.set_num_threads(1)
 
@@ -55,3 +50,33 @@ def reference():
         return out[0, len(inputs.input_ids):].tolist()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def chi_square():
+    """``chi_square(counts, probs, n) -> p-value``: Pearson goodness of fit of observed outcome
+    counts against exact probabilities (cells expecting < 5 pooled; an impossible outcome: 0)."""
+
+    def chi_square_pvalue(counts: Counter, probs: dict, n: int) -> float:
+        """Pearson chi-square goodness of fit; cells with expected count < 5 pooled."""
+        for cell, observed in counts.items():
+            if probs.get(cell, 0.0) <= 0.0 and observed:
+                return 0.0  # an impossible outcome was produced
+        obs, exp, pool_o, pool_e = [], [], 0.0, 0.0
+        for cell, p in probs.items():
+            e = p * n
+            if e < 5:
+                pool_o += counts.get(cell, 0)
+                pool_e += e
+            else:
+                obs.append(counts.get(cell, 0))
+                exp.append(e)
+        if pool_e > 0:
+            obs.append(pool_o)
+            exp.append(pool_e)
+        chi = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
+        df = len(obs) - 1
+        return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                             torch.tensor(chi / 2, dtype=torch.float64)))
+
+    return chi_square_pvalue

@@ -1,0 +1,172 @@
+"""Draft-length control, reduced draft heads, progressive hints and the merged first block:
+every speed trick keeps speculative decoding exactly the target's greedy output."""
+
+import pytest
+import torch
+
+from specdec.engine.draft_length import AdaptiveLength, ConfidenceStop, FixedLength
+from specdec.engine.interfaces import DraftProposal, RoundOutcome
+from specdec.engine.local import LocalSpeculativeDecoder
+from specdec.engine.token_loop import TokenLoop, TokenPicker
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.verifier import Verifier
+from specdec.models.adapters import wrap_model
+from specdec.models.draft_head import head_from_rows, load_draft_head, save_draft_head, DraftHeadError
+from specdec.models.early_exit import EarlyExitHeads
+from specdec.protocol import DecodingMode, DraftBlock, EarlyExitHint, SessionStart, VerifyResult
+
+PROMPT = "go forward two meters then turn left"
+ARCHS = ["llama", "qwen2_vl", "idefics3", "llava"]
+SETTINGS = [
+    dict(draft_length="confidence", confidence_threshold=0.5),
+    dict(draft_length="adaptive"),
+    dict(draft_length="adaptive", predraft_policy="eager"),
+    dict(draft_length="fixed", merge_first_block=True),
+]
+
+
+def reduced(draft, keep_every=2):
+    """A second adapter over the same draft model that proposes from every ``keep_every``-th
+    token only (plus its stop tokens): a reduced-vocabulary head cut from its own LM head."""
+    other = wrap_model(draft.model, draft.processor if draft.is_vlm else draft.tokenizer)
+    ids = set(range(0, other.vocab_size, keep_every)) | set(other.eos_token_ids)
+    other.use_head(head_from_rows(other, ids))
+    return other
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_setting_is_greedy_identical(arch, tiny_pair, reference, image):
+    draft, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    ref = reference(target, PROMPT, img, max_new_tokens=14)
+    exits = EarlyExitHeads(target.model, [0, 1, 2])  # progressive hints from three layers
+    for proposer in (draft, reduced(draft)):
+        for settings in SETTINGS:
+            with LocalSpeculativeDecoder(proposer, target, exit_heads=exits, **settings) as runner:
+                for gamma in (2, 5):
+                    result = runner.generate(PROMPT, img, DecodingMode.SPECULATIVE_EARLY_EXIT, gamma=gamma,
+                                             max_new_tokens=14)
+                    assert result.tokens == ref, (settings, gamma, result.tokens, ref)
+                    assert all(r.drafted <= gamma for r in result.stats.round_log)
+
+
+def test_reduced_head_proposes_only_its_tokens(tiny_pair):
+    draft, _ = tiny_pair("llama", noise=0.05)
+    small = reduced(draft, keep_every=3)
+    allowed = set(small.head_ids.tolist())
+    state = small.prefill(small.encode(PROMPT))
+    for kind in ("greedy", "propose"):
+        picker = TokenPicker(kind, SamplingParams(do_sample=kind != "greedy"), torch.Generator().manual_seed(0), 4)
+        loop = TokenLoop(small, state, [], limit=12, picker=picker).run()
+        assert set(loop.tokens) <= allowed and len(loop.tokens) == 12
+        assert set(loop.topk_ids) <= allowed
+
+
+def test_draft_head_file_round_trip_and_refusals(tiny_pair, tmp_path):
+    draft, target = tiny_pair("llama", noise=0.05)
+    head = head_from_rows(draft, range(0, draft.vocab_size, 2))
+    path = save_draft_head(str(tmp_path), head, draft.vocab_size)
+    loaded = load_draft_head(draft, path)
+    assert torch.equal(loaded.token_ids, head.token_ids)
+    hidden = torch.randn(2, head.hidden_size)
+    assert torch.allclose(loaded.logits(hidden), head.logits(hidden))
+    full = draft.logits(hidden)  # a reduced head scores its tokens exactly as the full head would
+    assert torch.allclose(head.logits(hidden), full[:, head.token_ids], atol=1e-5)
+    from safetensors.torch import save_file
+
+    save_file({"token_ids": torch.tensor([5, 3]), "weight": torch.zeros(2, head.hidden_size)}, str(tmp_path / "bad"),
+              metadata={"format": "specdec-draft-head/1", "vocab_size": str(draft.vocab_size),
+                        "hidden_size": str(head.hidden_size)})
+    with pytest.raises(DraftHeadError, match="ascending"):
+        load_draft_head(draft, str(tmp_path / "bad"))
+
+
+def _observe(policy, rounds, drafted, accepted, confidence, verify_ms, link_ms, draft_ms=5.0):
+    for _ in range(rounds):
+        policy.observe(RoundOutcome(drafted, accepted, [confidence] * drafted, verify_ms, 0.0, verify_ms + link_ms,
+                                    draft_ms))
+
+
+def _length(policy, confidence):
+    n = 0
+    while policy.keep_drafting([confidence] * n):
+        n += 1
+    return n
+
+
+def test_adaptive_length_grows_with_the_link_and_cheap_verification():
+    lengths = {}
+    for link_ms in (0.0, 400.0):
+        policy = AdaptiveLength(8)
+        _observe(policy, 10, 1, 1, 0.85, 30.0, link_ms)  # verifying 1 token: 30 ms
+        _observe(policy, 10, 4, 3, 0.85, 60.0, link_ms)  # 4 tokens: 60 ms (a CPU target)
+        lengths[link_ms] = _length(policy, 0.85)
+    assert lengths[400.0] > lengths[0.0] >= 1, lengths
+    flat = AdaptiveLength(8)  # a GPU-like target: verification costs the same for any length
+    _observe(flat, 10, 1, 1, 0.85, 30.0, 0.0)
+    _observe(flat, 10, 4, 3, 0.85, 30.5, 0.0)
+    assert _length(flat, 0.85) > lengths[0.0]
+
+
+def test_adaptive_length_stops_drafting_for_a_draft_that_is_never_right():
+    policy = AdaptiveLength(8, explore_every=8)
+    _observe(policy, 30, 2, 0, 0.35, 30.0, 0.0)
+    drafted = [policy.keep_drafting([]) for _ in range(1)]
+    assert drafted == [False]  # the next block is empty: a plain target step
+    proposal = DraftProposal([], [1, 2, 3], [0.35, 0.35, 0.35], draft_ms=15.0)
+    assert policy.tokens_to_send(proposal) == 0
+    policy._rounds_without_draft = 7
+    assert policy.keep_drafting([])  # but it still explores now and then
+
+
+def test_confidence_stop_and_fixed_length():
+    stop = ConfidenceStop(4, 0.4)
+    assert stop.keep_drafting([]) and stop.keep_drafting([0.9, 0.5])
+    assert not stop.keep_drafting([0.9, 0.3]) and not stop.keep_drafting([0.9] * 4)
+    assert _length(FixedLength(3), 0.0) == 3
+
+
+def test_progressive_hints_one_per_exit_layer_in_order(tiny_pair):
+    draft, target = tiny_pair("llama", noise=0.05)
+    verifier, out = Verifier(target, EarlyExitHeads(target.model, [0, 2, 1])), []
+    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=PROMPT, tokenizer_fingerprint=target.fingerprint,
+                                 max_new_tokens=8, gamma=4), out.append)
+    verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6, 7]), out.append)
+    hints = [m for m in out if isinstance(m, EarlyExitHint)]
+    assert [h.exit_layer for h in hints] == [0, 1, 2]
+    assert isinstance(out[-1], VerifyResult) or any(isinstance(m, VerifyResult) for m in out)
+    assert out.index(hints[-1]) < next(i for i, m in enumerate(out) if isinstance(m, VerifyResult))
+    with LocalSpeculativeDecoder(draft, target, exit_heads=EarlyExitHeads(target.model, [0, 1, 2])) as runner:
+        result = runner.generate(PROMPT, None, DecodingMode.SPECULATIVE_EARLY_EXIT, max_new_tokens=12)
+    for r in result.stats.round_log:
+        if r.drafted:
+            assert [layer for layer, *_ in r.layer_hints] == [0, 1, 2]
+
+
+def test_first_block_rides_with_the_prefill(tiny_pair, reference, image):
+    for arch in ("llama", "qwen2_vl"):
+        draft, target = tiny_pair(arch, noise=0.05)
+        img = None if arch == "llama" else image
+        ref = reference(target, PROMPT, img, max_new_tokens=10)
+        for merge in (False, True):
+            with LocalSpeculativeDecoder(draft, target, merge_first_block=merge) as runner:
+                result = runner.generate(PROMPT, img, DecodingMode.SPECULATIVE, max_new_tokens=10)
+            assert result.tokens == ref
+            # a merged first block saves the separate prefill pass
+            assert result.stats.target_forward_passes == result.stats.rounds + (0 if merge else 1)
+
+
+def test_a_late_first_block_gets_its_prefill_at_the_deadline(tiny_pair, reference):
+    draft, target = tiny_pair("llama", noise=0.05)
+    ref = reference(target, PROMPT, None, max_new_tokens=6)
+    verifier, out = Verifier(target), []
+    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=PROMPT, tokenizer_fingerprint=target.fingerprint,
+                                 max_new_tokens=6, gamma=4, mode=int(DecodingMode.SPECULATIVE),
+                                 prefill_wait_ms=50), out.append)
+    assert verifier.stats.target_forward_passes == 0  # holding the prefill for block 0
+    verifier.flush_prefills(out.append)  # the deadline passed
+    assert verifier.stats.target_forward_passes == 1
+    verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=ref[:3]), out.append)
+    result = next(m for m in out if isinstance(m, VerifyResult))
+    assert result.accepted == 3 and result.next_token == ref[3]
+    assert verifier.stats.target_forward_passes == 2
