@@ -3,7 +3,7 @@ SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast models models-eval models-ensure lock clean
+.PHONY: help setup test models models-eval models-ensure lock clean
 
 help:
 	@echo "make setup   - create .venv (ROS 2 Jazzy wheels, torch CPU, transformers) and colcon build"

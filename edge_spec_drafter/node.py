@@ -24,6 +24,7 @@ them and ROS. Decoding errors publish an invalid DecodedAction, so the controlle
 from __future__ import annotations
 
 import threading
+import time
 
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -33,6 +34,7 @@ from visualization_msgs.msg import MarkerArray
 from edge_cloud_vlm_msgs.msg import ActionStatus, DecodedAction, SpecStats
 from edge_cloud_vlm_msgs.msg import DecisionStats as DecisionStatsMsg
 from go2_vlm_control.action_language import ActionLimits, ActionRejected, parse_action
+from specdec.models.prompting import apply_prompt_template, check_prompt_template
 from specdec.protocol import DecodingMode
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
 from specdec_ros.images import ImageConversionError, image_to_rgb, rgb_to_image
@@ -50,7 +52,11 @@ FINISHED_STATES = (ActionStatus.STATE_IDLE, ActionStatus.STATE_COMPLETED, Action
 PROBE_PROMPT = "ping"  # a one-token cloud-only request: does the cloud answer again?
 
 PARAMETERS = [
-    Param("draft_model", "", "draft model folder (the launch files pass the packaged one)"),
+    Param("draft_model", "", "draft model: a folder, or a hub id in the local HF cache"),
+    Param("device", "auto", "auto | cpu | cuda[:N]"),
+    Param("dtype", "float32", "float32 | bfloat16 | float16"),
+    Param("quantization", "none", "draft quantization: none | int8 | 4bit (changes acceptance, never the output)"),
+    Param("prompt_template", "", "prompt around the instruction, with {instruction} once ('' = the instruction)"),
     Param("mode", "speculative_early_exit", "speculative_early_exit | speculative | cloud_only | edge_only"),
     Param("gamma", 4, "draft tokens per verification block"),
     Param("max_new_tokens", 8, "longest decision in tokens (actions are a few tokens long)"),
@@ -108,7 +114,9 @@ class EdgeSpecDrafter(Node):
         from specdec.engine.drafter import EdgeDecoder
         from specdec.models.loading import load_model
 
-        self.draft = load_model(p["draft_model"], name="draft")
+        self.prompt_template = check_prompt_template(p["prompt_template"])
+        self.draft = load_model(p["draft_model"], device=p["device"], dtype=p["dtype"],
+                                quantization=p["quantization"], name="draft")
         self.transport = RosEdgeTransport(self)
         self.decoder = EdgeDecoder(
             self.draft, self.transport, robot_id=p["robot_id"], gamma=p["gamma"],
@@ -149,19 +157,27 @@ class EdgeSpecDrafter(Node):
     # -- decisions ---------------------------------------------------------------------------
     def _decision_loop(self):
         while not self.scheduler.stopped:
-            job = self.scheduler.next_job(timeout=0.5)
-            if job is None:
-                continue
             try:
-                outcome, detail = self._probe() if job.probe else self._decide(job)
-            except Exception as exc:  # a bug here must not end the decisions thread silently
-                outcome, detail = Outcome.REFUSED, f"edge error: {type(exc).__name__}: {exc}"
-                self.get_logger().error(f"decision {job.decision_id} failed: {detail}")
-            self.scheduler.finished(job, outcome, detail)
-            change = self.scheduler.take_link_change()
-            if change:
-                log = self.get_logger()
-                (log.info if self.scheduler.link == LinkState.OK else log.warning)(change)
+                self._run_next_job()
+            except Exception as exc:  # never end the decisions thread silently
+                self.get_logger().error(f"decision loop: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                time.sleep(0.1)
+
+    def _run_next_job(self):
+        job = self.scheduler.next_job(timeout=0.5)
+        if job is None:
+            return
+        try:
+            outcome, detail = self._probe() if job.probe else self._decide(job)
+        except Exception as exc:  # a bug in the shell: counted as a failed decision, backed off
+            outcome, detail = Outcome.REFUSED, f"edge error: {type(exc).__name__}: {exc}"
+            self.get_logger().error(f"decision {job.decision_id} failed: {detail}")
+        self.scheduler.finished(job, outcome, detail)
+        change = self.scheduler.take_link_change()
+        if change and self.scheduler.link == LinkState.OK:
+            self.get_logger().info(change)
+        elif change:
+            self.get_logger().warning(change)
 
     def _probe(self):
         try:
@@ -181,7 +197,7 @@ class EdgeSpecDrafter(Node):
         try:
             rgb = image_to_rgb(frame)
             mode = DecodingMode.EDGE_ONLY if job.degraded else self.mode
-            result = self.decoder.decode(job.instruction, rgb, mode)
+            result = self.decoder.decode(apply_prompt_template(self.prompt_template, job.instruction), rgb, mode)
             stats = result.stats
             out.session_id, out.text = result.session_id, result.text
             action = parse_action(result.text, self.limits)

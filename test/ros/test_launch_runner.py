@@ -215,3 +215,16 @@ def test_command_line_package_form_and_one_line_errors():
         bad = run_cli(*argv)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_env_sh_puts_every_console_script_the_readme_names_on_path():
+    import re
+
+    scripts = re.findall(r'"(\w+) = [\w.]+:\w+"', open(os.path.join(ROOT, "setup.py")).read())
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    named = [s for s in scripts if re.search(rf"`[^`]*\b{s}\b", readme)]
+    assert {"verifier_server", "bag_replay", "bag_recorder", "launch_runner"} <= set(named)
+    check = " ".join(f"command -v {s} >/dev/null || echo missing {s};" for s in named)
+    out = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/env.sh && {check}"], capture_output=True,
+                         text=True, timeout=60, env={"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and "missing" not in out.stdout, out.stdout + out.stderr
