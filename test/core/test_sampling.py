@@ -34,7 +34,7 @@ def broken_rule(target_logits, draft_tokens, *, topk_ids, topk_probs, topk, para
     return n, int(torch.multinomial(p[n], 1, generator=generator))
 
 
-def test_rejection_rule_exact_on_synthetic_distributions():
+def test_rejection_rule_exact_on_synthetic_distributions(chi_square):
     """Unit level, many samples: target p (top-k 3 of 8) vs a draft q that puts mass outside p."""
     params = SamplingParams(do_sample=True, temperature=0.8, top_k=TOP_K)
     target_logits = torch.tensor([[2.0, 1.6, 1.5, 0.2, -1.0, 0.0, 0.5, -2.0]] * 2)
@@ -52,7 +52,7 @@ def test_rejection_rule_exact_on_synthetic_distributions():
             accepted, next_token = rule(target_logits, [token], topk_ids=ids, topk_probs=probs, topk=4,
                                         params=params, generator=g_verify)
             counts[token if accepted else next_token] += 1
-        results[name] = chi_square_pvalue(counts, expected, n)
+        results[name] = chi_square(counts, expected, n)
     assert results["exact"] > 1e-3, results
     assert results["broken"] < 1e-6, results
 
