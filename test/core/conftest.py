@@ -7,8 +7,6 @@ import torch
 
 torch.set_num_threads(1)
 
-PROMPT = "go forward two meters then turn left"
-
 
 @pytest.fixture(scope="session")
 def image():

@@ -13,20 +13,19 @@ from specdec.models.loading import ModelLoadError, load_model
 from specdec.models.early_exit import EarlyExitError, EarlyExitHeads
 from specdec.models.tiny import build_tiny, perturbed_copy
 
-PROMPT = "go forward two meters then turn left"  # same as conftest.PROMPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("arch,cls", [("llama", TextAdapter), ("qwen2_vl", Qwen2VLAdapter),
                                       ("idefics3", VisionLanguageAdapter), ("llava", VisionLanguageAdapter)])
-def test_rollback_keeps_positions(arch, cls, tiny_pair, reference, image):
+def test_rollback_keeps_positions(arch, cls, tiny_pair, reference, image, prompt):
     """Feed junk, roll it back (crop), continue: still equal to generate(); M-RoPE included."""
     _, target = tiny_pair(arch, noise=0.03)
     assert isinstance(target, cls)
     img = None if arch == "llama" else image
-    ref = reference(target, PROMPT, img, max_new_tokens=8)
-    state = target.prefill(target.encode(PROMPT, img))
+    ref = reference(target, prompt, img, max_new_tokens=8)
+    state = target.prefill(target.encode(prompt, img))
     out = []
     for i in range(8):
         pending = target.sync(state, out)
@@ -38,18 +37,18 @@ def test_rollback_keeps_positions(arch, cls, tiny_pair, reference, image):
     assert out == ref
 
 
-def test_draft_and_target_text_tokens_agree(tiny_pair, image):
+def test_draft_and_target_text_tokens_agree(tiny_pair, image, prompt):
     draft, target = tiny_pair("qwen2_vl", noise=0.03, draft_image_size=28)
-    d = draft.encode(PROMPT, image)
-    t = target.encode(PROMPT, image)
+    d = draft.encode(prompt, image)
+    t = target.encode(prompt, image)
     strip = lambda ids: [i for i in ids if i != target.tokenizer.convert_tokens_to_ids("<|image_pad|>")]  # noqa
     assert strip(d.input_ids) == strip(t.input_ids) and len(d.input_ids) != len(t.input_ids)
 
 
-def test_text_adapter_refuses_image(tiny_pair, image):
+def test_text_adapter_refuses_image(tiny_pair, image, prompt):
     _, target = tiny_pair("llama", noise=0.03)
     with pytest.raises(ValueError, match="text-only"):
-        target.encode(PROMPT, image)
+        target.encode(prompt, image)
 
 
 def test_load_model_errors(tmp_path):
@@ -67,7 +66,7 @@ def test_load_model_errors(tmp_path):
         load_model(model.config)
 
 
-def test_load_model_roundtrip(tmp_path, reference):
+def test_load_model_roundtrip(tmp_path, reference, prompt):
     model, tok = build_tiny("llama", layers=2)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
@@ -75,8 +74,8 @@ def test_load_model_roundtrip(tmp_path, reference):
     assert isinstance(loaded, TextAdapter)
     original = load_model(model.config, processor=tok)  # random init from a config: another model
     assert loaded.fingerprint == original.fingerprint
-    ref = reference(loaded, PROMPT, None, max_new_tokens=6)
-    result = speculative_generate(loaded, loaded, PROMPT, max_new_tokens=6)
+    ref = reference(loaded, prompt, None, max_new_tokens=6)
+    result = speculative_generate(loaded, loaded, prompt, max_new_tokens=6)
     assert result.tokens == ref
 
 

@@ -13,8 +13,6 @@ from specdec.protocol import DecodingMode, DraftBlock, EndReason
 from specdec.transport.base import CloudTimeout, EdgeTransport
 from specdec.transport.inprocess import InProcessTransport
 
-PROMPT = "go forward two meters then turn left"  # same as conftest.PROMPT
-
 
 class Doubler(EdgeTransport):
     """Every message is sent twice and delivered twice (an at-least-once link)."""
@@ -56,40 +54,40 @@ class GoesSilent:
 
 
 @pytest.mark.parametrize("mode", [DecodingMode.SPECULATIVE_EARLY_EXIT, DecodingMode.CLOUD_ONLY])
-def test_dead_cloud_times_out(mode, tiny_pair):
+def test_dead_cloud_times_out(mode, tiny_pair, prompt):
     draft, _ = tiny_pair("llama", noise=0.03)
     with InProcessTransport(None) as link:
         edge = EdgeDecoder(draft, link, timeout_s=0.3)
         t0 = time.monotonic()
         with pytest.raises(CloudTimeout, match="did not answer"):
-            edge.decode(PROMPT, None, mode)
+            edge.decode(prompt, None, mode)
         assert time.monotonic() - t0 < 3.0
 
 
-def test_cloud_that_stops_answering_mid_session(tiny_pair):
+def test_cloud_that_stops_answering_mid_session(tiny_pair, prompt):
     draft, target = tiny_pair("llama", noise=0.03)
     with InProcessTransport(GoesSilent(Verifier(target), rounds=2)) as link:
         edge = EdgeDecoder(draft, link, timeout_s=0.3, max_new_tokens=30)
         with pytest.raises(CloudTimeout, match="round 2"):
-            edge.decode(PROMPT)
+            edge.decode(prompt)
 
 
-def test_duplicated_messages_do_not_change_output(tiny_pair, reference):
+def test_duplicated_messages_do_not_change_output(tiny_pair, reference, prompt):
     draft, target = tiny_pair("llama", noise=0.03)
-    ref = reference(target, PROMPT, None, max_new_tokens=14)
+    ref = reference(target, prompt, None, max_new_tokens=14)
     verifier = Verifier(target)
     with Doubler(InProcessTransport(verifier)) as link:
-        result = EdgeDecoder(draft, link, gamma=4, max_new_tokens=14).decode(PROMPT, None, DecodingMode.SPECULATIVE)
+        result = EdgeDecoder(draft, link, gamma=4, max_new_tokens=14).decode(prompt, None, DecodingMode.SPECULATIVE)
     assert result.tokens == ref
     assert verifier.stats.duplicates >= result.stats.rounds - 1  # every block came twice
     assert result.stats.target_forward_passes == result.stats.rounds + 1  # duplicates never re-ran the target
 
 
-def test_latency_and_bytes(tiny_pair, reference):
+def test_latency_and_bytes(tiny_pair, reference, prompt):
     draft, target = tiny_pair("llama", noise=0.03)
-    ref = reference(target, PROMPT, None, max_new_tokens=6)
+    ref = reference(target, prompt, None, max_new_tokens=6)
     with LocalSpeculativeDecoder(draft, target, latency_s=0.02) as runner:
-        result = runner.generate(PROMPT, None, DecodingMode.SPECULATIVE, max_new_tokens=6)
+        result = runner.generate(prompt, None, DecodingMode.SPECULATIVE, max_new_tokens=6)
     s = result.stats
     assert result.tokens == ref
     assert s.wait_ms >= 40 * s.rounds * 0.9  # two one-way delays per round
@@ -98,7 +96,7 @@ def test_latency_and_bytes(tiny_pair, reference):
     assert s.cloud_compute_ms > 0 and s.latency_ms >= s.wait_ms
 
 
-def test_tokenizer_mismatch_refused(tiny_pair):
+def test_tokenizer_mismatch_refused(tiny_pair, prompt):
     draft, target = tiny_pair("llama", noise=0.03)
     other_model, other_tok = build_tiny("llama", layers=1)
     other_tok.add_tokens(["extra"])
@@ -107,5 +105,5 @@ def test_tokenizer_mismatch_refused(tiny_pair):
         LocalSpeculativeDecoder(other, target)
     with InProcessTransport(Verifier(target)) as link:  # a remote edge that does not check first
         with pytest.raises(CloudError, match="TOKENIZER_MISMATCH") as info:
-            EdgeDecoder(other, link, timeout_s=5).decode(PROMPT)
+            EdgeDecoder(other, link, timeout_s=5).decode(prompt)
     assert info.value.reason == EndReason.TOKENIZER_MISMATCH

@@ -12,8 +12,6 @@ from specdec.protocol import (
     VerifyResult,
 )
 
-PROMPT = "go forward two meters then turn left"  # same as conftest.PROMPT
-
 
 class Clock:
     def __init__(self):
@@ -23,8 +21,8 @@ class Clock:
         return self.now
 
 
-def start(target, sid="s", **kw):
-    fields = dict(session_id=sid, seq=0, prompt=PROMPT, tokenizer_fingerprint=target.fingerprint, gamma=4,
+def start(prompt, target, sid="s", **kw):
+    fields = dict(session_id=sid, seq=0, prompt=prompt, tokenizer_fingerprint=target.fingerprint, gamma=4,
                   max_new_tokens=12)
     fields.update(kw)
     return SessionStart(**fields)
@@ -40,9 +38,9 @@ def target(tiny_pair):
     return tiny_pair("llama", noise=0.03)[1]
 
 
-def test_duplicates_resend_cached_result_without_running_target(target):
+def test_duplicates_resend_cached_result_without_running_target(target, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     verifier.handle(block("s", 1, 0, 0, [5, 6, 7]), out.append)
     (first,) = out
     assert isinstance(first, VerifyResult)
@@ -54,9 +52,9 @@ def test_duplicates_resend_cached_result_without_running_target(target):
     assert verifier.stats.duplicates == 2
 
 
-def test_stale_round_is_ignored_and_session_continues(target):
+def test_stale_round_is_ignored_and_session_continues(target, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     verifier.handle(block("s", 1, 0, 0, [5, 6, 7]), out.append)
     result = out.pop()
     verifier.handle(block("s", 2, 0, 0, [9, 9, 9]), out.append)  # old round, other tokens: stale
@@ -66,9 +64,9 @@ def test_stale_round_is_ignored_and_session_continues(target):
 
 
 @pytest.mark.parametrize("rnd,position", [(2, None), (1, 99)])
-def test_out_of_order_round_is_refused(target, rnd, position):
+def test_out_of_order_round_is_refused(target, rnd, position, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     verifier.handle(block("s", 1, 0, 0, [5, 6]), out.append)
     good_position = out[-1].accepted + 1
     verifier.handle(block("s", 2, rnd, good_position if position is None else position, [5]), out.append)
@@ -78,13 +76,13 @@ def test_out_of_order_round_is_refused(target, rnd, position):
     assert verifier.open_sessions == []
 
 
-def test_refusals(target):
+def test_refusals(target, prompt):
     verifier, out = Verifier(target, max_sessions=1), []
-    verifier.handle(start(target, "a", tokenizer_fingerprint="0" * 64), out.append)
-    verifier.handle(start(target, "b", protocol_version=99), out.append)
-    verifier.handle(start(target, "c", gamma=0), out.append)
-    verifier.handle(start(target, "d", mode=int(DecodingMode.EDGE_ONLY)), out.append)
-    verifier.handle(start(target, "e", image_format="png", image_data=b"\x89PNG broken"), out.append)
+    verifier.handle(start(prompt, target, "a", tokenizer_fingerprint="0" * 64), out.append)
+    verifier.handle(start(prompt, target, "b", protocol_version=99), out.append)
+    verifier.handle(start(prompt, target, "c", gamma=0), out.append)
+    verifier.handle(start(prompt, target, "d", mode=int(DecodingMode.EDGE_ONLY)), out.append)
+    verifier.handle(start(prompt, target, "e", image_format="png", image_data=b"\x89PNG broken"), out.append)
     verifier.handle(block("nobody", 1, 0, 0, [1]), out.append)
     reasons = [(m.session_id, EndReason(m.reason)) for m in out]
     assert reasons == [
@@ -98,17 +96,17 @@ def test_refusals(target):
     assert all(m.detail for m in out)
     assert verifier.open_sessions == []
     out.clear()
-    verifier.handle(start(target, "f"), out.append)
-    verifier.handle(start(target, "g"), out.append)  # over the limit of 1 open session
+    verifier.handle(start(prompt, target, "f"), out.append)
+    verifier.handle(start(prompt, target, "g"), out.append)  # over the limit of 1 open session
     assert [EndReason(m.reason) for m in out] == [EndReason.OVERLOADED]
     verifier.handle(block("f", 1, 0, 0, [5] * 5), out.append)  # longer than gamma
     assert EndReason(out[-1].reason) == EndReason.BAD_REQUEST and "gamma" in out[-1].detail
 
 
-def test_session_timeout_and_cleanup(target):
+def test_session_timeout_and_cleanup(target, prompt):
     clock = Clock()
     verifier, out = Verifier(target, session_timeout_s=5.0, linger_s=30.0, clock=clock), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     verifier.handle(block("s", 1, 0, 0, [5, 6]), out.append)
     clock.now += 4.0
     assert verifier.expire(out.append) == []
@@ -126,17 +124,17 @@ def test_session_timeout_and_cleanup(target):
     assert [EndReason(m.reason) for m in out] == [EndReason.UNKNOWN_SESSION]
 
 
-def test_edge_cancel_frees_session(target):
+def test_edge_cancel_frees_session(target, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     assert verifier.open_sessions == ["s"]
     verifier.handle(SessionEnd(session_id="s", seq=1, reason=int(EndReason.CANCELLED)), out.append)
     assert verifier.open_sessions == [] and out == []
 
 
-def test_finished_session_reports_totals_and_answers_duplicates(target):
+def test_finished_session_reports_totals_and_answers_duplicates(target, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target, max_new_tokens=2), out.append)
+    verifier.handle(start(prompt, target, max_new_tokens=2), out.append)
     verifier.handle(block("s", 1, 0, 0, [5]), out.append)
     result = out[0]
     if not result.finished:
@@ -150,21 +148,21 @@ def test_finished_session_reports_totals_and_answers_duplicates(target):
     assert out[n] is result
 
 
-def test_cloud_only_session(target, reference):
+def test_cloud_only_session(target, reference, prompt):
     verifier, out = Verifier(target), []
-    verifier.handle(start(target, mode=int(DecodingMode.CLOUD_ONLY), max_new_tokens=7), out.append)
+    verifier.handle(start(prompt, target, mode=int(DecodingMode.CLOUD_ONLY), max_new_tokens=7), out.append)
     (end,) = out
-    assert end.reason == EndReason.COMPLETED and end.tokens == reference(target, PROMPT, None, 7)
+    assert end.reason == EndReason.COMPLETED and end.tokens == reference(target, prompt, None, 7)
     assert end.target_forward_passes == 8
     assert verifier.open_sessions == []
 
 
-def test_internal_error_is_reported_not_raised(target):
+def test_internal_error_is_reported_not_raised(target, prompt):
     def broken(*_a, **_k):
         raise RuntimeError("boom")
 
     verifier, out = Verifier(target, greedy_rule=broken), []
-    verifier.handle(start(target), out.append)
+    verifier.handle(start(prompt, target), out.append)
     verifier.handle(block("s", 1, 0, 0, [5]), out.append)
     assert EndReason(out[-1].reason) == EndReason.INTERNAL_ERROR and "boom" in out[-1].detail
     assert verifier.open_sessions == []
