@@ -15,7 +15,6 @@ from specdec.models.draft_head import head_from_rows, load_draft_head, save_draf
 from specdec.models.early_exit import EarlyExitHeads
 from specdec.protocol import DecodingMode, DraftBlock, EarlyExitHint, SessionStart, VerifyResult
 
-PROMPT = "go forward two meters then turn left"
 ARCHS = ["llama", "qwen2_vl", "idefics3", "llava"]
 SETTINGS = [
     dict(draft_length="confidence", confidence_threshold=0.5),
@@ -35,26 +34,26 @@ def reduced(draft, keep_every=2):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_setting_is_greedy_identical(arch, tiny_pair, reference, image):
+def test_every_setting_is_greedy_identical(arch, tiny_pair, reference, image, prompt):
     draft, target = tiny_pair(arch, noise=0.05)
     img = None if arch == "llama" else image
-    ref = reference(target, PROMPT, img, max_new_tokens=14)
+    ref = reference(target, prompt, img, max_new_tokens=14)
     exits = EarlyExitHeads(target.model, [0, 1, 2])  # progressive hints from three layers
     for proposer in (draft, reduced(draft)):
         for settings in SETTINGS:
             with LocalSpeculativeDecoder(proposer, target, exit_heads=exits, **settings) as runner:
                 for gamma in (2, 5):
-                    result = runner.generate(PROMPT, img, DecodingMode.SPECULATIVE_EARLY_EXIT, gamma=gamma,
+                    result = runner.generate(prompt, img, DecodingMode.SPECULATIVE_EARLY_EXIT, gamma=gamma,
                                              max_new_tokens=14)
                     assert result.tokens == ref, (settings, gamma, result.tokens, ref)
                     assert all(r.drafted <= gamma for r in result.stats.round_log)
 
 
-def test_reduced_head_proposes_only_its_tokens(tiny_pair):
+def test_reduced_head_proposes_only_its_tokens(tiny_pair, prompt):
     draft, _ = tiny_pair("llama", noise=0.05)
     small = reduced(draft, keep_every=3)
     allowed = set(small.head_ids.tolist())
-    state = small.prefill(small.encode(PROMPT))
+    state = small.prefill(small.encode(prompt))
     for kind in ("greedy", "propose"):
         picker = TokenPicker(kind, SamplingParams(do_sample=kind != "greedy"), torch.Generator().manual_seed(0), 4)
         loop = TokenLoop(small, state, [], limit=12, picker=picker).run()
@@ -126,10 +125,10 @@ def test_confidence_stop_and_fixed_length():
     assert _length(FixedLength(3), 0.0) == 3
 
 
-def test_progressive_hints_one_per_exit_layer_in_order(tiny_pair):
+def test_progressive_hints_one_per_exit_layer_in_order(tiny_pair, prompt):
     draft, target = tiny_pair("llama", noise=0.05)
     verifier, out = Verifier(target, EarlyExitHeads(target.model, [0, 2, 1])), []
-    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=PROMPT, tokenizer_fingerprint=target.fingerprint,
+    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=prompt, tokenizer_fingerprint=target.fingerprint,
                                  max_new_tokens=8, gamma=4), out.append)
     verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6, 7]), out.append)
     hints = [m for m in out if isinstance(m, EarlyExitHint)]
@@ -137,30 +136,30 @@ def test_progressive_hints_one_per_exit_layer_in_order(tiny_pair):
     assert isinstance(out[-1], VerifyResult) or any(isinstance(m, VerifyResult) for m in out)
     assert out.index(hints[-1]) < next(i for i, m in enumerate(out) if isinstance(m, VerifyResult))
     with LocalSpeculativeDecoder(draft, target, exit_heads=EarlyExitHeads(target.model, [0, 1, 2])) as runner:
-        result = runner.generate(PROMPT, None, DecodingMode.SPECULATIVE_EARLY_EXIT, max_new_tokens=12)
+        result = runner.generate(prompt, None, DecodingMode.SPECULATIVE_EARLY_EXIT, max_new_tokens=12)
     for r in result.stats.round_log:
         if r.drafted:
             assert [layer for layer, *_ in r.layer_hints] == [0, 1, 2]
 
 
-def test_first_block_rides_with_the_prefill(tiny_pair, reference, image):
+def test_first_block_rides_with_the_prefill(tiny_pair, reference, image, prompt):
     for arch in ("llama", "qwen2_vl"):
         draft, target = tiny_pair(arch, noise=0.05)
         img = None if arch == "llama" else image
-        ref = reference(target, PROMPT, img, max_new_tokens=10)
+        ref = reference(target, prompt, img, max_new_tokens=10)
         for merge in (False, True):
             with LocalSpeculativeDecoder(draft, target, merge_first_block=merge) as runner:
-                result = runner.generate(PROMPT, img, DecodingMode.SPECULATIVE, max_new_tokens=10)
+                result = runner.generate(prompt, img, DecodingMode.SPECULATIVE, max_new_tokens=10)
             assert result.tokens == ref
             # a merged first block saves the separate prefill pass
             assert result.stats.target_forward_passes == result.stats.rounds + (0 if merge else 1)
 
 
-def test_a_late_first_block_gets_its_prefill_at_the_deadline(tiny_pair, reference):
+def test_a_late_first_block_gets_its_prefill_at_the_deadline(tiny_pair, reference, prompt):
     draft, target = tiny_pair("llama", noise=0.05)
-    ref = reference(target, PROMPT, None, max_new_tokens=6)
+    ref = reference(target, prompt, None, max_new_tokens=6)
     verifier, out = Verifier(target), []
-    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=PROMPT, tokenizer_fingerprint=target.fingerprint,
+    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=prompt, tokenizer_fingerprint=target.fingerprint,
                                  max_new_tokens=6, gamma=4, mode=int(DecodingMode.SPECULATIVE),
                                  prefill_wait_ms=50), out.append)
     assert verifier.stats.target_forward_passes == 0  # holding the prefill for block 0
@@ -170,3 +169,20 @@ def test_a_late_first_block_gets_its_prefill_at_the_deadline(tiny_pair, referenc
     result = next(m for m in out if isinstance(m, VerifyResult))
     assert result.accepted == 3 and result.next_token == ref[3]
     assert verifier.stats.target_forward_passes == 2
+
+
+def test_downscaled_jpeg_frame_is_what_both_models_see(tiny_pair, reference):
+    """The edge sends a smaller JPEG; the output is the target's on exactly the decoded pixels."""
+    import numpy as np
+
+    from specdec.models.images import encode_image
+
+    draft, target = tiny_pair("qwen2_vl", noise=0.05)
+    frame = (np.random.RandomState(5).rand(240, 320, 3) * 255).astype("uint8")
+    sent = encode_image(frame, "jpeg", "160x120", jpeg_quality=80)
+    ref = reference(target, PROMPT, sent.image, max_new_tokens=10)
+    with LocalSpeculativeDecoder(draft, target, image_format="jpeg", image_size="160x120", jpeg_quality=80) as runner:
+        for mode in (DecodingMode.CLOUD_ONLY, DecodingMode.SPECULATIVE_EARLY_EXIT):
+            result = runner.generate(PROMPT, frame, mode, max_new_tokens=10)
+            assert result.tokens == ref
+            assert result.stats.image_bytes == len(sent.data) < frame.nbytes // 20

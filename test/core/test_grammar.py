@@ -16,7 +16,6 @@ from specdec.models.artefacts import go2_pair_paths
 from specdec.models.loading import load_model
 from specdec.protocol import DecodingMode
 
-PROMPT = "go forward two meters then turn left"
 TINY_GRAMMAR = r"(?:forward|backward|left|right) [1-9]|stop|done"  # the tiny word-level vocabulary's actions
 
 
@@ -45,32 +44,32 @@ def _constrained_target(target, prompt, image, grammar, max_new_tokens):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
-def test_constrained_greedy_is_the_constrained_target(arch, tiny_pair, image):
+def test_constrained_greedy_is_the_constrained_target(arch, tiny_pair, image, prompt):
     draft, target = tiny_pair(arch, noise=0.2)  # random-init: unconstrained output is word salad
     img = None if arch == "llama" else image
     grammar = compile_grammar(TINY_GRAMMAR, target, target.eos_token_ids)
-    ref = _constrained_target(target, PROMPT, img, grammar, 10)
+    ref = _constrained_target(target, prompt, img, grammar, 10)
     assert re.fullmatch(TINY_GRAMMAR, target.decode_text(ref)), target.decode_text(ref)
     for settings in (dict(), dict(draft_length="adaptive", predraft_policy="eager"), dict(merge_first_block=True)):
         with LocalSpeculativeDecoder(draft, target, grammar=TINY_GRAMMAR, **settings) as runner:
             for mode in (DecodingMode.SPECULATIVE_EARLY_EXIT, DecodingMode.CLOUD_ONLY):
-                result = runner.generate(PROMPT, img, mode, max_new_tokens=10)
+                result = runner.generate(prompt, img, mode, max_new_tokens=10)
                 assert result.tokens == ref, (settings, mode)
-            edge = runner.generate(PROMPT, img, DecodingMode.EDGE_ONLY, max_new_tokens=10)
+            edge = runner.generate(prompt, img, DecodingMode.EDGE_ONLY, max_new_tokens=10)
             assert re.fullmatch(TINY_GRAMMAR, draft.decode_text(edge.tokens))
 
 
-def test_forced_tokens_cost_no_draft_step(tiny_pair):
+def test_forced_tokens_cost_no_draft_step(tiny_pair, prompt):
     draft, target = tiny_pair("llama", noise=0.2)
     pattern = r"forward (?:1|2)"  # "forward" and the end are forced; only the number is a choice
     with LocalSpeculativeDecoder(draft, target, grammar=pattern, gamma=4) as runner:
-        result = runner.generate(PROMPT, None, DecodingMode.SPECULATIVE, max_new_tokens=8)
+        result = runner.generate(prompt, None, DecodingMode.SPECULATIVE, max_new_tokens=8)
     assert re.fullmatch(pattern, draft.decode_text(result.tokens))
     assert len(result.tokens) == 3  # forward, the number, the stop token
     assert result.stats.draft_forward_passes == 2  # the prefill and the one real choice
 
 
-def test_constrained_sampling_follows_the_constrained_target(tiny_pair, chi_square):
+def test_constrained_sampling_follows_the_constrained_target(tiny_pair, chi_square, prompt):
     draft, target = tiny_pair("llama", noise=0.3, target_layers=2)
     pattern = r"(?:forward|left|stop) (?:1|2|3)"
     grammar = compile_grammar(pattern, target, target.eos_token_ids)
@@ -79,7 +78,7 @@ def test_constrained_sampling_follows_the_constrained_target(tiny_pair, chi_squa
     state0 = grammar.start()
     exact = {}
     with torch.inference_mode():
-        base = target.prefill(target.encode(PROMPT))
+        base = target.prefill(target.encode(prompt))
         logits = target.forward(base, [base.prompt_ids[-1]], keep=1)[0]
         p1 = target_probs(logits.masked_fill(~grammar.allowed(state0), float("-inf")), params)
         for verb in grammar.allowed_ids(state0):
@@ -94,7 +93,7 @@ def test_constrained_sampling_follows_the_constrained_target(tiny_pair, chi_squa
     with LocalSpeculativeDecoder(draft, target, grammar=pattern, do_sample=True, gamma=2,
                                  draft_length="adaptive") as runner:
         for seed in range(runs):
-            tokens = runner.generate(PROMPT, None, DecodingMode.SPECULATIVE, seed=seed, max_new_tokens=4).tokens
+            tokens = runner.generate(prompt, None, DecodingMode.SPECULATIVE, seed=seed, max_new_tokens=4).tokens
             counts[tuple(tokens[:2])] += 1
     assert chi_square(counts, exact, runs) > 1e-3
 
