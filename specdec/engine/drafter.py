@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..models.adapters import ModelAdapter, wrap_model
-from ..models.images import ImageLike, encode_png
+from ..models.images import WIRE_FORMATS, EncodedImage, ImageLike, encode_image, parse_image_size
 from ..protocol import (
     DecodingMode,
     DraftBlock,
@@ -108,6 +108,11 @@ class DecodeConfig:
     confidence_threshold: float = 0.4
     merge_first_block: bool = False  # the cloud holds its prefill for block 0 (one pass for both)
     grammar: str = ""  # output grammar (a regular expression, engine.grammar) for draft and target
+    # the camera frame on the wire: "png" (lossless) or "jpeg"; "full", "processor" (the draft
+    # processor's input size) or "WxH"; both models condition on exactly the pixels sent
+    image_format: str = "png"
+    image_size: str = "full"
+    jpeg_quality: int = 90
     end_wait_s: float = 0.25  # after the final result, wait this long for the cloud's cost totals
 
     def __post_init__(self):
@@ -128,6 +133,14 @@ class DecodeConfig:
             problems.append(f"confidence_threshold must be in [0, 1] (got {self.confidence_threshold})")
         if not self.timeout_s > 0:
             problems.append(f"timeout_s must be > 0 (got {self.timeout_s})")
+        if self.image_format not in WIRE_FORMATS:
+            problems.append(f"image_format must be one of {', '.join(sorted(WIRE_FORMATS))}, got {self.image_format!r}")
+        try:
+            parse_image_size(self.image_size)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if not 1 <= self.jpeg_quality <= 95:
+            problems.append(f"jpeg_quality must be 1..95 (got {self.jpeg_quality})")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -207,14 +220,19 @@ class EdgeDecoder:
         sid = session_id or uuid.uuid4().hex
         sent0 = getattr(self.transport, "bytes_sent", 0)
         recv0 = getattr(self.transport, "bytes_received", 0)
+        frame = None
+        if image is not None:  # what goes on the wire, and the pixels both models condition on
+            frame = encode_image(image, cfg.image_format, cfg.image_size, processor=self.draft.processor,
+                                 jpeg_quality=cfg.jpeg_quality)
+            stats.image_bytes = len(frame.data)
         with torch.inference_mode():
             if mode == DecodingMode.EDGE_ONLY:
-                tokens, finish = self._edge_only(cfg, prompt, image, stats)
+                tokens, finish = self._edge_only(cfg, prompt, frame, stats)
             elif mode == DecodingMode.CLOUD_ONLY:
-                tokens, finish = self._cloud_only(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, image,
+                tokens, finish = self._cloud_only(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, frame,
                                                   stats, t_start)
             else:
-                tokens, finish = self._speculative(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, image,
+                tokens, finish = self._speculative(cfg, _Session(self.transport, sid, cfg.timeout_s), prompt, frame,
                                                    mode, stats, t_start)
         if not stats.latency_ms:
             stats.latency_ms = (time.perf_counter() - t_start) * 1000
@@ -251,14 +269,14 @@ class EdgeDecoder:
             self._policies[key] = make_policy(cfg.draft_length, cfg.gamma, cfg.confidence_threshold)
         return self._policies[key]
 
-    def _prefill(self, prompt: str, image: ImageLike, stats: DecisionStats):
+    def _prefill(self, prompt: str, frame: Optional[EncodedImage], stats: DecisionStats):
         t = time.perf_counter()
-        state = self.draft.prefill(self.draft.encode(prompt, image))
+        state = self.draft.prefill(self.draft.encode(prompt, frame.image if frame is not None else None))
         stats.draft_forward_passes += 1
         stats.prefill_ms = (time.perf_counter() - t) * 1000
         return state
 
-    def _start_msg(self, cfg: DecodeConfig, prompt: str, image: ImageLike, mode: DecodingMode,
+    def _start_msg(self, cfg: DecodeConfig, prompt: str, frame: Optional[EncodedImage], mode: DecodingMode,
                    stop: frozenset) -> SessionStart:
         wait_ms = 0.0
         if cfg.merge_first_block and mode != DecodingMode.CLOUD_ONLY:
@@ -268,8 +286,8 @@ class EdgeDecoder:
             robot_id=self.robot_id,
             prompt=prompt,
             tokenizer_fingerprint=self.draft.fingerprint,
-            image_format="png" if image is not None else "",
-            image_data=encode_png(image) if image is not None else b"",
+            image_format=frame.format if frame is not None else "",
+            image_data=frame.data if frame is not None else b"",
             mode=int(mode),
             max_new_tokens=cfg.max_new_tokens,
             gamma=cfg.gamma,
@@ -283,9 +301,9 @@ class EdgeDecoder:
         )
 
     # -- modes ------------------------------------------------------------------------------
-    def _edge_only(self, cfg: DecodeConfig, prompt: str, image: ImageLike, stats: DecisionStats):
+    def _edge_only(self, cfg: DecodeConfig, prompt: str, frame: Optional[EncodedImage], stats: DecisionStats):
         stop = self._stop_ids(cfg)
-        state = self._prefill(prompt, image, stats)
+        state = self._prefill(prompt, frame, stats)
         picker = TokenPicker.for_target(self._params(cfg), make_generator(cfg.seed, "draft"))
         loop = TokenLoop(self.draft, state, [], limit=cfg.max_new_tokens, picker=picker, stop=stop,
                          grammar=self._grammar(cfg)).run()
@@ -294,10 +312,10 @@ class EdgeDecoder:
         finish = FinishReason.STOP_TOKEN if loop.tokens and loop.tokens[-1] in stop else FinishReason.MAX_NEW_TOKENS
         return loop.tokens, finish
 
-    def _cloud_only(self, cfg: DecodeConfig, session: _Session, prompt: str, image: ImageLike, stats: DecisionStats,
-                    t_start: float):
+    def _cloud_only(self, cfg: DecodeConfig, session: _Session, prompt: str, frame: Optional[EncodedImage],
+                    stats: DecisionStats, t_start: float):
         stop = self._stop_ids(cfg)
-        session.send(self._start_msg(cfg, prompt, image, DecodingMode.CLOUD_ONLY, stop))
+        session.send(self._start_msg(cfg, prompt, frame, DecodingMode.CLOUD_ONLY, stop))
         t = time.perf_counter()
         try:
             while True:
@@ -317,17 +335,17 @@ class EdgeDecoder:
         finish = FinishReason.STOP_TOKEN if tokens and tokens[-1] in stop else FinishReason.MAX_NEW_TOKENS
         return tokens, finish
 
-    def _speculative(self, cfg: DecodeConfig, session: _Session, prompt: str, image: ImageLike, mode: DecodingMode,
-                     stats: DecisionStats, t_start: float):
+    def _speculative(self, cfg: DecodeConfig, session: _Session, prompt: str, frame: Optional[EncodedImage],
+                     mode: DecodingMode, stats: DecisionStats, t_start: float):
         stop = self._stop_ids(cfg)
         policy = self._policy(cfg)
         grammar = self._grammar(cfg)
         # 1. Open the session: the cloud starts encoding the prompt and image right away.
-        session.send(self._start_msg(cfg, prompt, image, mode, stop))
+        session.send(self._start_msg(cfg, prompt, frame, mode, stop))
         picker = TokenPicker.for_draft(self._params(cfg), make_generator(cfg.seed, "draft"), self._draft_k(cfg))
         try:
             # 2. Prefill the draft and propose block 0.
-            proposer = Proposer(self.draft, self._prefill(prompt, image, stats), picker, stop, cfg.max_new_tokens,
+            proposer = Proposer(self.draft, self._prefill(prompt, frame, stats), picker, stop, cfg.max_new_tokens,
                                 policy, grammar)
             hints = mode == DecodingMode.SPECULATIVE_EARLY_EXIT and cfg.predraft
             strategy = make_strategy(cfg.predraft_policy, proposer) if hints else NoPredraft()

@@ -121,6 +121,7 @@ class DecisionStats:
     draft_forward_passes: int = 0
     verify_ms: float = 0.0  # sum of the verifier's per-round verify_ms
     prefill_ms: float = 0.0  # edge prefill (draft) time
+    image_bytes: int = 0  # the camera frame as sent (after downscaling and encoding)
     finish_reason: int = 0
     round_log: List[RoundStats] = field(default_factory=list)
 
@@ -178,7 +179,7 @@ class DecisionStats:
             for name in ("latency_ms", "new_tokens", "rounds", "drafted_tokens", "accepted_tokens", "hints",
                          "hints_correct", "predrafts", "predraft_hits", "target_forward_passes", "draft_ms",
                          "wait_ms", "cloud_compute_ms", "bytes_sent", "bytes_received", "draft_forward_passes",
-                         "verify_ms", "prefill_ms"):
+                         "verify_ms", "prefill_ms", "image_bytes"):
                 setattr(total, name, getattr(total, name) + getattr(s, name))
             total.round_log.extend(s.round_log)
         total.acceptance_rate = total.accepted_tokens / total.drafted_tokens if total.drafted_tokens else 0.0

@@ -171,7 +171,7 @@ def test_a_late_first_block_gets_its_prefill_at_the_deadline(tiny_pair, referenc
     assert verifier.stats.target_forward_passes == 2
 
 
-def test_downscaled_jpeg_frame_is_what_both_models_see(tiny_pair, reference):
+def test_downscaled_jpeg_frame_is_what_both_models_see(tiny_pair, reference, prompt):
     """The edge sends a smaller JPEG; the output is the target's on exactly the decoded pixels."""
     import numpy as np
 
@@ -180,9 +180,9 @@ def test_downscaled_jpeg_frame_is_what_both_models_see(tiny_pair, reference):
     draft, target = tiny_pair("qwen2_vl", noise=0.05)
     frame = (np.random.RandomState(5).rand(240, 320, 3) * 255).astype("uint8")
     sent = encode_image(frame, "jpeg", "160x120", jpeg_quality=80)
-    ref = reference(target, PROMPT, sent.image, max_new_tokens=10)
+    ref = reference(target, prompt, sent.image, max_new_tokens=10)
     with LocalSpeculativeDecoder(draft, target, image_format="jpeg", image_size="160x120", jpeg_quality=80) as runner:
         for mode in (DecodingMode.CLOUD_ONLY, DecodingMode.SPECULATIVE_EARLY_EXIT):
-            result = runner.generate(PROMPT, frame, mode, max_new_tokens=10)
+            result = runner.generate(prompt, frame, mode, max_new_tokens=10)
             assert result.tokens == ref
             assert result.stats.image_bytes == len(sent.data) < frame.nbytes // 20
