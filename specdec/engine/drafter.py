@@ -272,6 +272,7 @@ class EdgeDecoder:
     def _prefill(self, prompt: str, frame: Optional[EncodedImage], stats: DecisionStats):
         t = time.perf_counter()
         state = self.draft.prefill(self.draft.encode(prompt, frame.image if frame is not None else None))
+        self.draft.settle()
         stats.draft_forward_passes += 1
         stats.prefill_ms = (time.perf_counter() - t) * 1000
         return state

@@ -132,6 +132,8 @@ class TokenLoop:
             k = self.picker.record_k
             self.topk_ids.extend(ids + [ids[0]] * (k - len(ids)))
             self.topk_probs.extend(probs + [0.0] * (k - len(probs)))
+        if forced is None:
+            self.adapter.settle()  # the token is known: an emulated device would be done only now
         self.ms += (time.perf_counter() - t0) * 1000
 
     def run(self) -> "TokenLoop":

@@ -492,6 +492,7 @@ class Verifier:
             return  # already prefilled (with block 0)
         t0 = time.perf_counter()
         sess.state = self.target.prefill(sess.inputs)
+        self.target.settle()
         if len(sess.inputs.input_ids) > 1:
             self._count_forward(sess)
         sess.inputs = None
@@ -612,6 +613,7 @@ class Verifier:
         else:
             accepted, next_token = self.greedy_rule(rows, tokens)
         self.stats.head_rows += rows.computed
+        self.target.settle()  # the verdict is known: an emulated device would be done only now
         accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
         sess.committed.extend(tokens[:accepted])
         sess.committed.append(next_token)
@@ -688,6 +690,8 @@ class Verifier:
                 exit_ms=(time.perf_counter() - t0) * 1000,
             )
             self.stats.hints_sent += 1
+            self.target.hold_at_layer(layer)  # an emulated device reaches this layer only now
+            hint.exit_ms = (time.perf_counter() - t0) * 1000
             self._send(sess, emit, hint)
 
         return heads.attach(on_exit, layers=self.hint_layers, hidden=True)

@@ -144,6 +144,9 @@ class ModelAdapter:
         self._decoder = getattr(model, model.base_model_prefix)  # the stack without the LM head
         self.lm_head = LMHead.of(model, layout.lm_head, self.token_count)
         self.head = self.lm_head
+        self.clock = None  # a ComputeClock: forward passes take an emulated device's time
+        config = getattr(model, "config", None)
+        self._image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
 
     # -- identity ------------------------------------------------------------------------
     def _eos_ids(self) -> List[int]:
@@ -215,6 +218,9 @@ class ModelAdapter:
     def _run(self, state: DecodeState, ids: Sequence[int], start: int, keep: int, **extra) -> torch.Tensor:
         """One forward pass of ``ids`` at cache position ``start``: final hidden states
         ``[keep, hidden]`` (after the final norm; all positions when ``keep`` is 0)."""
+        if self.clock is not None:
+            images = sum(1 for t in ids if t == self._image_token) if extra and self._image_token is not None else 0
+            self.clock.begin(len(ids), start, images)
         tensor = torch.tensor([list(ids)], device=self.device)
         out = self._decoder(input_ids=tensor, past_key_values=state.cache, use_cache=True,
                             position_ids=self._positions(state, start, len(ids)), **extra)
@@ -269,6 +275,21 @@ class ModelAdapter:
         """Logits of the head this model proposes tokens with: ``[rows, len(head_ids)]`` for a
         reduced-vocabulary draft head, else the full vocabulary (``head_ids`` is None)."""
         return self.head.logits(hidden)
+
+    # -- emulated hardware (specdec.models.compute_profile) -----------------------------------
+    def use_clock(self, clock) -> None:
+        """Make forward passes take ``clock``'s emulated device time (None: real time only)."""
+        self.clock = clock
+
+    def settle(self) -> None:
+        """A forward pass's result leaves the caller now: wait out its emulated time."""
+        if self.clock is not None:
+            self.clock.settle()
+
+    def hold_at_layer(self, layer: int) -> None:
+        """Inside a pass, at the output of decoder ``layer``: wait for that layer's share of it."""
+        if self.clock is not None:
+            self.clock.hold((layer + 1) / self.num_layers)
 
     @property
     def head_ids(self) -> Optional[torch.Tensor]:
