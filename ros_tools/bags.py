@@ -13,7 +13,8 @@ Two nodes:
 The recorder needs each topic's type (``types`` parameter, parallel to ``topics``) because a
 subscription must be typed before any message arrives; the replayer takes types from the bag.
 Sensor topics (camera, odometry) use sensor-data QoS: recorded best effort (parameter
-sensor_reliability), replayed reliable, which best-effort subscribers also receive.
+sensor_reliability), replayed reliable, which best-effort subscribers also receive. Latched inputs
+(``latched_topics``: the instruction, e-stop) are replayed transient local, as published live.
 
 A bag that cannot be read (missing or bad metadata.yaml, a truncated mcap, a damaged sqlite3
 file, a message that does not deserialise) is a :class:`BagError` naming the bag and the fault,
@@ -33,7 +34,7 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
 
 from specdec_ros.node_runtime import Param, declare_parameters, run_node
-from specdec_ros.qos import COMMAND_QOS, SENSOR_QOS
+from specdec_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 
 SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
                 "nav_msgs/msg/Odometry")
@@ -146,6 +147,9 @@ REPLAY_PARAMETERS = [
     # reliable by default, like `ros2 bag play`: best-effort (sensor-data) subscribers also get
     # it, and a reliable recorder gets every message even on a loaded machine
     Param("sensor_reliability", "reliable", "QoS reliability for sensor topics: best_effort | reliable"),
+    # latched inputs: the edge subscribes to the instruction transient local, which a volatile
+    # publisher cannot reach
+    Param("latched_topics", ["/instruction", "/e_stop"], "topics replayed transient local (latched)"),
 ]
 
 
@@ -183,13 +187,14 @@ class BagReplay(Node):
         if not self.path:
             raise BagError("parameter bag must name a rosbag2 folder")
         sensor_qos = sensor_profile(p["sensor_reliability"])
+        latched = set(p["latched_topics"])
         self.messages = list(read_bag(self.path))
         if not self.messages:
             raise BagError(f"{self.path}: no messages")
         self.publishers_ = {}
         for topic, type_name, _, _ in self.messages:
             if topic not in self.publishers_:
-                qos = sensor_qos if type_name in SENSOR_TYPES else COMMAND_QOS
+                qos = sensor_qos if type_name in SENSOR_TYPES else LATCHED_QOS if topic in latched else COMMAND_QOS
                 self.publishers_[topic] = self.create_publisher(ros_type(type_name), topic, qos)
         self.get_logger().info(f"replaying {len(self.messages)} messages on {len(self.publishers_)} topics")
 
