@@ -1,5 +1,9 @@
-"""ROS 2 adapters of the ROS-free specdec core: message conversion and QoS profiles.
+"""ROS 2 glue around the ROS-free specdec core, shared by every node (tools live in ros_tools/).
 
-The nodes (edge_spec_drafter, cloud_verifier_bridge) import from here, so the mapping between
-specdec.protocol dataclasses and the generated edge_cloud_vlm_msgs types lives in one place.
+* ``conversions.py``   specdec.protocol dataclasses <-> edge_cloud_vlm_msgs messages
+* ``ros_transport.py`` the speculative protocol over DDS topics (edge and cloud transports)
+* ``images.py``        camera messages <-> RGB arrays (cv_bridge when installed)
+* ``qos.py``           one QoS profile per kind of traffic
+* ``diagnostics.py``   /diagnostics the diagnostic_msgs way
+* ``node_runtime.py``  the parameter convention (one table per node) and the node entry point
 """
