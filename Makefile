@@ -20,6 +20,12 @@ setup:
 test: setup models-ensure
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
+.PHONY: faults
+# Fault suite (issue 17): every test marked `faults`, long ones included (FAULTS_FULL=1). The soak:
+# python test/faults/soak.py --minutes 30; abuse benchmark: python test/faults/abuse.py --seconds 60
+faults: setup models-ensure
+	$(RUN) FAULTS_FULL=1 python -m pytest -m faults test $(PYTEST_ARGS)
+
 # Builds the cached model folders from committed artefacts (no training).
 models-ensure: setup
 	@if [ -f scripts/make_models.py ]; then $(RUN) python scripts/make_models.py --ensure; fi

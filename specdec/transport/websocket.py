@@ -4,6 +4,7 @@ Why WebSockets: one long-lived, full-duplex stream per robot that crosses NATs, 
 load balancers like HTTPS does, with TLS from the standard library. The server can push an
 early-exit hint the moment it exists, independent of the final result.
 
+* Health: ``GET /healthz`` answers ``200 ok`` without a credential, for load balancers.
 * Authentication: each robot has its own token, sent as ``Authorization: Bearer <token>`` with
   ``X-Robot-Id`` in the opening handshake (a load balancer can route on that header); a wrong or
   missing credential is refused with HTTP 401 before any protocol message is read, and a message
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 # Sequence number of messages the server itself injects for the verifier (above any edge's count).
 SERVER_SEQ = 2 ** 63 - 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HEALTH_PATH = "/healthz"  # GET answers 200 "ok" without a credential (load-balancer health checks)
 
 
 class AuthenticationError(TransportError):
@@ -345,6 +347,8 @@ class VerifierServer(CloudTransport):
 
     # -- handshake ---------------------------------------------------------------------------
     def _authenticate(self, connection, request):
+        if request.path == HEALTH_PATH:  # a load balancer's health check: no credential, no secrets
+            return connection.respond(200, "ok\n")
         robot_id = request.headers.get("X-Robot-Id", "")
         auth = request.headers.get("Authorization", "")
         token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""

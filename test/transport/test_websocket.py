@@ -32,6 +32,8 @@ from specdec.transport.websocket import (
     hash_token,
 )
 
+faults = pytest.mark.faults  # part of the fault suite (make faults)
+
 TOKENS = {"go2-a": hash_token("secret-a"), "go2-b": hash_token("secret-b")}
 
 
@@ -160,6 +162,7 @@ JUNK = [
 ]
 
 
+@faults
 def test_malformed_frames_get_bad_request_and_the_connection_is_kept(server):
     with raw_connection(server) as conn:
         for junk, sid in JUNK:
@@ -173,6 +176,7 @@ def test_malformed_frames_get_bad_request_and_the_connection_is_kept(server):
     assert server.stats()["handler_errors"] == 0
 
 
+@faults
 def test_protocol_version_mismatch_reaches_the_edge_for_its_session(server):
     newer = wire.encode(start("v", prompt="x")).replace(f'"protocol_version":{PROTOCOL_VERSION}',
                                                         f'"protocol_version":{PROTOCOL_VERSION + 1}')
@@ -186,6 +190,7 @@ def test_protocol_version_mismatch_reaches_the_edge_for_its_session(server):
     assert reply.reason == EndReason.PROTOCOL_VERSION_MISMATCH, reply
 
 
+@faults
 def test_reconnects_after_the_stream_drops(server):
     client = client_for(server)
     client.send(cloud_only("a"))
@@ -197,6 +202,7 @@ def test_reconnects_after_the_stream_drops(server):
     assert client.reconnects == 1
 
 
+@faults
 def test_unreachable_cloud_is_a_clear_error():
     client = WebSocketClient("ws://127.0.0.1:9", "go2-a", "secret-a", connect_timeout=0.5)
     with pytest.raises(TransportError, match="cannot reach verifier"):
@@ -234,6 +240,7 @@ def _serve_raw(reply: bytes):
     return listener
 
 
+@faults
 @pytest.mark.parametrize("reply", [
     b"garbage\r\n\r\n", b"", b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
@@ -253,6 +260,7 @@ def test_every_library_error_is_a_transport_error(reply):
         listener.close()
 
 
+@faults
 def test_tls_to_a_plain_server_is_a_transport_error(server):
     client = WebSocketClient(f"wss://localhost:{server.port}", "go2-a", "secret-a",
                              ssl_context=ssl.create_default_context(), connect_timeout=0.5)
@@ -261,6 +269,7 @@ def test_tls_to_a_plain_server_is_a_transport_error(server):
     client.close()
 
 
+@faults
 def test_a_second_connection_of_a_robot_does_not_take_its_replies(server):
     first, second = client_for(server), client_for(server)
     first.send(start("one"))
@@ -276,6 +285,7 @@ def test_a_second_connection_of_a_robot_does_not_take_its_replies(server):
     first.close()
 
 
+@faults
 def test_replies_follow_a_session_to_the_robots_other_connection(server):
     first, second = client_for(server), client_for(server)
     first.send(start("moving"))
@@ -287,6 +297,7 @@ def test_replies_follow_a_session_to_the_robots_other_connection(server):
     second.close()
 
 
+@faults
 def test_session_cap_per_robot_closes_the_oldest():
     srv = start_server(limits=ServerLimits(max_sessions_per_robot=2))
     try:
@@ -312,6 +323,7 @@ def _png_header(width, height):
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
+@faults
 @pytest.mark.parametrize("fields, words", [
     (dict(prompt="go " * 2000), "prompt of 6000 bytes"),
     (dict(image_format="png", image_data=b"\0" * 5000), "image of 5000 bytes"),
@@ -339,6 +351,7 @@ def test_unknown_session_is_answered_at_once(server):
     assert not server.seen
 
 
+@faults
 def test_session_routes_are_forgotten():
     srv = start_server(limits=ServerLimits(session_linger_s=0.2, session_forget_s=0.5))
     try:
@@ -357,6 +370,7 @@ def test_session_routes_are_forgotten():
         srv.close()
 
 
+@faults
 def test_a_flooding_robot_is_pushed_back_alone():
     srv = VerifierServer(TOKENS, limits=ServerLimits(max_queued_per_robot=4))
     srv.start()
@@ -380,6 +394,7 @@ def test_a_flooding_robot_is_pushed_back_alone():
         srv.close()
 
 
+@faults
 def test_send_never_blocks_on_a_robot_that_does_not_read():
     srv = VerifierServer(TOKENS, limits=ServerLimits(send_queue_frames=8, send_timeout_s=2))
     srv.start()
@@ -401,6 +416,7 @@ def test_send_never_blocks_on_a_robot_that_does_not_read():
         srv.close()
 
 
+@faults
 def test_link_loss_ends_open_sessions_at_once_and_aborts_do_not_wait():
     srv = start_server()
     client = client_for(srv, connect_timeout=5)
@@ -421,6 +437,7 @@ def test_link_loss_ends_open_sessions_at_once_and_aborts_do_not_wait():
         client.close()
 
 
+@faults
 def test_the_edge_link_survives_garbage_from_the_cloud():
     from websockets.sync.server import serve
 
@@ -440,6 +457,7 @@ def test_the_edge_link_survives_garbage_from_the_cloud():
         client.close()
 
 
+@faults
 def test_a_failing_message_handler_keeps_the_connection(server, monkeypatch):
     real = server._check_start
     calls = []
@@ -459,6 +477,7 @@ def test_a_failing_message_handler_keeps_the_connection(server, monkeypatch):
     client.close()
 
 
+@faults
 @pytest.mark.parametrize("uri, allowed", [
     ("ws://10.0.0.5:8765", False), ("ws://robot-cloud.example:8765", False), ("ws://127.0.0.1:8765", True),
     ("ws://localhost:8765", True), ("ws://[::1]:8765", True), ("wss://10.0.0.5:8765", True),
@@ -472,6 +491,7 @@ def test_a_token_is_not_sent_in_clear_text_off_loopback(uri, allowed):
         WebSocketClient(uri, "go2-a", "secret-a", allow_insecure=True).close()
 
 
+@faults
 def test_server_warns_when_serving_off_loopback_without_tls(caplog):
     for host, loud in (("127.0.0.1", False), ("0.0.0.0", True)):
         caplog.clear()
@@ -503,6 +523,7 @@ def closed_by_server(sock, timeout=5.0):
         return False
 
 
+@faults
 def test_connections_per_address_are_capped_and_idle_handshakes_time_out():
     srv = start_server(limits=ServerLimits(max_connections_per_address=5, handshake_timeout_s=0.5))
     flood = idle_sockets(srv.port, 20)
@@ -520,6 +541,7 @@ def test_connections_per_address_are_capped_and_idle_handshakes_time_out():
         srv.close()
 
 
+@faults
 def test_a_new_connection_displaces_the_oldest_handshake():
     srv = start_server(limits=ServerLimits(max_handshakes=4, handshake_timeout_s=30))
     flood = idle_sockets(srv.port, 10)
@@ -580,6 +602,7 @@ def test_link_emulator_adds_round_trip_delay(server):
         emulator.stop()
 
 
+@faults
 def test_link_emulator_drop_connections_is_a_link_loss(server):
     emulator = LinkEmulator("127.0.0.1", server.port, LinkProfile())
     port = emulator.start()
@@ -606,6 +629,7 @@ def test_link_emulator_bandwidth_and_order():
     assert times[-1] >= 50 * 1000 * 8 / 8e6  # 50 kB at 8 Mbit/s takes >= 50 ms
 
 
+@faults
 def test_server_threads_and_descriptors_are_released(server):
     before = threading.active_count()
     fds = len(os.listdir("/proc/self/fd"))
@@ -620,3 +644,14 @@ def test_server_threads_and_descriptors_are_released(server):
     assert threading.active_count() <= before + 2
     assert len(os.listdir("/proc/self/fd")) <= fds + 4
     assert server.stats()["connections"] == 0
+
+
+def test_health_check_needs_no_credential_and_reveals_nothing(server):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/healthz")
+    response = conn.getresponse()
+    assert response.status == 200 and response.read() == b"ok\n"
+    conn.request("GET", "/")  # anything else still needs a robot's credential
+    assert conn.getresponse().status == 401
+    assert server.refused == 1

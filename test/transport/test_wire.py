@@ -21,6 +21,7 @@ def test_round_trip(message):
     assert wire.decode(wire.encode(message).encode()) == message
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("frame", [
     "", "[]", "{}", '{"kind":"draft_block","data":[]}', '{"kind":"draft_block","data":{"tokens":[1.5]}}',
     '{"kind":"draft_block","data":{"tokens":[true]}}', '{"kind":"session_start","data":{"image_data":"@@"}}',
@@ -32,11 +33,13 @@ def test_malformed_frames_are_refused(frame):
         wire.decode(frame)
 
 
+@pytest.mark.faults
 def test_oversized_frame_refused():
     with pytest.raises(protocol.ProtocolError, match="too large"):
         wire.decode("x" * (wire.MAX_FRAME_BYTES + 1))
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("frame, words", [
     ('{"kind":"draft_block","data":{"topk_probs":[NaN]}}', "NaN"),
     ('{"kind":"draft_block","data":{"topk_probs":[Infinity]}}', "Infinity"),
@@ -54,6 +57,7 @@ def test_numbers_json_does_not_allow_and_garbage_are_refused_with_a_reason(frame
     assert info.value.reason == protocol.EndReason.BAD_REQUEST
 
 
+@pytest.mark.faults
 def test_refusals_name_the_session_when_it_is_legible():
     with pytest.raises(wire.WireError) as info:
         wire.decode('{"kind":"draft_block","data":{"session_id":"abc","tokens":"x"}}')
@@ -63,6 +67,7 @@ def test_refusals_name_the_session_when_it_is_legible():
     assert info.value.session_id == "abc"
 
 
+@pytest.mark.faults
 def test_another_protocol_version_is_a_version_mismatch_whatever_its_fields():
     frame = ('{"kind":"session_start","data":{"protocol_version":%d,"session_id":"v","a_new_field":[1]}}'
              % (protocol.PROTOCOL_VERSION + 1))
@@ -72,6 +77,7 @@ def test_another_protocol_version_is_a_version_mismatch_whatever_its_fields():
     assert info.value.session_id == "v"
 
 
+@pytest.mark.faults
 def test_decode_never_raises_anything_but_wire_error(monkeypatch):
     monkeypatch.setattr(wire, "message_from_dict", lambda *a: 1 / 0)  # a bug deeper down
     with pytest.raises(wire.WireError, match="ZeroDivisionError"):
