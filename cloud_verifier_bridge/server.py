@@ -9,11 +9,20 @@ The tokens file maps robot ids to the sha256 of their tokens (never the tokens t
       go2-demo: {token_sha256: "<hex>"}
 
 ``verifier_server --hash-token`` reads a token on stdin and prints its digest.
+
+What one robot or peer may hold (connections, sessions, prompt and image size, queued
+messages) is bounded by :class:`specdec.transport.websocket.ServerLimits`; each limit is a flag
+of the same name (``--max-sessions-per-robot 4``). Off loopback, serve TLS (``--tls-cert``,
+``--tls-key``): without it the server warns loudly, because robot tokens would cross the network
+in clear text. Behind a load balancer (deploy/haproxy.cfg) every connection comes from the
+balancer's address: raise ``--max-connections-per-address`` there and cap per source at the
+balancer.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import ssl
@@ -39,6 +48,23 @@ def load_tokens(path: str) -> dict:
     return tokens
 
 
+def _limit_flags(parser) -> None:
+    """One flag per ServerLimits field, so the CLI and the transport name each limit alike."""
+    from specdec.transport.websocket import ServerLimits
+
+    group = parser.add_argument_group("limits (per server; see specdec.transport.websocket.ServerLimits)")
+    for item in dataclasses.fields(ServerLimits):
+        group.add_argument("--" + item.name.replace("_", "-"), type=type(item.default), default=item.default,
+                           help=f"{item.metadata['help']} (default {item.default})")
+
+
+def limits_from(args):
+    """The ServerLimits the parsed flags ask for (ValueError for a limit that is not > 0)."""
+    from specdec.transport.websocket import ServerLimits
+
+    return ServerLimits(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServerLimits)}).check()
+
+
 def build_arg_parser():
     parser = argparse.ArgumentParser(prog="verifier_server", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="target model folder")
@@ -54,6 +80,7 @@ def build_arg_parser():
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0: never)")
     parser.add_argument("--hash-token", action="store_true", help="print sha256 of a token read from stdin")
+    _limit_flags(parser)
     return parser
 
 
@@ -76,6 +103,7 @@ def main(argv=None) -> int:
 
     try:
         tokens = load_tokens(args.tokens)
+        limits = limits_from(args)
         verifier = build_verifier(args.model, args.exits or None, args.exit_layer, args.dtype, args.device)
     except Exception as exc:  # missing/mismatched files: say which and stop
         print(f"verifier_server: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -84,8 +112,12 @@ def main(argv=None) -> int:
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key or None)
-    server = VerifierServer(tokens, args.host, args.port, ssl_context=context)
-    port = server.start()
+    server = VerifierServer(tokens, args.host, args.port, ssl_context=context, limits=limits)
+    try:
+        port = server.start()
+    except OSError as exc:  # port in use, address not on this machine
+        print(f"verifier_server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     scheme = "wss" if context else "ws"
     print(f"verifier_server: listening on {scheme}://{args.host}:{port} for {len(tokens)} robot(s)", flush=True)
     stop = threading.Event()
