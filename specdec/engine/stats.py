@@ -199,6 +199,8 @@ class VerifierStats:
     compute_ms: float = 0.0
     hints_sent: int = 0
     head_rows: int = 0  # LM-head rows computed at verification (lazily: up to the first rejection)
+    batches: int = 0  # forward passes that verified or decoded for sessions (batched or alone)
+    batched_rows: int = 0  # sessions served by those passes (batched_rows / batches: mean batch size)
     duplicates: int = 0  # duplicate blocks answered from the result cache
     stale: int = 0  # stale/unknown messages ignored
     errors: int = 0  # protocol errors answered with SessionEnd

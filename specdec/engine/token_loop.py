@@ -109,21 +109,37 @@ class TokenLoop:
         if self.finished:
             return
         t0 = time.perf_counter()
+        feed = self.next_feed()
+        if feed is not None:
+            self.take(self.adapter.forward_hidden(self.state, feed, keep=1))
+        self.ms += (time.perf_counter() - t0) * 1000
+
+    def next_feed(self) -> Optional[List[int]]:
+        """The tokens the next forward pass must feed - or None after appending a token the
+        grammar forces (no pass needed). With :meth:`take` this lets a caller run the pass itself,
+        batched with other sequences (the verifier's cloud-only decodes)."""
         if self._pending is None:
             self._pending = self.adapter.sync(self.state, self.base + self.tokens)
         forced = self.grammar.forced(self.grammar_state) if self.grammar is not None else None
-        if forced is not None:
-            token, confidence, ids, probs = forced, 1.0, [forced], [1.0]
-            self._pending.append(forced)
-        else:
-            hidden = self.adapter.forward_hidden(self.state, self._pending, keep=1)
-            self.forward_passes += 1
-            logits = self.adapter.head_logits(hidden)[0]
-            allowed = None
-            if self.grammar is not None:
-                allowed = self.grammar.allowed(self.grammar_state, self.adapter.head_ids, logits.device)
-            token, confidence, ids, probs = self.picker.pick(logits, self.adapter.head_ids, allowed)
-            self._pending = [token]
+        if forced is None:
+            return self._pending
+        self._pending.append(forced)
+        self._append(forced, 1.0, [forced], [1.0])
+        return None
+
+    def take(self, hidden: torch.Tensor) -> None:
+        """Choose the next token from the pass's final hidden state (the row after the feed)."""
+        self.forward_passes += 1
+        logits = self.adapter.head_logits(hidden[-1:])[0]
+        allowed = None
+        if self.grammar is not None:
+            allowed = self.grammar.allowed(self.grammar_state, self.adapter.head_ids, logits.device)
+        token, confidence, ids, probs = self.picker.pick(logits, self.adapter.head_ids, allowed)
+        self._pending = [token]
+        self._append(token, confidence, ids, probs)
+        self.adapter.settle()  # the token is known: an emulated device would be done only now
+
+    def _append(self, token: int, confidence: float, ids: List[int], probs: List[float]) -> None:
         if self.grammar is not None:
             self.grammar_state = self.grammar.advance(self.grammar_state, token)
         self.tokens.append(token)
@@ -132,9 +148,6 @@ class TokenLoop:
             k = self.picker.record_k
             self.topk_ids.extend(ids + [ids[0]] * (k - len(ids)))
             self.topk_probs.extend(probs + [0.0] * (k - len(probs)))
-        if forced is None:
-            self.adapter.settle()  # the token is known: an emulated device would be done only now
-        self.ms += (time.perf_counter() - t0) * 1000
 
     def run(self) -> "TokenLoop":
         while not self.finished:

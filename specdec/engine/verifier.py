@@ -144,6 +144,21 @@ class _Rows:
         return self.rows[i]
 
 
+@dataclass
+class _Job:
+    """One sequence's share of a forward pass: a verification round or a cloud-only step."""
+
+    kind: str  # "verify" | "decode"
+    sess: _Session
+    msg: Optional[DraftBlock]
+    received_at: float
+    feed: Optional[List[int]]  # tokens fed after the cache (None: block 0 rides with the prefill)
+    keep: int  # final hidden rows wanted
+    tokens: List[int]  # the draft block
+    t0: float
+    hints: bool
+
+
 class Verifier:
     """Holds the target and per-session state; answers protocol messages.
 
@@ -159,7 +174,11 @@ class Verifier:
     max_sessions / max_sessions_per_robot: open sessions in all / for one robot id.
     max_prompt_tokens / max_image_pixels: the largest prompt and camera frame accepted.
     max_prefill_wait_ms: the longest a prefill waits for block 0 (``SessionStart.prefill_wait_ms``).
-    decode_chunk: cloud-only tokens decoded per turn before other robots' work runs.
+    decode_chunk: cloud-only tokens decoded per turn before other robots' work runs (when the
+        session is alone; batched, one token per turn).
+    max_batch / batch_window_ms: verification rounds (and cloud-only decode steps) of up to
+        ``max_batch`` sessions run in one batched forward pass; a batch that is not full waits up
+        to ``batch_window_ms`` for more blocks (0: run what is ready at once).
     """
 
     def __init__(
@@ -178,6 +197,8 @@ class Verifier:
         max_image_pixels: int = 4096 * 4096,
         max_prefill_wait_ms: float = 1000.0,
         decode_chunk: int = 8,
+        max_batch: int = 8,
+        batch_window_ms: float = 0.0,
         greedy_rule: AcceptFn = greedy_accept,
         sampling_rule: AcceptFn = rejection_accept,
         clock: Callable[[], float] = time.monotonic,
@@ -202,6 +223,8 @@ class Verifier:
         self.max_image_pixels = max_image_pixels
         self.max_prefill_wait_ms = max_prefill_wait_ms
         self.decode_chunk = max(1, int(decode_chunk))
+        self.max_batch = max(1, int(max_batch))
+        self.batch_window_ms = max(0.0, float(batch_window_ms))
         self.greedy_rule = greedy_rule
         self.sampling_rule = sampling_rule
         self.clock = clock
@@ -231,7 +254,9 @@ class Verifier:
         timed = hasattr(transport, "recv_with_time")
         emit = transport.send
         while not stop_event.is_set():
-            wait = 0.0 if self.queued else min(poll_s, self._next_due(self.clock()))
+            with self._lock:
+                now = self.clock()
+                wait = self._next_batch_wait(now) if self.queued else min(poll_s, self._next_due(now))
             if timed:
                 msg, arrived = transport.recv_with_time(wait)
             else:
@@ -239,6 +264,8 @@ class Verifier:
             with self._lock:
                 if msg is not None:
                     self.admit(msg, emit, received_at=arrived)
+                    if self._next_batch_wait(self.clock()) > 0:
+                        continue  # a batch that is not full yet: wait for more blocks
                 self._queue_due_prefills(self.clock())
                 self.run_next(emit)
             now = self.clock()
@@ -305,32 +332,63 @@ class Verifier:
         self._queues[robot].append((kind, sess.sid, msg, received_at))
 
     def run_next(self, emit: Emit) -> bool:
-        """Run one unit of queued work (the next robot's turn); False when there was none."""
+        """Run the next robot's queued work - with verification rounds and cloud-only decode steps
+        of other robots that are ready, in ONE batched forward pass; False when there was none."""
         with self._lock, torch.inference_mode():
             if not self._turns:
                 return False
-            robot = self._turns.popleft()
-            queue = self._queues[robot]
-            kind, sid, msg, received_at = queue.popleft()
-            if queue:
-                self._turns.append(robot)
-            else:
-                del self._queues[robot]
+            item = self._pop(self._turns[0])
+            kind, sid, msg, received_at = item
             sess = self._sessions.get(sid)
             if sess is None:
                 if kind == "verify":
                     self._on_block(msg, emit, received_at)  # closed meanwhile: answered from the closed session
                 return True
-            try:
-                if kind == "prefill":
-                    self._prefill(sess, emit)
-                elif kind == "decode":
-                    self._decode_some(sess, emit)
-                else:
-                    self._verify(sess, msg, emit, received_at)
-            except Exception as exc:
-                self._failed(sid, emit, exc)
+            if kind == "prefill":
+                self._guarded(sid, emit, self._prefill, sess, emit)
+                return True
+            items = [item]
+            if self._batchable(item):
+                for robot in list(self._turns):
+                    if len(items) >= self.max_batch:
+                        break
+                    if self._batchable(self._queues[robot][0]):
+                        items.append(self._pop(robot))
+            self._run_batch(items, emit)
             return True
+
+    def _pop(self, robot: str):
+        """The robot's next work item; the robot's turn moves to the back of the line."""
+        self._turns.remove(robot)
+        queue = self._queues[robot]
+        item = queue.popleft()
+        if queue:
+            self._turns.append(robot)
+        else:
+            del self._queues[robot]
+        return item
+
+    def _batchable(self, item) -> bool:
+        kind, sid, _, _ = item
+        sess = self._sessions.get(sid)
+        return (self.max_batch > 1 and self.target.can_batch and kind in ("verify", "decode") and sess is not None
+                and sess.state is not None and sess.state.length > 0)
+
+    def _guarded(self, sid: str, emit: Emit, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._failed(sid, emit, exc)
+
+    def _next_batch_wait(self, now: float) -> float:
+        """How long to wait for more blocks before running a batch that is not full (0: run now)."""
+        if self.batch_window_ms <= 0 or not self._turns:
+            return 0.0
+        heads = [self._queues[r][0] for r in self._turns]
+        if len(heads) >= self.max_batch or not all(self._batchable(h) for h in heads):
+            return 0.0
+        oldest = min(h[3] for h in heads)
+        return max(0.0, oldest + self.batch_window_ms / 1000 - now)
 
     def _failed(self, sid: str, emit: Emit, exc: Exception) -> None:
         log.exception("verifier failed on session %s", sid)
@@ -503,29 +561,11 @@ class Verifier:
                                     stop=sess.stop, grammar=sess.grammar)
             self._queue(sess, "decode")
 
-    def _spent(self, sess: _Session, t0: float) -> None:
-        elapsed = (time.perf_counter() - t0) * 1000
+    def _spent(self, sess: _Session, t0: float, share: int = 1) -> None:
+        """Charge the time since ``t0`` (a batched pass: this session's ``1 / share`` of it)."""
+        elapsed = (time.perf_counter() - t0) * 1000 / share
         sess.compute_ms += elapsed
         self.stats.compute_ms += elapsed
-
-    # -- cloud-only ---------------------------------------------------------------------------
-    def _decode_some(self, sess: _Session, emit: Emit) -> None:
-        """``decode_chunk`` more cloud-only tokens, then the next robot's turn."""
-        t0 = time.perf_counter()
-        loop = sess.decode
-        for _ in range(self.decode_chunk):
-            if loop.finished:
-                break
-            passes = loop.forward_passes
-            loop.step()
-            for _ in range(loop.forward_passes - passes):
-                self._count_forward(sess)
-        self._spent(sess, t0)
-        if not loop.finished:
-            self._queue(sess, "decode")
-            return
-        self.stats.sessions_completed += 1
-        self._close(sess, emit, EndReason.COMPLETED, "cloud-only", tokens=loop.tokens)
 
     # -- blocks -----------------------------------------------------------------------------
     def _on_block(self, msg: DraftBlock, emit: Emit, received_at: float) -> None:
@@ -579,47 +619,118 @@ class Verifier:
                         f"{len(msg.topk_ids)} / {len(msg.topk_probs)}")
         return None
 
-    def _verify(self, sess: _Session, msg: DraftBlock, emit: Emit, received_at: float) -> None:
-        if msg.round < sess.next_round:
-            self._answer_old_round(sess, msg, emit)  # a re-sent block queued behind the original
+    # -- model work: verification rounds and cloud-only steps, alone or batched ----------------
+    def _run_batch(self, items, emit: Emit) -> None:
+        """Prepare each item, run ONE forward pass for all of them, finish each."""
+        jobs: List[_Job] = []
+        for kind, sid, msg, received_at in items:
+            sess = self._sessions.get(sid)
+            if sess is not None:
+                job = None
+                try:
+                    job = self._prepare(kind, sess, msg, received_at, emit)
+                except Exception as exc:
+                    self._failed(sid, emit, exc)
+                if job is not None:
+                    jobs.append(job)
+        if not jobs:
             return
-        problem = self._check_block(sess, msg)
-        if problem:
-            self._refuse(msg, emit, EndReason.BAD_REQUEST, problem)
+        if len(jobs) == 1 and jobs[0].kind == "decode":
+            self._guarded(jobs[0].sess.sid, emit, self._decode_alone, jobs[0], emit)
             return
         t0 = time.perf_counter()
-        queue_ms = max(0.0, (self.clock() - received_at) * 1000)
-        tokens = list(msg.tokens)
-        n = len(tokens)
-        hooks = self._attach_hints(sess, msg, emit, t0) if sess.hints and n else None
+        hooks = self._attach_hints([j for j in jobs if j.hints], emit, t0) if self.hint_layers else None
         try:
-            if sess.state is None:  # block 0 arrived while the prefill waited for it: one pass for both
-                sess.prefill_due = None
-                sess.state, hidden = self.target.prefill_with(sess.inputs, tokens, keep=n + 1)
-                sess.inputs = None
+            if jobs[0].feed is None:  # block 0 arrived while the prefill waited for it: one pass for both
+                job = jobs[0]
+                job.sess.prefill_due = None
+                job.sess.state, hidden = self.target.prefill_with(job.sess.inputs, job.tokens, keep=job.keep)
+                job.sess.inputs = None
+                hiddens = [hidden]
             else:
-                pending = self.target.sync(sess.state, sess.committed)
-                hidden = self.target.forward_hidden(sess.state, pending + tokens, keep=n + 1)
+                hiddens = self.target.forward_batch([j.sess.state for j in jobs], [j.feed for j in jobs],
+                                                     [j.keep for j in jobs])
+        except Exception as exc:
+            for job in jobs:
+                self._failed(job.sess.sid, emit, exc)
+            return
         finally:
             if hooks is not None:
                 hooks.remove()
+        self.stats.target_forward_passes += 1
+        self.stats.batches += 1
+        self.stats.batched_rows += len(jobs)
+        for job, hidden in zip(jobs, hiddens):
+            job.sess.forward_passes += 1
+            finish = self._finish_verify if job.kind == "verify" else self._finish_decode
+            self._guarded(job.sess.sid, emit, finish, job, hidden, emit, len(jobs))
+
+    def _prepare(self, kind: str, sess: _Session, msg, received_at: float, emit: Emit) -> Optional["_Job"]:
+        if kind == "decode":
+            feed = sess.decode.next_feed()
+            if feed is None:  # the grammar forced the token: no pass needed
+                self._after_decode_step(sess, emit)
+                return None
+            return _Job("decode", sess, None, received_at, feed, 1, [], time.perf_counter(), False)
+        if msg.round < sess.next_round:
+            self._answer_old_round(sess, msg, emit)  # a re-sent block queued behind the original
+            return None
+        problem = self._check_block(sess, msg)
+        if problem:
+            self._refuse(msg, emit, EndReason.BAD_REQUEST, problem)
+            return None
+        tokens = list(msg.tokens)
+        feed = None if sess.state is None else self.target.sync(sess.state, sess.committed) + tokens
+        return _Job("verify", sess, msg, received_at, feed, len(tokens) + 1, tokens, time.perf_counter(),
+                    sess.hints and bool(tokens))
+
+    def _decode_alone(self, job: "_Job", emit: Emit) -> None:
+        """A cloud-only session with nothing to batch with: ``decode_chunk`` tokens this turn."""
+        sess, loop = job.sess, job.sess.decode
+        t0 = time.perf_counter()
+        hidden = self.target.forward_hidden(sess.state, job.feed, keep=1)
         self._count_forward(sess)
-        rows = _Rows(self.target, hidden, sess, tokens)
+        loop.take(hidden)
+        for _ in range(self.decode_chunk - 1):
+            if loop.finished:
+                break
+            passes = loop.forward_passes
+            loop.step()
+            for _ in range(loop.forward_passes - passes):
+                self._count_forward(sess)
+        self._spent(sess, t0)
+        self._after_decode_step(sess, emit)
+
+    def _finish_decode(self, job: "_Job", hidden: torch.Tensor, emit: Emit, rows: int) -> None:
+        job.sess.decode.take(hidden)
+        self._spent(job.sess, job.t0, share=rows)
+        self._after_decode_step(job.sess, emit)
+
+    def _after_decode_step(self, sess: _Session, emit: Emit) -> None:
+        if not sess.decode.finished:
+            self._queue(sess, "decode")
+            return
+        self.stats.sessions_completed += 1
+        self._close(sess, emit, EndReason.COMPLETED, "cloud-only", tokens=sess.decode.tokens)
+
+    def _finish_verify(self, job: "_Job", hidden: torch.Tensor, emit: Emit, rows: int) -> None:
+        sess, msg, tokens = job.sess, job.msg, job.tokens
+        queue_ms = max(0.0, (self.clock() - job.received_at) * 1000 - (time.perf_counter() - job.t0) * 1000)
+        rows_view = _Rows(self.target, hidden, sess, tokens)
         if sess.params.do_sample:
             accepted, next_token = self.sampling_rule(
-                rows, tokens, topk_ids=msg.topk_ids, topk_probs=msg.topk_probs, topk=msg.topk,
+                rows_view, tokens, topk_ids=msg.topk_ids, topk_probs=msg.topk_probs, topk=msg.topk,
                 params=sess.params, generator=sess.generator,
             )
         else:
-            accepted, next_token = self.greedy_rule(rows, tokens)
-        self.stats.head_rows += rows.computed
+            accepted, next_token = self.greedy_rule(rows_view, tokens)
+        self.stats.head_rows += rows_view.computed
         self.target.settle()  # the verdict is known: an emulated device would be done only now
         accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
         sess.committed.extend(tokens[:accepted])
         sess.committed.append(next_token)
-        verify_ms = (time.perf_counter() - t0) * 1000
-        sess.compute_ms += verify_ms
-        self.stats.compute_ms += verify_ms
+        verify_ms = (time.perf_counter() - job.t0) * 1000
+        self._spent(sess, job.t0, share=rows)
         self.stats.rounds += 1
         result = VerifyResult(
             session_id=sess.sid,
@@ -661,37 +772,36 @@ class Verifier:
         return accepted, next_token, finish
 
     # -- early-exit hints -------------------------------------------------------------------
-    def _attach_hints(self, sess: _Session, msg: DraftBlock, emit: Emit, t0: float):
-        """Hooks that send one hint per exit layer from inside the verification pass. Each
-        hint walks the block's rows at that layer until the exit head disagrees with a draft
-        token, so it computes exit logits for ``accepted + 1`` rows, not all of them."""
-        tokens = list(msg.tokens)
-        n = len(tokens)
+    def _attach_hints(self, jobs: List["_Job"], emit: Emit, t0: float):
+        """Hooks that send one hint per exit layer and session from inside the (batched)
+        verification pass. Each hint walks its block's rows at that layer until the exit head
+        disagrees with a draft token, so it computes exit logits for ``accepted + 1`` rows, not all."""
+        if not jobs:
+            return None
         heads = self.exit_heads
+        rows = [(row, job) for row, job in enumerate(jobs) if job.hints]
 
         def on_exit(layer: int, hidden: torch.Tensor) -> None:
-            states = hidden[0, -(n + 1):]
-            accepted = 0
-            while True:
-                logits = heads.exit_logits(layer, states[accepted:accepted + 1])[0].float()
-                guess = int(torch.argmax(logits))
-                if accepted < n and guess == tokens[accepted]:
-                    accepted += 1
-                    continue
-                break
-            hint = EarlyExitHint(
-                session_id=sess.sid,
-                round=msg.round,
-                position=msg.position,
-                exit_layer=layer,
-                predicted_accepted=accepted,
-                predicted_next_token=guess,
-                confidence=float(torch.softmax(logits, -1)[guess]),
-                exit_ms=(time.perf_counter() - t0) * 1000,
-            )
-            self.stats.hints_sent += 1
+            hints = []
+            for row, job in rows:
+                n, end = len(job.tokens), hidden.shape[1] if job.feed is None else len(job.feed)
+                states = hidden[row, end - (n + 1):end]
+                accepted = 0
+                while True:
+                    logits = heads.exit_logits(layer, states[accepted:accepted + 1])[0].float()
+                    guess = int(torch.argmax(logits))
+                    if accepted < n and guess == job.tokens[accepted]:
+                        accepted += 1
+                        continue
+                    break
+                hints.append((job, EarlyExitHint(
+                    session_id=job.sess.sid, round=job.msg.round, position=job.msg.position, exit_layer=layer,
+                    predicted_accepted=accepted, predicted_next_token=guess,
+                    confidence=float(torch.softmax(logits, -1)[guess]))))
             self.target.hold_at_layer(layer)  # an emulated device reaches this layer only now
-            hint.exit_ms = (time.perf_counter() - t0) * 1000
-            self._send(sess, emit, hint)
+            for job, hint in hints:
+                hint.exit_ms = (time.perf_counter() - t0) * 1000
+                self.stats.hints_sent += 1
+                self._send(job.sess, emit, hint)
 
         return heads.attach(on_exit, layers=self.hint_layers, hidden=True)

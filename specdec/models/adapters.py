@@ -265,6 +265,68 @@ class ModelAdapter:
         state.cached.extend(tokens)
         return hidden
 
+    @property
+    def can_batch(self) -> bool:
+        """Sequences of different lengths can share one forward pass (left-padded caches). Not for
+        sliding-window attention, whose mask counts cache slots, which padding shifts."""
+        config = getattr(self.model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        return not getattr(text, "sliding_window", None) or getattr(text, "use_sliding_window", True) is False
+
+    @torch.inference_mode()
+    def forward_batch(self, states: Sequence[DecodeState], feeds: Sequence[Sequence[int]],
+                      keeps: Sequence[int]) -> List[torch.Tensor]:
+        """:meth:`forward_hidden` for several sequences in ONE forward pass.
+
+        Each sequence's cache is left-padded to the longest and its new tokens right-padded to the
+        longest feed; an attention mask hides the padding and positions come from each sequence's
+        own length, so every row computes what it would alone. Afterwards each state's cache gets
+        its own new keys and values. Returns the final hidden states of the last ``keeps[i]`` fed
+        tokens of each sequence.
+        """
+        if len(states) == 1:
+            return [self.forward_hidden(states[0], feeds[0], keeps[0])]
+        rows = len(states)
+        past = [s.length for s in states]
+        longest_past, longest_feed = max(past), max(len(f) for f in feeds)
+        layers = []
+        for layer in range(len(states[0].cache.layers)):
+            keys, values = [], []
+            for state in states:
+                k, v = state.cache.layers[layer].keys, state.cache.layers[layer].values
+                pad = longest_past - k.shape[-2]
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=layers)
+        ids = torch.zeros(rows, longest_feed, dtype=torch.long, device=self.device)
+        mask = torch.zeros(rows, longest_past + longest_feed, dtype=torch.long, device=self.device)
+        positions = []
+        for row, (state, feed) in enumerate(zip(states, feeds)):
+            ids[row, :len(feed)] = torch.tensor(list(feed), device=self.device)
+            mask[row, longest_past - past[row]:longest_past + len(feed)] = 1
+            own = self._positions(state, past[row], longest_feed)
+            positions.append(own if own is not None else
+                             torch.arange(past[row], past[row] + longest_feed, device=self.device).view(1, -1))
+        position_ids = torch.cat(positions, dim=-2)
+        if self.clock is not None:
+            self.clock.begin(longest_feed, longest_past, 0, rows)
+        out = self._decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                            position_ids=position_ids)
+        hidden = out.last_hidden_state
+        results = []
+        for row, (state, feed, keep) in enumerate(zip(states, feeds, keeps)):
+            span = slice(longest_past, longest_past + len(feed))
+            for layer, own in zip(cache.layers, state.cache.layers):
+                own.keys = torch.cat([own.keys, layer.keys[row:row + 1, :, span]], dim=-2)
+                own.values = torch.cat([own.values, layer.values[row:row + 1, :, span]], dim=-2)
+            state.cached.extend(feed)
+            rows_out = hidden[row, :len(feed)]
+            results.append(rows_out[-keep:] if keep else rows_out)
+        return results
+
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary float logits ``[rows, vocab]`` for final hidden states."""

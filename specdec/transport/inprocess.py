@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Optional, Tuple
 
-from ..protocol import Message
+from ..protocol import Message, SessionEnd
 from .base import CloudTimeout, CloudTransport, EdgeTransport, TransportClosed, message_nbytes
 
 
@@ -127,3 +127,89 @@ class InProcessTransport(EdgeTransport):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+class InProcessHub:
+    """One verifier thread serving several in-process edges: a fleet in one process.
+
+        hub = InProcessHub(verifier)             # starts verifier.serve(hub.cloud, stop) in a thread
+        edges = [EdgeDecoder(draft, hub.connect(), robot_id=f"r{i}") for i in range(4)]
+
+    Every edge's messages go into one queue to the verifier; replies are routed back to the edge
+    that opened the session. Each edge is used by one thread.
+    """
+
+    def __init__(self, server, *, latency_s: float = 0.0):
+        self._to_cloud = _Pipe(latency_s)
+        self.latency_s = latency_s
+        self._routes = {}  # session id -> edge end
+        self._routes_lock = threading.Lock()
+        self.closed = False
+        self.cloud = _HubCloudEnd(self)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=server.serve, args=(self.cloud, self._stop), name="specdec-hub",
+                                        daemon=True)
+        self._thread.start()
+
+    def connect(self) -> "EdgeTransport":
+        return _HubEdge(self)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if not self.closed:
+            self.closed = True
+            self._stop.set()
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _HubEdge(EdgeTransport):
+    def __init__(self, hub: InProcessHub):
+        self.hub = hub
+        self._from_cloud = _Pipe(hub.latency_s)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def send(self, msg: Message) -> None:
+        if self.hub.closed:
+            raise TransportClosed("in-process hub is closed")
+        with self.hub._routes_lock:
+            self.hub._routes[msg.session_id] = self
+        self.bytes_sent += message_nbytes(msg)
+        self.hub._to_cloud.put(msg)
+
+    def recv(self, timeout: float) -> Message:
+        if self.hub.closed:
+            raise TransportClosed("in-process hub is closed")
+        _, msg = self._from_cloud.get(timeout)
+        if msg is None:
+            raise CloudTimeout(f"no message from the cloud within {timeout:.3g} s")
+        return msg
+
+
+class _HubCloudEnd(CloudTransport):
+    def __init__(self, hub: InProcessHub):
+        self.hub = hub
+
+    def recv(self, timeout: float) -> Optional[Message]:
+        return self.recv_with_time(timeout)[0]
+
+    def recv_with_time(self, timeout: float):
+        sent_at, msg = self.hub._to_cloud.get(timeout)
+        if msg is None:
+            return None, None
+        return msg, sent_at + self.hub.latency_s
+
+    def send(self, msg: Message) -> None:
+        with self.hub._routes_lock:
+            if isinstance(msg, SessionEnd):  # the session is over: forget its route
+                edge = self.hub._routes.pop(msg.session_id, None)
+            else:
+                edge = self.hub._routes.get(msg.session_id)
+        if edge is not None and not self.hub.closed:
+            edge.bytes_received += message_nbytes(msg)
+            edge._from_cloud.put(msg)

@@ -1,0 +1,118 @@
+"""Batched verification: sessions of several robots verified in one forward pass stay exactly the
+target's output (greedy identical, sampling distribution-exact), and the scheduler is fair."""
+
+import threading
+from collections import Counter
+
+import pytest
+import torch
+
+from specdec.engine.drafter import EdgeDecoder
+from specdec.engine.sampling import SamplingParams, target_probs
+from specdec.engine.verifier import Verifier
+from specdec.models.early_exit import EarlyExitHeads
+from specdec.protocol import DecodingMode, DraftBlock, SessionEnd, SessionStart, VerifyResult
+from specdec.transport.inprocess import InProcessHub
+
+PROMPTS = ["go forward two meters then turn left", "turn right", "find the red ball near the door and stop",
+           "walk to the blue chair"]
+MODES = [DecodingMode.SPECULATIVE_EARLY_EXIT, DecodingMode.SPECULATIVE, DecodingMode.CLOUD_ONLY,
+         DecodingMode.SPECULATIVE_EARLY_EXIT]
+
+
+def _fleet(draft, verifier, jobs, latency_s=0.005):
+    """Run ``jobs`` (robot index -> list of decode kwargs) on one robot thread each, concurrently."""
+    results, errors = {}, []
+    with InProcessHub(verifier, latency_s=latency_s) as hub:
+        def robot(index, calls):
+            try:
+                edge = EdgeDecoder(draft, hub.connect(), robot_id=f"robot{index}", timeout_s=30)
+                results[index] = [edge.decode(**call) for call in calls]
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=robot, args=item) for item in jobs.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_batched_sessions_are_each_the_target_alone(arch, tiny_pair, reference, image):
+    draft, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    refs = {p: reference(target, p, img, max_new_tokens=12) for p in PROMPTS}
+    verifier = Verifier(target, EarlyExitHeads(target.model, [1, 2]), max_batch=4, batch_window_ms=15)
+    jobs = {i: [dict(prompt=PROMPTS[(i + k) % 4], image=img, mode=MODES[(i + k) % 4], gamma=2 + (i + k) % 4,
+                     max_new_tokens=12, predraft_policy="eager" if i % 2 else "hint") for k in range(3)]
+            for i in range(4)}
+    results = _fleet(draft, verifier, jobs)
+    for i, calls in jobs.items():
+        for call, result in zip(calls, results[i]):
+            assert result.tokens == refs[call["prompt"]], (i, call)
+    assert verifier.stats.batched_rows > verifier.stats.batches  # some passes served several robots
+
+
+def _exact_joint(target, prompt, params):
+    """The target's exact distribution of its first two sampled tokens."""
+    with torch.inference_mode():
+        state = target.prefill(target.encode(prompt))
+        p1 = target_probs(target.forward(state, [state.prompt_ids[-1]], keep=1)[0], params)
+        joint = {}
+        for t1 in torch.nonzero(p1).flatten().tolist():
+            p2 = target_probs(target.forward(state, [t1], keep=1)[0], params)
+            target.truncate(state, state.length - 1)
+            for t2 in torch.nonzero(p2).flatten().tolist():
+                joint[(t1, t2)] = float(p1[t1] * p2[t2])
+    return joint
+
+
+def test_batched_sampling_follows_the_target(tiny_pair, chi_square):
+    draft, target = tiny_pair("llama", noise=0.1, target_layers=2)
+    params = SamplingParams(do_sample=True, temperature=1.0, top_k=3)
+    prompt = PROMPTS[0]
+    joint = _exact_joint(target, prompt, params)
+    verifier = Verifier(target, max_batch=4, batch_window_ms=10)
+    runs = 100
+    jobs = {i: [dict(prompt=prompt, mode=DecodingMode.SPECULATIVE, do_sample=True, top_k=3, gamma=2,
+                     max_new_tokens=3, seed=1000 * i + s) for s in range(runs)] for i in range(3)}
+    results = _fleet(draft, verifier, jobs, latency_s=0.0)
+    counts = Counter(tuple(r.tokens[:2]) for rs in results.values() for r in rs)
+    assert verifier.stats.batched_rows > verifier.stats.batches
+    assert chi_square(counts, joint, 3 * runs) > 1e-3
+
+
+def test_a_long_cloud_only_decode_does_not_hold_up_other_robots(tiny_pair):
+    _, target = tiny_pair("llama", noise=0.05)
+    verifier, out = Verifier(target, decode_chunk=4, max_batch=1), []
+    start = dict(tokenizer_fingerprint=target.fingerprint, prompt=PROMPTS[0], stop_token_ids=[])
+    verifier.admit(SessionStart(session_id="long", robot_id="hog", mode=int(DecodingMode.CLOUD_ONLY),
+                                max_new_tokens=64, **start), out.append)
+    verifier.admit(SessionStart(session_id="short", robot_id="polite", mode=int(DecodingMode.SPECULATIVE),
+                                max_new_tokens=8, gamma=2, **start), out.append)
+    for _ in range(4):  # both prefills and the hog's first chunks
+        verifier.run_next(out.append)
+    verifier.admit(DraftBlock(session_id="short", seq=1, round=0, position=0, tokens=[5, 6]), out.append)
+    while verifier.run_next(out.append):
+        pass
+    done = [m.session_id for m in out if isinstance(m, (VerifyResult, SessionEnd))]
+    assert done.index("short") < done.index("long")  # the short round did not wait for 64 tokens
+    hog_end = next(m for m in out if isinstance(m, SessionEnd) and m.session_id == "long")
+    assert len(hog_end.tokens) == 64
+
+
+def test_duplicates_do_not_keep_a_session_alive(tiny_pair):
+    _, target = tiny_pair("llama", noise=0.05)
+    now = [0.0]
+    verifier, out = Verifier(target, session_timeout_s=10, clock=lambda: now[0]), []
+    verifier.handle(SessionStart(session_id="s", robot_id="r", tokenizer_fingerprint=target.fingerprint,
+                                 prompt=PROMPTS[1], max_new_tokens=16, gamma=2), out.append)
+    block = DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6])
+    verifier.handle(block, out.append)
+    for t in (4.0, 8.0, 12.0):  # the same block again and again
+        now[0] = t
+        verifier.handle(block, out.append)
+    assert verifier.expire(out.append, now=12.0) == ["s"]
