@@ -33,17 +33,34 @@ import time
 import yaml
 
 
+TOKENS_FORMAT = """tokens file (--tokens), YAML: each robot id and the sha256 hex digest of its token
+(make one with: echo -n "$TOKEN" | verifier_server --hash-token):
+
+    robots:
+      go2-demo: {token_sha256: "<64 hex digits>"}
+      go2-lab:  {token_sha256: "<64 hex digits>"}
+"""
+
+
 def load_tokens(path: str) -> dict:
-    with open(path) as handle:
-        doc = yaml.safe_load(handle) or {}
-    robots = doc.get("robots")
+    """robot id -> token digest; ValueError with one line naming the fault otherwise."""
+    try:
+        with open(path) as handle:
+            doc = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}; see verifier_server --help for the format") from None
+    robots = doc.get("robots") if isinstance(doc, dict) else None
     if not isinstance(robots, dict) or not robots:
-        raise ValueError(f"{path}: expected 'robots: {{<robot id>: {{token_sha256: <hex>}}}}'")
+        raise ValueError(f"{path}: expected 'robots: {{<robot id>: {{token_sha256: <hex>}}}}' "
+                         f"(see verifier_server --help)")
     tokens = {}
     for robot_id, entry in robots.items():
-        digest = (entry or {}).get("token_sha256", "")
-        if len(digest) != 64:
-            raise ValueError(f"{path}: robot {robot_id!r} needs a 64-hex-digit token_sha256")
+        digest = entry.get("token_sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+            raise ValueError(f"{path}: robot {robot_id!r} needs token_sha256: <64 hex digits> "
+                             f"(verifier_server --hash-token makes one)")
         tokens[str(robot_id)] = digest.lower()
     return tokens
 
@@ -66,7 +83,8 @@ def limits_from(args):
 
 
 def build_arg_parser():
-    parser = argparse.ArgumentParser(prog="verifier_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="verifier_server", description=__doc__.splitlines()[0],
+                                     epilog=TOKENS_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="target model folder")
     parser.add_argument("--exits", default="", help="early-exit adapter file ('' = no early exits)")
     parser.add_argument("--exit-layer", type=int, default=-1, help="exit layer for hints (-1: first in the file)")
@@ -74,7 +92,7 @@ def build_arg_parser():
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--tokens", help="YAML file of robot ids and token digests")
+    parser.add_argument("--tokens", help="YAML file of robot ids and token digests (format below)")
     parser.add_argument("--tls-cert", default="")
     parser.add_argument("--tls-key", default="")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

@@ -117,3 +117,29 @@ def test_every_node_takes_an_int_for_a_float(node, context, tiny_vlm_models, mon
         assert got == float(value) and isinstance(got, float), got
     finally:
         instance.destroy_node()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("robots: [unclosed\n", "not valid YAML (line 2)"),
+    ("- go2\n", "expected 'robots:"),
+    ("robots:\n  go2: abc\n", "robot 'go2' needs token_sha256"),
+    ("robots:\n  go2: {token_sha256: 1234}\n", "robot 'go2' needs token_sha256"),
+])
+def test_malformed_tokens_file_is_one_line_and_help_shows_the_format(text, message, tmp_path):
+    import subprocess
+
+    from cloud_verifier_bridge.server import load_tokens
+
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        load_tokens(str(path))
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    if message.startswith("not valid YAML"):  # the whole program, once: one line, no traceback
+        run = subprocess.run(["verifier_server", "--model", str(tmp_path), "--tokens", str(path)],
+                             capture_output=True, text=True, timeout=120)
+        errors = [line for line in run.stderr.splitlines() if line.startswith("verifier_server:")]
+        assert run.returncode != 0 and len(errors) == 1 and message in errors[0], run.stderr
+        assert "Traceback" not in run.stderr
+        usage = subprocess.run(["verifier_server", "--help"], capture_output=True, text=True, timeout=60).stdout
+        assert "token_sha256" in usage and "--hash-token" in usage
