@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Sequence, Union
+from typing import Callable, Dict, Mapping, Sequence
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
@@ -40,29 +40,19 @@ class Param:
         return list if isinstance(self.default, (list, tuple)) else type(self.default)
 
 
-ParameterTable = Union[Sequence[Param], Mapping[str, object]]
-
-
-def as_table(table: ParameterTable) -> Sequence[Param]:
-    """The table as Params (a plain ``{name: default}`` mapping is read as a table without
-    descriptions, for nodes not yet converted)."""
-    if isinstance(table, Mapping):
-        return [Param(name, default) for name, default in table.items()]
-    return list(table)
-
-
-def defaults(table: ParameterTable) -> Dict[str, object]:
-    return {p.name: p.default for p in as_table(table)}
+def defaults(table: Sequence[Param]) -> Dict[str, object]:
+    """``{name: default}`` of a parameter table."""
+    return {p.name: p.default for p in table}
 
 
 class ParameterError(ValueError):
     """A parameter value of the wrong type or out of range."""
 
 
-def declare_parameters(node: Node, table: ParameterTable) -> Dict[str, object]:
+def declare_parameters(node: Node, table: Sequence[Param]) -> Dict[str, object]:
     """Declare every parameter of ``table`` on ``node`` and return the values in effect."""
     values = {}
-    for param in as_table(table):
+    for param in table:
         is_float = param.type is float
         # floats are declared dynamically typed so an integer override does not kill the node;
         # the value is checked and converted below

@@ -153,9 +153,7 @@ def test_what_the_runner_cannot_run_faithfully_is_refused(tmp_path, launch, mess
 def parameter_types(node):
     import importlib
 
-    from specdec_ros.node_runtime import as_table
-
-    return {p.name: p.type for p in as_table(importlib.import_module(NODE_TABLES[node]).PARAMETERS)}
+    return {p.name: p.type for p in importlib.import_module(NODE_TABLES[node]).PARAMETERS}
 
 
 def params_of(process):

@@ -9,7 +9,7 @@ import pytest
 import rclpy
 import yaml
 
-from specdec_ros.node_runtime import ParameterError, Param, as_table, declare_parameters
+from specdec_ros.node_runtime import ParameterError, Param, declare_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODES = {  # node name -> (module, class)
@@ -22,7 +22,7 @@ NODES = {  # node name -> (module, class)
 
 @pytest.mark.parametrize("node", sorted(NODES))
 def test_parameter_table_matches_the_config_file(node):
-    table = {p.name: p for p in as_table(importlib.import_module(NODES[node][0]).PARAMETERS)}
+    table = {p.name: p for p in importlib.import_module(NODES[node][0]).PARAMETERS}
     config = yaml.safe_load(open(os.path.join(ROOT, "config", f"{node}.yaml")))[node]["ros__parameters"]
     assert set(config) == set(table), f"only in YAML: {set(config) - set(table)}, only in the table: " \
                                       f"{set(table) - set(config)}"
@@ -43,14 +43,15 @@ def test_presets_set_only_declared_parameters(preset):
     """A parameter file entry a node does not declare is silently ignored by ROS: refuse it here."""
     doc = yaml.safe_load(open(os.path.join(ROOT, "config", "presets", preset)))
     for node, entry in doc.items():
-        table = {p.name for p in as_table(importlib.import_module(NODES[node][0]).PARAMETERS)}
+        table = {p.name for p in importlib.import_module(NODES[node][0]).PARAMETERS}
         unknown = set(entry["ros__parameters"]) - table
         assert unknown == NOT_YET_PARAMETERS.get(node, set()) & unknown, f"{preset}: {node} ignores {unknown}"
 
 
-@pytest.mark.parametrize("node", ["edge_spec_drafter", "cloud_verifier_bridge"])
-def test_converted_tables_describe_every_parameter(node):
-    table = importlib.import_module(NODES[node][0]).PARAMETERS
+@pytest.mark.parametrize("module,attribute", [(module, "PARAMETERS") for module, _ in NODES.values()]
+                         + [("ros_tools.bags", "RECORDER_PARAMETERS"), ("ros_tools.bags", "REPLAY_PARAMETERS")])
+def test_tables_describe_every_parameter(module, attribute):
+    table = getattr(importlib.import_module(module), attribute)
     assert all(isinstance(p, Param) and p.description for p in table)
     assert len({p.name for p in table}) == len(table)
 
