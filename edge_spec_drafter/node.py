@@ -33,7 +33,7 @@ from visualization_msgs.msg import MarkerArray
 
 from edge_cloud_vlm_msgs.msg import ActionStatus, DecodedAction, SpecStats
 from edge_cloud_vlm_msgs.msg import DecisionStats as DecisionStatsMsg
-from go2_vlm_control.action_language import ActionLimits, ActionRejected, parse_action
+from go2_vlm_control.action_language import GRAMMAR_PATTERN, ActionLimits, ActionRejected, parse_action
 from specdec.models.prompting import apply_prompt_template, check_prompt_template
 from specdec.protocol import DecodingMode
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
@@ -66,6 +66,14 @@ PARAMETERS = [
     Param("seed", 0, "sampling seed"),
     Param("predraft", True, "pre-draft on early-exit hints"),
     Param("predraft_policy", "hint", "hint: the paper's (on the hint) | eager: from the moment a block is sent"),
+    Param("draft_length", "fixed", "fixed: gamma tokens | confidence: stop below confidence_threshold | "
+                                   "adaptive: the length with the most expected tokens per second"),
+    Param("confidence_threshold", 0.4, "draft_length confidence: stop after a token below this probability"),
+    Param("merge_first_block", False, "the cloud verifies block 0 in its prefill pass (one pass fewer)"),
+    Param("grammar", "", "'' | action (the action language) | a regular expression the output must match"),
+    Param("image_format", "png", "camera frame on the wire: png (lossless) | jpeg"),
+    Param("image_size", "full", "full | processor (the draft processor's input size) | WxH"),
+    Param("jpeg_quality", 90, "JPEG quality 1..95 (image_format jpeg)"),
     Param("cloud_timeout_s", 5.0, "no cloud answer for this long -> invalid action -> the robot stops"),
     Param("cloud_probe_timeout_s", 1.0, "degraded mode: how long one probe of the cloud waits"),
     Param("robot_id", "go2", "robot id in protocol sessions"),
@@ -122,7 +130,10 @@ class EdgeSpecDrafter(Node):
             self.draft, self.transport, robot_id=p["robot_id"], gamma=p["gamma"],
             max_new_tokens=p["max_new_tokens"], do_sample=p["do_sample"], temperature=p["temperature"],
             top_k=p["top_k"], seed=p["seed"], timeout_s=p["cloud_timeout_s"], predraft=p["predraft"],
-            predraft_policy=p["predraft_policy"])
+            predraft_policy=p["predraft_policy"], draft_length=p["draft_length"],
+            confidence_threshold=p["confidence_threshold"], merge_first_block=p["merge_first_block"],
+            grammar=GRAMMAR_PATTERN if p["grammar"] == "action" else p["grammar"], image_format=p["image_format"],
+            image_size=p["image_size"], jpeg_quality=p["jpeg_quality"])
         self.rolling = RollingStats(p["stats_window"])
         self.last_error = ""
 

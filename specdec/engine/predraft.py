@@ -81,9 +81,7 @@ class EagerPredraft(PredraftStrategy):
 
     def on_send(self, committed: List[int], block: DraftProposal) -> None:
         self.loop = None
-        if not block.tokens:
-            return
-        base = committed + block.tokens
+        base = committed + block.tokens  # an empty block is a plain target step: guess its token
         bonus = self.proposer.guess_next(base)
         self._aim(None if bonus is None else base + [bonus])
 

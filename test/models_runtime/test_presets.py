@@ -18,9 +18,7 @@ PRESETS = sorted(glob.glob(os.path.join(ROOT, "config", "presets", "*.yaml")))
 # Parameters the presets set that the nodes declare once the model-runtime options are wired
 # (edge: quantization, image_format, image_size, jpeg_quality, prompt_template); every other key
 # must already be in the node's defaults file.
-MODEL_RUNTIME_PARAMETERS = {"edge_spec_drafter": {"dtype", "device", "quantization", "image_format", "image_size",
-                                                  "jpeg_quality", "prompt_template"},
-                            "cloud_verifier_bridge": set()}
+MODEL_RUNTIME_PARAMETERS = {"edge_spec_drafter": set(), "cloud_verifier_bridge": set()}
 
 
 def _params(path):

@@ -33,11 +33,6 @@ def test_parameter_table_matches_the_config_file(node):
             f"{node}.{name}: YAML {value!r}, declared {declared.__name__}"
 
 
-# preset entries the edge cannot apply yet: the engine encodes every frame as a full-size PNG
-# (SessionStart is built in specdec.engine.drafter); remove a name here once it is a parameter
-NOT_YET_PARAMETERS = {"edge_spec_drafter": {"image_format", "jpeg_quality", "image_size"}}
-
-
 @pytest.mark.parametrize("preset", sorted(os.listdir(os.path.join(ROOT, "config", "presets"))))
 def test_presets_set_only_declared_parameters(preset):
     """A parameter file entry a node does not declare is silently ignored by ROS: refuse it here."""
@@ -45,7 +40,7 @@ def test_presets_set_only_declared_parameters(preset):
     for node, entry in doc.items():
         table = {p.name for p in importlib.import_module(NODES[node][0]).PARAMETERS}
         unknown = set(entry["ros__parameters"]) - table
-        assert unknown == NOT_YET_PARAMETERS.get(node, set()) & unknown, f"{preset}: {node} ignores {unknown}"
+        assert not unknown, f"{preset}: {node} ignores {unknown}"
 
 
 @pytest.mark.parametrize("module,attribute", [(module, "PARAMETERS") for module, _ in NODES.values()]
