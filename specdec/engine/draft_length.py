@@ -107,7 +107,7 @@ class AdaptiveLength(DraftLengthPolicy):
         self.verify_growth = verify_growth
         self.explore_every = explore_every
         self.calibration = AcceptanceCalibration()
-        self.first_token = _Ema(0.1)  # acceptance of a block's first token (predicts before drafting)
+        self.first_confidences: List[float] = []  # recent first-token confidences (what drafting one reveals)
         self.draft_ms = _Ema(0.2)
         self.link_ms = _Ema(0.2)  # send -> result minus the cloud's own time
         self.verify_ms: Dict[int, _Ema] = {}
@@ -158,20 +158,26 @@ class AdaptiveLength(DraftLengthPolicy):
         step = self._draft_cost(hidden)
         fixed = self._fixed_ms() + n * step
         if n == 0:
-            if self._rounds_without_draft + 1 >= self.explore_every:
-                return True
-            a_next, running, e_now = self._first_acceptance(), 1.0, 1.0
-        else:
-            e = self.expected_tokens(confidences)
-            e_now = e[-1]
-            running = e[-1] - e[-2]  # probability that all n drafted tokens are accepted
-            a_next = self.calibration.p_accept(confidences[-1])
-        now = e_now / (fixed + self.verify_cost(n))
-        more = (e_now + running * a_next) / (fixed + step + self.verify_cost(n + 1))
+            return self._worth_a_first_token(fixed, step)
+        e = self.expected_tokens(confidences)
+        running = e[-1] - e[-2]  # probability that all n drafted tokens are accepted
+        a_next = self.calibration.p_accept(confidences[-1])
+        now = e[-1] / (fixed + self.verify_cost(n))
+        more = (e[-1] + running * a_next) / (fixed + step + self.verify_cost(n + 1))
         return more > now
 
-    def _first_acceptance(self) -> float:
-        return self.first_token.value if self.first_token.value is not None else 0.5
+    def _worth_a_first_token(self, fixed: float, step: float) -> bool:
+        """Draft a block's first token? Drafting it reveals its confidence, and the block is sent
+        empty (a plain target step) if that is low; so compare the rate without drafting with the
+        expected rate over recent first-token confidences, each with the better of send / drop."""
+        if self._rounds_without_draft + 1 >= self.explore_every or not self.first_confidences:
+            return True
+        without = 1.0 / (fixed + self.verify_cost(0))
+        drop = 1.0 / (fixed + step + self.verify_cost(0))
+        expected = 0.0
+        for c in self.first_confidences:
+            expected += max(drop, (1.0 + self.calibration.p_accept(c)) / (fixed + step + self.verify_cost(1)))
+        return expected / len(self.first_confidences) > without
 
     def tokens_to_send(self, proposal: DraftProposal) -> int:
         e = self.expected_tokens(proposal.confidences)
@@ -187,7 +193,8 @@ class AdaptiveLength(DraftLengthPolicy):
         self._rounds_without_draft = 0 if outcome.drafted else self._rounds_without_draft + 1
         if outcome.drafted:
             self.calibration.observe(outcome.confidences, outcome.accepted)
-            self.first_token.add(1.0 if outcome.accepted > 0 else 0.0)
+        if outcome.first_confidence is not None:
+            self.first_confidences = (self.first_confidences + [outcome.first_confidence])[-64:]
         if outcome.draft_ms_per_token > 0:
             self.draft_ms.add(outcome.draft_ms_per_token)
         if outcome.verify_ms > 0:

@@ -363,7 +363,8 @@ class EdgeDecoder:
                 stats.target_forward_passes = result.target_forward_passes
                 policy.observe(RoundOutcome(len(block.tokens), result.accepted, block.confidences, result.verify_ms,
                                             result.queue_ms, rs.elapsed_ms,
-                                            proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0))
+                                            proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0,
+                                            block.first_confidence))
                 # 5. Commit what the cloud accepted, plus its own token.
                 committed = committed + block.tokens[:result.accepted] + [result.next_token]
                 if result.finished:

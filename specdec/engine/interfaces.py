@@ -34,6 +34,7 @@ class DraftProposal:
     topk_probs: List[float] = field(default_factory=list)
     draft_ms: float = 0.0  # edge time spent drafting it
     hidden_ms: float = 0.0  # of which drafted while the cloud was busy with the previous block
+    first_confidence: Optional[float] = None  # of the first token drafted, sent or not
 
     def truncated(self, n: int) -> "DraftProposal":
         """The first ``n`` tokens (the rest are not sent)."""
@@ -41,7 +42,7 @@ class DraftProposal:
             return self
         k = self.topk
         return DraftProposal(list(self.base), self.tokens[:n], self.confidences[:n], k, self.topk_ids[:n * k],
-                             self.topk_probs[:n * k], self.draft_ms, self.hidden_ms)
+                             self.topk_probs[:n * k], self.draft_ms, self.hidden_ms, self.first_confidence)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class RoundOutcome:
     queue_ms: float  # cloud-reported: waiting at the server
     wait_ms: float  # edge: send -> result (network + queue + verification)
     draft_ms_per_token: float  # edge: measured cost of one draft step (0 when unknown)
+    first_confidence: Optional[float] = None  # of the block's first drafted token, even if not sent
 
 
 class DraftLengthPolicy(ABC):

@@ -61,7 +61,7 @@ class Proposer:
         else:
             ids, probs = list(loop.topk_ids), list(loop.topk_probs)
         proposal = DraftProposal(list(loop.base), list(loop.tokens), list(loop.confidences), k, ids, probs,
-                                 loop.ms, min(hidden_ms, loop.ms))
+                                 loop.ms, min(hidden_ms, loop.ms), loop.confidences[0] if loop.confidences else None)
         return proposal.truncated(self.policy.tokens_to_send(proposal))
 
     def propose(self, base: List[int]) -> DraftProposal:

@@ -83,7 +83,7 @@ def test_draft_head_file_round_trip_and_refusals(tiny_pair, tmp_path):
 def _observe(policy, rounds, drafted, accepted, confidence, verify_ms, link_ms, draft_ms=5.0):
     for _ in range(rounds):
         policy.observe(RoundOutcome(drafted, accepted, [confidence] * drafted, verify_ms, 0.0, verify_ms + link_ms,
-                                    draft_ms))
+                                    draft_ms, confidence))
 
 
 def _length(policy, confidence):
@@ -110,12 +110,16 @@ def test_adaptive_length_grows_with_the_link_and_cheap_verification():
 def test_adaptive_length_stops_drafting_for_a_draft_that_is_never_right():
     policy = AdaptiveLength(8, explore_every=8)
     _observe(policy, 30, 2, 0, 0.35, 30.0, 0.0)
-    drafted = [policy.keep_drafting([]) for _ in range(1)]
-    assert drafted == [False]  # the next block is empty: a plain target step
+    assert not policy.keep_drafting([])  # not even a first token: the next block is an empty target step
     proposal = DraftProposal([], [1, 2, 3], [0.35, 0.35, 0.35], draft_ms=15.0)
     assert policy.tokens_to_send(proposal) == 0
-    policy._rounds_without_draft = 7
-    assert policy.keep_drafting([])  # but it still explores now and then
+    for _ in range(7):  # but it still explores now and then
+        policy.observe(RoundOutcome(0, 0, [], 30.0, 0.0, 30.0, 5.0))
+    assert policy.keep_drafting([])
+    confident = AdaptiveLength(8)  # a draft whose first tokens are often confident drafts them
+    _observe(confident, 30, 2, 1, 0.35, 30.0, 0.0)
+    _observe(confident, 30, 2, 2, 0.95, 30.0, 0.0)
+    assert confident.keep_drafting([])
 
 
 def test_confidence_stop_and_fixed_length():
