@@ -17,6 +17,7 @@ again after the next successful exchange; ``link_errors`` counts every failure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -24,11 +25,12 @@ from collections import OrderedDict
 
 from rclpy.node import Node
 
+from specdec.engine.verifier_settings import VerifierSettings
 from specdec.protocol import EndReason, SessionEnd
 from specdec.transport.base import CloudTimeout
 from specdec.transport.websocket import AuthenticationError
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
-from specdec_ros.node_runtime import Param, declare_parameters, run_node
+from specdec_ros.node_runtime import Param, build_dataclass, dataclass_params, declare_parameters, run_node
 from specdec_ros.ros_transport import RosCloudTransport
 
 NODE_NAME = "cloud_verifier_bridge"
@@ -39,7 +41,7 @@ PARAMETERS = [
     Param("mode", "remote", "local: the target in this process | remote: a WebSocket verifier server"),
     Param("target_model", "", "local: target model folder"),
     Param("exit_adapters", "", "local: early-exit adapter file ('' = no hints)"),
-    Param("exit_layer", -1, "local: exit layer for hints (-1: the first in the file)"),
+    Param("exit_layer", -1, "local: the one exit layer sending hints (-1: every layer in the file, deepest last)"),
     Param("dtype", "float32", "local: float32 | bfloat16 | float16"),
     Param("device", "auto", "local: auto | cpu | cuda"),
     Param("server_uri", "ws://127.0.0.1:8765", "remote: verifier server (wss://... with tls_ca_file for TLS)"),
@@ -49,6 +51,8 @@ PARAMETERS = [
     Param("tls_ca_file", "", "remote: CA certificate for wss://"),
     Param("connect_timeout_s", 5.0, "remote: longest wait for one connection attempt"),
     Param("diagnostics_period_s", 1.0, "diagnostics publication period"),
+    *dataclass_params(VerifierSettings, {f.name: "local: " + f.metadata["help"]
+                                         for f in dataclasses.fields(VerifierSettings)}),
 ]
 
 
@@ -111,7 +115,7 @@ class CloudVerifierBridge(Node):
         if not p["target_model"]:
             raise ValueError("mode local needs parameter target_model (a model folder)")
         self.verifier = build_verifier(p["target_model"], p["exit_adapters"] or None, p["exit_layer"],
-                                       p["dtype"], p["device"])
+                                       p["dtype"], p["device"], settings=build_dataclass(VerifierSettings, p))
         self._keep_running("verifier", lambda: self.verifier.serve(self.transport, self.stop_event))
         self.get_logger().info(f"serving target {p['target_model']} in-process (exit layer {self.verifier.exit_layer})")
 

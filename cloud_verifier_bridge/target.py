@@ -17,6 +17,8 @@ from specdec.models.loading import load_model
 
 def build_verifier(model_path: str, exit_adapters: Optional[str] = None, exit_layer: int = -1,
                    dtype: str = "float32", device: str = "auto", **verifier_kwargs) -> Verifier:
+    """``exit_layer`` -1: every layer in the adapter file sends hints (progressive); ``verifier_kwargs``:
+    ``settings=VerifierSettings(...)`` and the other :class:`Verifier` keyword arguments."""
     """Load the target (and its exit heads, if a file is given) and wrap it in a Verifier.
 
     Missing or mismatched files and bad device/dtype names raise errors that name them

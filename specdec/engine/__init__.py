@@ -1,19 +1,5 @@
-"""Speculative decoding engine: edge drafter, cloud verifier, acceptance rules, stats."""
+"""Speculative decoding engine (see docs/architecture.md for the module map).
 
-from .drafter import CloudError, DecodeConfig, DecodeResult, EdgeDecoder
-from .local import LocalSpeculativeDecoder, speculative_generate
-from .stats import DecisionStats, RoundStats, VerifierStats
-from .verifier import Verifier
-
-__all__ = [
-    "CloudError",
-    "DecisionStats",
-    "DecodeConfig",
-    "DecodeResult",
-    "EdgeDecoder",
-    "LocalSpeculativeDecoder",
-    "RoundStats",
-    "Verifier",
-    "VerifierStats",
-    "speculative_generate",
-]
+Import from the modules: ``drafter`` (EdgeDecoder, DecodeConfig), ``verifier`` (Verifier),
+``verifier_settings`` (VerifierSettings, torch-free), ``local`` (LocalSpeculativeDecoder), ...
+"""

@@ -46,6 +46,7 @@ Message handling
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -74,6 +75,7 @@ from .grammar import GrammarError, compile_grammar
 from .sampling import AcceptFn, SamplingParams, greedy_accept, make_generator, rejection_accept
 from .stats import VerifierStats
 from .token_loop import TokenLoop, TokenPicker
+from .verifier_settings import VerifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +173,8 @@ class Verifier:
         each as the pass reaches it (progressive hints).
     greedy_rule / sampling_rule: acceptance rules (defaults: greedy prefix match,
         rejection sampling); replaceable for experiments and tests.
-    max_sessions / max_sessions_per_robot: open sessions in all / for one robot id.
-    max_prompt_tokens / max_image_pixels: the largest prompt and camera frame accepted.
-    max_prefill_wait_ms: the longest a prefill waits for block 0 (``SessionStart.prefill_wait_ms``).
-    decode_chunk: cloud-only tokens decoded per turn before other robots' work runs (when the
-        session is alone; batched, one token per turn).
-    max_batch / batch_window_ms: verification rounds (and cloud-only decode steps) of up to
-        ``max_batch`` sessions run in one batched forward pass; a batch that is not full waits up
-        to ``batch_window_ms`` for more blocks (0: run what is ready at once).
+    settings (or keyword overrides of its fields): :class:`VerifierSettings` - caps, idle
+        timeouts, the merged-prefill wait, cloud-only chunking and batching.
     """
 
     def __init__(
@@ -187,21 +183,11 @@ class Verifier:
         exit_heads=None,
         *,
         exit_layer: Optional[int] = None,
-        session_timeout_s: float = 60.0,
-        linger_s: float = 30.0,
-        max_sessions: int = 64,
-        max_sessions_per_robot: int = 8,
-        max_gamma: int = 64,
-        max_new_tokens_limit: int = 4096,
-        max_prompt_tokens: int = 8192,
-        max_image_pixels: int = 4096 * 4096,
-        max_prefill_wait_ms: float = 1000.0,
-        decode_chunk: int = 8,
-        max_batch: int = 8,
-        batch_window_ms: float = 0.0,
+        settings: Optional[VerifierSettings] = None,
         greedy_rule: AcceptFn = greedy_accept,
         sampling_rule: AcceptFn = rejection_accept,
         clock: Callable[[], float] = time.monotonic,
+        **overrides,
     ):
         self.target = target
         if isinstance(exit_heads, (str, os.PathLike)):
@@ -213,18 +199,9 @@ class Verifier:
                 raise ValueError(f"exit layer {exit_layer} not in the heads' layers {exit_heads.exit_layers}")
             self.hint_layers = [exit_layer] if exit_layer is not None else list(exit_heads.exit_layers)
         self.exit_layer = self.hint_layers[0] if self.hint_layers else None
-        self.session_timeout_s = session_timeout_s
-        self.linger_s = linger_s
-        self.max_sessions = max_sessions
-        self.max_sessions_per_robot = max_sessions_per_robot
-        self.max_gamma = max_gamma
-        self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_prompt_tokens = max_prompt_tokens
-        self.max_image_pixels = max_image_pixels
-        self.max_prefill_wait_ms = max_prefill_wait_ms
-        self.decode_chunk = max(1, int(decode_chunk))
-        self.max_batch = max(1, int(max_batch))
-        self.batch_window_ms = max(0.0, float(batch_window_ms))
+        self.settings = dataclasses.replace(settings or VerifierSettings(), **overrides).check()
+        for item in dataclasses.fields(self.settings):  # read as plain attributes below
+            setattr(self, item.name, getattr(self.settings, item.name))
         self.greedy_rule = greedy_rule
         self.sampling_rule = sampling_rule
         self.clock = clock
