@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -65,31 +67,28 @@ def load_tokens(path: str) -> dict:
     return tokens
 
 
-def _limit_flags(parser) -> None:
-    """One flag per ServerLimits field, so the CLI and the transport name each limit alike."""
-    from specdec.transport.websocket import ServerLimits
-
-    group = parser.add_argument_group("limits (per server; see specdec.transport.websocket.ServerLimits)")
-    for item in dataclasses.fields(ServerLimits):
+def _flags(parser, cls, title: str) -> None:
+    """One flag per field of a settings dataclass, so the CLI and the code name each setting alike."""
+    group = parser.add_argument_group(title)
+    for item in dataclasses.fields(cls):
         group.add_argument("--" + item.name.replace("_", "-"), type=type(item.default), default=item.default,
                            help=f"{item.metadata['help']} (default {item.default})")
 
 
-def limits_from(args):
-    """The ServerLimits the parsed flags ask for (ValueError for a limit that is not > 0)."""
-    from specdec.transport.websocket import ServerLimits
-
-    return ServerLimits(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServerLimits)}).check()
+def _from_flags(cls, args):
+    """The ``cls`` the parsed flags ask for (its ``check()`` refuses a value out of range)."""
+    return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)}).check()
 
 
 def build_arg_parser():
     parser = argparse.ArgumentParser(prog="verifier_server", description=__doc__.splitlines()[0],
                                      epilog=TOKENS_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="target model folder")
+    parser.add_argument("--model", help="target model: a folder, or a hub id read from the local HF cache (offline)")
     parser.add_argument("--exits", default="", help="early-exit adapter file ('' = no early exits)")
-    parser.add_argument("--exit-layer", type=int, default=-1, help="exit layer for hints (-1: first in the file)")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    parser.add_argument("--exit-layer", type=int, default=-1,
+                        help="the one exit layer sending hints (-1: every layer in the file, progressive hints)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (fp32, bf16, fp16)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--tokens", help="YAML file of robot ids and token digests (format below)")
@@ -98,8 +97,30 @@ def build_arg_parser():
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0: never)")
     parser.add_argument("--hash-token", action="store_true", help="print sha256 of a token read from stdin")
-    _limit_flags(parser)
+    parser.add_argument("--compute-profile", default="",
+                        help="emulate the cloud device of this profile file (profiles/*.yaml): every target forward "
+                             "takes that device's time; passes this machine cannot finish in time are counted as "
+                             "overruns (see specdec.models.compute_profile)")
+    parser.add_argument("--stats-file", default="",
+                        help="write the verifier's totals and the compute clock's summary here (JSON) on SIGUSR1 "
+                             "and at exit")
+    from specdec.engine.verifier_settings import VerifierSettings
+    from specdec.transport.websocket import ServerLimits
+
+    _flags(parser, ServerLimits, "connection limits (see specdec.transport.websocket.ServerLimits)")
+    _flags(parser, VerifierSettings, "verifier: sessions, batching (see specdec.engine.verifier_settings)")
     return parser
+
+
+def fewer_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (like MALLOC_ARENA_MAX): each connection thread would otherwise grow
+    a heap of its own, and RSS would ratchet up after every burst of large frames (test/faults/soak.py)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def main(argv=None) -> int:
@@ -110,6 +131,7 @@ def main(argv=None) -> int:
     if args.hash_token:
         print(hash_token(sys.stdin.readline().strip()))
         return 0
+    fewer_malloc_arenas()
     if not args.model or not args.tokens:
         print("verifier_server: --model and --tokens are required", file=sys.stderr)
         return 2
@@ -121,11 +143,23 @@ def main(argv=None) -> int:
 
     try:
         tokens = load_tokens(args.tokens)
-        limits = limits_from(args)
-        verifier = build_verifier(args.model, args.exits or None, args.exit_layer, args.dtype, args.device)
+        from specdec.engine.verifier_settings import VerifierSettings
+        from specdec.transport.websocket import ServerLimits
+
+        limits = _from_flags(ServerLimits, args)
+        verifier = build_verifier(args.model, args.exits or None, args.exit_layer, args.dtype, args.device,
+                                  settings=_from_flags(VerifierSettings, args))
+        clock = None
+        if args.compute_profile:
+            from specdec.models.compute_profile import ComputeClock, ProfilePair
+
+            clock = ComputeClock(ProfilePair.load(args.compute_profile).cloud)
+            verifier.target.use_clock(clock)
     except Exception as exc:  # missing/mismatched files: say which and stop
         print(f"verifier_server: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if args.stats_file:  # a side channel for benchmarks: snapshots on demand, the totals at exit
+        signal.signal(signal.SIGUSR1, lambda *_: write_stats(args.stats_file, verifier, clock))
     context = None
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -150,7 +184,25 @@ def main(argv=None) -> int:
         server.close()
         s = verifier.stats
         print(f"verifier_server: stopped after {time.monotonic() - started:.1f} s; {s}", flush=True)
+        if clock is not None:
+            print(f"verifier_server: compute clock ({clock.profile.device}, {clock.profile.model}): "
+                  f"{clock.summary()}", flush=True)
+        if args.stats_file:
+            write_stats(args.stats_file, verifier, clock, final=True)
     return 0
+
+
+def write_stats(path: str, verifier, clock=None, final: bool = False) -> None:
+    """The verifier's totals and the compute clock's summary as JSON, replaced atomically;
+    ``written_ns`` lets a reader wait for a fresh one. Runs in the SIGUSR1 handler too, so it takes
+    no lock (the numbers may be one pass apart)."""
+    doc = {"written_ns": time.time_ns(), "final": final, "verifier": dataclasses.asdict(verifier.stats),
+           "clock": clock.summary() if clock is not None else None,
+           "profile": {"device": clock.profile.device, "model": clock.profile.model} if clock is not None else None}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

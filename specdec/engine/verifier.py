@@ -15,8 +15,9 @@ Message handling
 ----------------
 * ``SessionStart``: the protocol version and tokenizer fingerprint must match
   (else ``SessionEnd`` with ``PROTOCOL_VERSION_MISMATCH`` / ``TOKENIZER_MISMATCH``);
-  bad parameters or sizes give ``BAD_REQUEST``, too many open sessions (in all, or for this
-  robot) ``OVERLOADED``. The prompt (and image) is encoded with the target's chat template and
+  bad parameters or a prompt over ``max_prompt_tokens`` give ``BAD_REQUEST``, too many open
+  sessions ``OVERLOADED`` (per-robot and byte caps are the server's, before decoding). The
+  prompt (and image) is encoded with the target's chat template and
   ``prompt[:-1]`` prefilled - or, with ``prefill_wait_ms``, the prefill waits that long for block 0
   and both go through the target in ONE forward pass. ``CLOUD_ONLY`` sessions are decoded
   autoregressively (a few tokens per turn of the scheduler) and answered with
@@ -424,10 +425,6 @@ class Verifier:
         except Exception as exc:
             self._refuse(msg, emit, EndReason.BAD_REQUEST, f"cannot decode the {msg.image_format!r} image: {exc}")
             return
-        if image is not None and image.width * image.height > self.max_image_pixels:
-            self._refuse(msg, emit, EndReason.BAD_REQUEST,
-                         f"image of {image.width}x{image.height} pixels exceeds {self.max_image_pixels} pixels")
-            return
         stop = frozenset(int(t) for t in msg.stop_token_ids)
         try:
             grammar = self._grammar(msg.grammar, stop) if msg.grammar else None
@@ -478,10 +475,6 @@ class Verifier:
                     f"{self.target.fingerprint[:12]!r}: draft and target must tokenize identically")
         if len(self._sessions) >= self.max_sessions:
             return EndReason.OVERLOADED, f"{len(self._sessions)} sessions open (limit {self.max_sessions})"
-        mine = sum(1 for s in self._sessions.values() if s.robot == msg.robot_id)
-        if mine >= self.max_sessions_per_robot:
-            return (EndReason.OVERLOADED,
-                    f"robot {msg.robot_id!r} has {mine} sessions open (limit {self.max_sessions_per_robot})")
         try:
             mode = DecodingMode(msg.mode)
         except ValueError:

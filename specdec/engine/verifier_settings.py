@@ -1,0 +1,40 @@
+"""What one verifier grants and how it schedules work, as one table of settings.
+
+Kept apart from the verifier (no torch here) so the ROS bridge and ``verifier_server`` can build
+their parameters and command-line flags from it without loading a model stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def _setting(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class VerifierSettings:
+    """What one verifier grants and how it schedules work; ``verifier_server --<name-with-dashes>``
+    and the bridge node's parameters set each (one table, :func:`dataclasses.fields`). Per-robot
+    session caps and byte / pixel caps of what arrives over the network are the server's
+    (``specdec.transport.websocket.ServerLimits``): they guard the link before anything is decoded."""
+
+    session_timeout_s: float = _setting(60.0, "a session idle this long is closed (duplicates are not activity)")
+    linger_s: float = _setting(30.0, "a closed session still answers duplicate blocks this long")
+    max_sessions: int = _setting(64, "open sessions, all robots")
+    max_gamma: int = _setting(64, "longest draft block accepted")
+    max_new_tokens_limit: int = _setting(4096, "largest max_new_tokens accepted")
+    max_prompt_tokens: int = _setting(8192, "longest encoded prompt (image tokens included)")
+    max_prefill_wait_ms: float = _setting(1000.0, "longest a prefill waits for block 0 (merge_first_block)")
+    decode_chunk: int = _setting(8, "cloud-only tokens per turn when a session is alone")
+    max_batch: int = _setting(8, "sessions verified (or decoded) in one batched forward pass; 1 = serialized")
+    batch_window_ms: float = _setting(0.0, "a batch that is not full waits this long for more blocks (0: none)")
+
+    def check(self) -> "VerifierSettings":
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value < 0 or (value == 0 and item.name != "batch_window_ms"):
+                raise ValueError(f"verifier setting {item.name} must be > 0, got {value!r}")
+        return self
