@@ -145,8 +145,10 @@ class Abuser:
             client.close()
 
 
-def _abuser_process(uri: str, token: str, seconds: float, cloud_only_tokens: int, behaviours) -> subprocess.Popen:
-    """The abuser in its own process, so it does not share the well-behaved robots' interpreter."""
+def abuser_process(uri: str, token: str, seconds: float, cloud_only_tokens: int = 4096,
+                   behaviours=Abuser.BEHAVIOURS) -> subprocess.Popen:
+    """The abuser in its own process, so it does not share the well-behaved robots' interpreter.
+    It prints "ready" once it runs, then after ``seconds`` one JSON line of what it sent."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(["nice", "-n", "19", sys.executable, os.path.abspath(__file__), "--abuse", uri, token, "--seconds",
                              str(seconds), "--cloud-only-tokens", str(cloud_only_tokens), "--behaviours", ",".join(behaviours)],
@@ -159,7 +161,7 @@ def _phase(server: ServerProcess, robots: List[Robot], seconds: float, abuse=Non
     for robot in robots:
         robot.outcomes.clear()
     samples = []
-    abuser = _abuser_process(*abuse[:2], seconds, *abuse[2:]) if abuse else None
+    abuser = abuser_process(*abuse[:2], seconds, *abuse[2:]) if abuse else None
     if abuser is not None:
         ready = abuser.stdout.readline()  # "ready" once its links are up
         assert ready.strip() == "ready", ready
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
     unknown = set(behaviours.split(",")) - set(Abuser.BEHAVIOURS)
     if unknown:
         parser.error(f"unknown behaviours {sorted(unknown)}")
-    if args.abuse:  # the abuser's own process (see _abuser_process)
+    if args.abuse:  # the abuser's own process (see abuser_process)
         abuser = Abuser(*args.abuse, args.cloud_only_tokens, behaviours.split(","))
         print("ready", flush=True)
         stop = threading.Event()

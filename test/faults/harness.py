@@ -62,7 +62,8 @@ class ServerProcess:
     """A ``verifier_server`` process serving ``robots`` (robot id -> token) on ``port``."""
 
     def __init__(self, workdir: str, robots: Dict[str, str], port: Optional[int] = None,
-                 extra_args: Sequence[str] = (), nofile: Optional[int] = None, name: str = "server"):
+                 extra_args: Sequence[str] = (), nofile: Optional[int] = None, name: str = "server",
+                 env: Optional[Dict[str, str]] = None):
         from specdec.transport.websocket import hash_token
 
         self.workdir = workdir
@@ -71,6 +72,7 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.nofile = nofile
         self.name = name
+        self.env = dict(env or {})
         self.tokens_path = os.path.join(workdir, f"{name}_tokens.yaml")
         with open(self.tokens_path, "w") as handle:
             handle.write("robots:\n" + "".join(f"  {rid}: {{token_sha256: {hash_token(tok)}}}\n"
@@ -90,7 +92,7 @@ class ServerProcess:
     def launch(self) -> "ServerProcess":
         """Start the process without waiting (start several, then wait_listening on each)."""
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **self.env)
         limit = self.nofile
 
         def before_exec():

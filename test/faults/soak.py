@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -46,19 +46,21 @@ GARBAGE = [
 
 
 class Soak:
-    def __init__(self, workdir: str, robots: int = 2, restarts: bool = False):
+    FAULTS = ("link_drop", "stall", "garbage", "flood", "abuse", "wrong_tokens")
+
+    def __init__(self, workdir: str, robots: int = 2, restarts: bool = False, faults=FAULTS,
+                 server_env: Optional[Dict[str, str]] = None):
         from specdec.transport.link_emulator import LinkEmulator, LinkProfile
 
         self.tokens = robot_tokens(robots)
         self.abuser_token = robot_tokens(1, "abuser")["abuser-0"]
-        self.server = ServerProcess(workdir, {**self.tokens, "abuser": self.abuser_token}).start()
+        self.server = ServerProcess(workdir, {**self.tokens, "abuser": self.abuser_token}, env=server_env).start()
         self.link = LinkEmulator("127.0.0.1", self.server.port, LinkProfile(one_way_delay_ms=5))
         self.link.start()
         uri = f"ws://127.0.0.1:{self.link.port}"
         self.robots = [Robot(rid, tok, uri, timeout_s=2.0, connect_timeout=2.0, seed=i)
                        for i, (rid, tok) in enumerate(self.tokens.items())]
-        self.faults: List[Callable[[], None]] = [self.link_drop, self.stall, self.garbage, self.flood, self.abuse,
-                                                 self.wrong_tokens]
+        self.faults: List[Callable[[], None]] = [getattr(self, name) for name in faults]
         if restarts:
             self.faults.append(self.restart)
         self.log: List[str] = []
@@ -87,16 +89,10 @@ class Soak:
         close_all(socks)
 
     def abuse(self):
-        from abuse import Abuser
+        from abuse import abuser_process  # its own process: its memory is not the robots'
 
-        abuser = Abuser(f"ws://127.0.0.1:{self.server.port}", self.abuser_token, cloud_only_tokens=256)
-        stop = threading.Event()
-        threads = abuser.run(stop)
-        time.sleep(5.0)
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-        abuser.close()
+        abuser = abuser_process(f"ws://127.0.0.1:{self.server.port}", self.abuser_token, 5.0, cloud_only_tokens=256)
+        abuser.communicate(timeout=120)
 
     def wrong_tokens(self):
         from specdec.protocol import SessionStart
@@ -191,10 +187,17 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--robots", type=int, default=2)
     parser.add_argument("--restarts", action="store_true", help="add kill -9 + restart of the server to the faults")
+    parser.add_argument("--faults", default=",".join(Soak.FAULTS), help="comma-separated subset, injected in turn")
+    parser.add_argument("--malloc-arena-max", type=int, default=0,
+                        help="MALLOC_ARENA_MAX for the server (0: what verifier_server sets itself, 2)")
     parser.add_argument("--out", default="", help="write the JSON result here too")
     args = parser.parse_args(argv)
+    faults = args.faults.split(",")
+    if set(faults) - set(Soak.FAULTS):
+        parser.error(f"unknown faults {sorted(set(faults) - set(Soak.FAULTS))}")
+    env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else None
     with tempfile.TemporaryDirectory(prefix="soak_") as workdir:
-        soak = Soak(workdir, args.robots, args.restarts)
+        soak = Soak(workdir, args.robots, args.restarts, faults, env)
         try:
             result = soak.run(args.minutes, args.fault_every, args.sample_every)
         finally:
