@@ -20,8 +20,10 @@ def share(folder, pattern="*"):
 setup(
     name=PACKAGE,
     version="0.1.0",
+    # The runtime only: training/ (and bench/, scripts/) stay in the source tree, so robot and
+    # cloud installs carry no training code; they find models through specdec.models.artefacts.
     packages=find_packages(include=["specdec*", "specdec_ros*", "edge_spec_drafter*", "cloud_verifier_bridge*",
-                                    "go2_vlm_control*", "go2_sim*", "ros_tools*"]),
+                                    "go2_vlm_control*", "go2_sim*", "ros_tools*"], exclude=["training", "training.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
