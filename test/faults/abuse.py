@@ -31,11 +31,7 @@ import time
 import uuid
 from typing import Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-from harness import ROOT, INSTRUCTION, Robot, ServerProcess, go2_draft, percentile, robot_tokens  # noqa: E402
+from harness import ROOT, INSTRUCTION, Robot, ServerProcess, go2_draft, percentile, robot_tokens
 
 ABUSER = "abuser"
 

@@ -27,15 +27,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 GO2 = os.path.join(ROOT, "models", "go2_vlm")
 INSTRUCTION = "go to the red ball"
 
 
 def only_in_full_fault_runs(reason: str):
-    """Skip unless ``make faults`` (FAULTS_FULL=1) runs the suite: for tests over make test's budget."""
+    """Skip unless ``make faults`` (FAULTS_FULL=1) runs the suite: for tests over make test's budget
+    (every fault test carries the ``faults`` marker, registered in pytest.ini)."""
     import pytest
 
     return pytest.mark.skipif(os.environ.get("FAULTS_FULL") != "1", reason=f"{reason}; run by make faults")

@@ -29,11 +29,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-from harness import (Robot, ServerProcess, close_all, idle_sockets, proc_status,  # noqa: E402
+from harness import (Robot, ServerProcess, close_all, idle_sockets, proc_status,
                      robot_tokens)
 
 GARBAGE = [
