@@ -50,6 +50,7 @@ PARAMETERS = [
     Param("token_file", "", "remote: file holding the robot token"),
     Param("tls_ca_file", "", "remote: CA certificate for wss://"),
     Param("connect_timeout_s", 5.0, "remote: longest wait for one connection attempt"),
+    Param("allow_insecure", False, "remote: allow the token over plain ws:// to a non-loopback host (never on a WAN)"),
     Param("diagnostics_period_s", 1.0, "diagnostics publication period"),
     *dataclass_params(VerifierSettings, {f.name: "local: " + f.metadata["help"]
                                          for f in dataclasses.fields(VerifierSettings)}),
@@ -135,7 +136,7 @@ class CloudVerifierBridge(Node):
                              "or EDGE_CLOUD_VLM_TOKEN)")
         context = ssl.create_default_context(cafile=p["tls_ca_file"]) if p["tls_ca_file"] else None
         self.client = WebSocketClient(p["server_uri"], p["robot_id"], token, ssl_context=context,
-                                      connect_timeout=p["connect_timeout_s"])
+                                      connect_timeout=p["connect_timeout_s"], allow_insecure=p["allow_insecure"])
         self._keep_running("relay-up", self._relay_up)
         self._keep_running("relay-down", self._relay_down)
         self.get_logger().info(f"relaying protocol topics to {p['server_uri']}")
