@@ -3,20 +3,27 @@
 The cloud is the real ``verifier_server`` process (WebSocket transport, token auth) pinned to
 its own core(s); the link emulator process sits in front of it; the edge is the benchmark
 process itself, pinned to another core. On this 2-core machine: edge = core 0, cloud = core 1.
+
+With a compute profile the server emulates a cloud device (``--compute-profile``) and keeps its
+clock's summary in a stats file: :meth:`Cloud.snapshot` asks for a fresh one (SIGUSR1), so a
+benchmark can tell which of its cells overran the emulated device. One server can admit several
+robots (``robot_ids``), each with its own token, for the shared-cloud runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
 
 from specdec.transport.websocket import WebSocketClient, hash_token
 
@@ -57,33 +64,75 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log
 @dataclass
 class Cloud:
     port: int
-    token: str
-    robot_id: str
+    tokens: Dict[str, str]  # robot id -> token
     proc: subprocess.Popen
     log_path: str
+    stats_path: str
+    profile: Optional[str] = None  # the --compute-profile file, if the server emulates a device
+    robot_ids: Sequence[str] = field(default_factory=list)
+
+    @property
+    def robot_id(self) -> str:
+        return self.robot_ids[0]
+
+    @property
+    def token(self) -> str:
+        return self.tokens[self.robot_id]
+
+    def snapshot(self, timeout: float = 10.0) -> dict:
+        """A fresh copy of the server's stats file (verifier totals, compute clock summary)."""
+        before = _read_json(self.stats_path).get("written_ns", 0)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = _read_json(self.stats_path)
+            if doc.get("written_ns", 0) > before:
+                return doc
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise TimeoutError(f"verifier_server wrote no stats snapshot within {timeout} s:\n"
+                           f"{open(self.log_path).read()[-1000:]}")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
 
 
 @contextmanager
-def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1, robot_id: str = "bench"):
-    """Start verifier_server pinned to ``cores``; yield its port and a valid robot token."""
-    token = secrets.token_hex(16)
+def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
+                 robot_ids: Sequence[str] = ("bench",), profile: Optional[str] = None,
+                 extra_args: Sequence[str] = ()):
+    """Start verifier_server pinned to ``cores`` (emulating ``profile``'s cloud device when given);
+    yield its port and a valid token per robot."""
+    tokens = {robot: secrets.token_hex(16) for robot in robot_ids}
     workdir = tempfile.mkdtemp(prefix="bench_cloud_")
-    tokens = os.path.join(workdir, "tokens.yaml")
-    with open(tokens, "w") as handle:
-        handle.write(f"robots:\n  {robot_id}: {{token_sha256: {hash_token(token)}}}\n")
+    tokens_path = os.path.join(workdir, "tokens.yaml")
+    with open(tokens_path, "w") as handle:
+        handle.write("robots:\n" + "".join(f"  {robot}: {{token_sha256: {hash_token(token)}}}\n"
+                                            for robot, token in tokens.items()))
     port = free_port()
     log_path = os.path.join(workdir, "server.log")
-    cmd = [sys.executable, "-m", "cloud_verifier_bridge.server", "--model", model, "--tokens", tokens,
-           "--port", str(port), "--threads", str(threads), "--device", "cpu"]
+    stats_path = os.path.join(workdir, "stats.json")
+    cmd = [sys.executable, "-m", "cloud_verifier_bridge.server", "--model", model, "--tokens", tokens_path,
+           "--port", str(port), "--threads", str(threads), "--device", "cpu", "--stats-file", stats_path,
+           "--max-connections-per-address", str(max(32, 4 * len(tokens)))]
     if exits:
         cmd += ["--exits", exits]
+    if profile:
+        cmd += ["--compute-profile", profile]
+    cmd += list(extra_args)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
     try:
         _wait_port(port, proc, 180, "verifier_server", log_path)
-        yield Cloud(port, token, robot_id, proc, log_path)
+        yield Cloud(port, tokens, proc, log_path, stats_path, profile, list(tokens))
     finally:
         proc.terminate()
         try:
@@ -94,8 +143,9 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
 
 @contextmanager
 def wan_link(cloud: Cloud, one_way_ms: float, jitter_ms: float = 0.0, bandwidth_mbps: float = 0.0,
-             loss: float = 0.0, cores=None):
-    """A link emulator process in front of the cloud; yields a connected edge transport."""
+             loss: float = 0.0, cores=None, robot_ids: Optional[Sequence[str]] = None):
+    """A link emulator process in front of the cloud; yields a connected edge transport (a list
+    of them, one per robot, when ``robot_ids`` is given)."""
     port = free_port()
     log_path = cloud.log_path.replace("server.log", f"link_{port}.log")
     cmd = [sys.executable, "-m", "specdec.transport.link_emulator", "--listen", str(port),
@@ -105,13 +155,14 @@ def wan_link(cloud: Cloud, one_way_ms: float, jitter_ms: float = 0.0, bandwidth_
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
-    client = None
+    clients = []
     try:
         _wait_port(port, proc, 30, "link_emulator", log_path)
-        client = WebSocketClient(f"ws://127.0.0.1:{port}", cloud.robot_id, cloud.token, connect_timeout=10)
-        yield client
+        for robot in robot_ids or [cloud.robot_id]:
+            clients.append(WebSocketClient(f"ws://127.0.0.1:{port}", robot, cloud.tokens[robot], connect_timeout=10))
+        yield clients if robot_ids else clients[0]
     finally:
-        if client is not None:
+        for client in clients:
             client.close()
         proc.terminate()
         proc.wait(10)

@@ -1,16 +1,25 @@
-"""make bench / make bench-quick: every decoding mode side by side, edge and cloud as two devices.
+"""make bench / make bench-quick: every decoding mode, measured on this CPU and emulated on the paper's hardware.
 
-For each workload (SmolLM2 text pair, Go2 VLM pair):
-  * the cloud is a real ``verifier_server`` process pinned to its own core; a link-emulator
-    process (delay, jitter, bandwidth, loss) sits in front of it; the edge is this process,
-    pinned to the other core, talking the real WebSocket protocol;
-  * each emulated RTT of the sweep runs every mode on the same inputs: cloud-only
-    autoregressive, edge-only draft, plain speculative, speculative + early-exit pre-drafting;
-  * a gamma sweep at the reference RTT;
-  * every lossless mode must reproduce cloud-only's greedy tokens exactly (else exit 1);
-  * reference point: transformers' assisted generation vs our engine in-process (bench/assisted.py);
-  * a labelled projection to the paper's GPU regime (bench/projection.py).
-Writes results/bench/{results.json, report.md, *.png}.
+For each workload (SmolLM2 text pair, Go2 VLM pair; the tiny pair for plumbing checks):
+
+1. cpu-self calibration (bench/calibrate.py): this machine's own forward costs by pass shape.
+2. Measured on this CPU: the real ``verifier_server`` process pinned to its own core behind a
+   link-emulator process, the edge (this process) pinned to the other, the real WebSocket
+   protocol; an RTT sweep over every mode (cloud-only, edge-only, plain speculative, speculative
+   + early exits with the paper's pre-draft policy, with ours (eager), and eager + adaptive draft
+   length) and a gamma sweep at the reference RTT. Every lossless mode must reproduce cloud-only's
+   greedy tokens exactly (else exit 1).
+3. Validation: at the reference RTT a second server emulates the cpu-self profile and the edge's
+   draft runs on its clock; decisions alternate between the real and the emulated setup, so both
+   see the same machine load. Their latencies must agree within 10% (the emulation adds nothing).
+4. Emulated: every device profile of the workload (profiles/*.yaml) - the server emulates the
+   cloud GPU, the edge's draft the edge device, the link emulator the profile's link - time-dilated
+   where this CPU is slower than the device (bench/emulation.py); a cell where a clock overran is
+   INVALID. Go2 adds the time to goal per closed-loop episode (bench/time_to_goal.py), a shared
+   cloud of K robots per profile (bench/shared_cloud.py) and a map of where each side wins.
+5. Reference point: transformers' assisted generation vs our engine in-process (bench/assisted.py).
+
+Writes results/bench/{results.json, report.md, *.png, cpu-self-*.yaml, emulated-*.yaml}.
 """
 
 from __future__ import annotations
@@ -19,30 +28,25 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from bench import cluster, workloads  # noqa: E402
+from bench import calibrate, cluster, emulation, projection, shared_cloud, time_to_goal, workloads  # noqa: E402
+from bench.cells import MODES, SPECULATIVE_MODES, check_lossless, run_cell, summarise  # noqa: E402
 from specdec.protocol import DecodingMode  # noqa: E402
 
-# name -> (protocol mode, EdgeDecoder overrides)
-MODES = {
-    "cloud_only": (DecodingMode.CLOUD_ONLY, {}),
-    "edge_only": (DecodingMode.EDGE_ONLY, {}),
-    "speculative": (DecodingMode.SPECULATIVE, {}),
-    "spec_early_exit": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "hint"}),  # the paper
-    "spec_ee_eager": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager"}),  # ours
-}
-SPECULATIVE_MODES = ("speculative", "spec_early_exit", "spec_ee_eager")
-LOSSLESS = ("cloud_only",) + SPECULATIVE_MODES
+VALIDATION_MODES = ("cloud_only", "speculative", "spec_early_exit")
+VALIDATION_TOLERANCE = 0.10  # cpu-self emulation vs the real run, median latency
+MAP_MODES = ("cloud_only", "spec_early_exit")
+FLEET_MODES = ("cloud_only", "spec_ee_adaptive")
+QUICK_PROFILES = ["paper-go2-orin-nx-a100", "paper-text-nano-a100"]
 
 
 @dataclass
@@ -56,83 +60,36 @@ class Settings:
     text_tokens: int
     go2_frames: int
     go2_tokens: int
+    emulated_text_prompts: int  # emulated text runs are dilated (several times slower than real time)
+    emulated_text_tokens: int
+    fleet_robots: List[int]
+    fleet_decisions: int
+    fleet_verifiers: List[str]  # keys of shared_cloud.VERIFIERS
+    goal_seeds: int
+    map_rtts_ms: List[float]  # the map of where each side wins (Go2, first profile; empty: skipped)
+    map_draft_speed: List[float]  # edge compute time x this
     repeats: int = 1
     jitter_ms: float = 0.0
     bandwidth_mbps: float = 0.0
     loss: float = 0.0
+    merge_first_block: bool = True  # block 0 rides with the cloud's prefill (one pass for both)
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
+    profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
+    assisted: bool = True
 
 
 def settings(quick: bool) -> Settings:
     if quick:
-        return Settings(True, rtts_ms=[0, 50], gammas=[2, 4], reference_rtt_ms=50, reference_gamma=4,
-                        text_prompts=3, text_tokens=12, go2_frames=4, go2_tokens=8)
-    # sized for < 20 minutes on 2 cores: 6 text prompts x 24 tokens x 5 RTTs x 4 modes + the gamma sweep
-    return Settings(False, rtts_ms=[0, 10, 25, 50, 100], gammas=[1, 2, 4, 8], reference_rtt_ms=50,
-                    reference_gamma=4, text_prompts=6, text_tokens=24, go2_frames=16, go2_tokens=8)
-
-
-def percentile(values, q):
-    values = sorted(values)
-    if not values:
-        return 0.0
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def summarise(results) -> Dict[str, float]:
-    """Aggregate DecisionStats of one (workload, rtt, gamma, mode) cell."""
-    stats = [r.stats for r in results]
-    lat = [s.latency_ms for s in stats]
-    per_token = [s.latency_ms / max(s.new_tokens, 1) for s in stats]
-    tokens = sum(s.new_tokens for s in stats)
-    drafted = sum(s.drafted_tokens for s in stats)
-    rounds = sum(s.rounds for s in stats)
-    hints = sum(s.hints for s in stats)
-    predrafts = sum(s.predrafts for s in stats)
-    total_ms = sum(lat)
-    return {
-        "decisions": len(stats),
-        "tokens": tokens,
-        "latency_ms_median": statistics.median(lat),
-        "latency_ms_p90": percentile(lat, 0.9),
-        "ms_per_token_median": statistics.median(per_token),
-        "ms_per_token_p90": percentile(per_token, 0.9),
-        "tokens_per_round": tokens / rounds if rounds else 0.0,
-        "acceptance_rate": sum(s.accepted_tokens for s in stats) / drafted if drafted else 0.0,
-        "hint_accuracy": sum(s.hints_correct for s in stats) / hints if hints else 0.0,
-        "predraft_hit_rate": sum(s.predraft_hits for s in stats) / predrafts if predrafts else 0.0,
-        "edge_idle_frac": sum(s.wait_ms for s in stats) / total_ms if total_ms else 0.0,
-        "cloud_idle_frac": 1.0 - sum(s.cloud_compute_ms for s in stats) / total_ms if total_ms else 0.0,
-        "target_passes_per_token": sum(s.target_forward_passes for s in stats) / tokens if tokens else 0.0,
-        "cloud_s_per_token": sum(s.cloud_compute_ms for s in stats) / 1000 / tokens if tokens else 0.0,
-        "bytes_per_token": sum(s.bytes_sent + s.bytes_received for s in stats) / tokens if tokens else 0.0,
-    }
-
-
-class OutputMismatch(AssertionError):
-    pass
-
-
-def run_cell(decoder, workload, mode_name, gamma):
-    results = []
-    mode, overrides = MODES[mode_name]
-    for prompt, image in workload.items:
-        results.append(decoder.decode(prompt, image, mode, gamma=gamma, max_new_tokens=workload.max_new_tokens,
-                                      **overrides))
-    return results
-
-
-def check_lossless(cells, where):
-    reference = [r.tokens for r in cells["cloud_only"]]
-    for mode in LOSSLESS:
-        if mode in cells:
-            got = [r.tokens for r in cells[mode]]
-            if got != reference:
-                bad = next(i for i, (a, b) in enumerate(zip(got, reference)) if a != b)
-                raise OutputMismatch(f"{where}: {mode} output differs from cloud-only on item {bad}: "
-                                     f"{got[bad]} vs {reference[bad]}")
+        return Settings(True, rtts_ms=[50], gammas=[], reference_rtt_ms=50, reference_gamma=4,
+                        text_prompts=2, text_tokens=8, go2_frames=4, go2_tokens=8, emulated_text_prompts=1,
+                        emulated_text_tokens=8, fleet_robots=[4], fleet_decisions=2, fleet_verifiers=["serialized"],
+                        goal_seeds=1, map_rtts_ms=[], map_draft_speed=[], profiles=QUICK_PROFILES, assisted=False)
+    # sized for < 30 minutes on 2 cores
+    return Settings(False, rtts_ms=[0, 25, 50, 100], gammas=[2, 4, 8], reference_rtt_ms=50, reference_gamma=4,
+                    text_prompts=4, text_tokens=24, go2_frames=16, go2_tokens=8, emulated_text_prompts=3,
+                    emulated_text_tokens=16, fleet_robots=[1, 4, 8, 16], fleet_decisions=4,
+                    fleet_verifiers=list(shared_cloud.VERIFIERS), goal_seeds=10, map_rtts_ms=[30, 120, 300],
+                    map_draft_speed=[0.25, 1.0, 4.0])
 
 
 def exit_fraction(exits_path) -> float:
@@ -146,49 +103,287 @@ def exit_fraction(exits_path) -> float:
     return (json.loads(meta["exit_layers"])[0] + 1) / int(meta["num_layers"])
 
 
-def bench_workload(workload, cfg: Settings, edge_cores, cloud_cores, log):
-    from specdec.engine.drafter import EdgeDecoder
-    from specdec.models.loading import load_model
+class Edge:
+    """The edge side of a cell group: the draft (with or without an emulated clock) and one
+    decoder per link."""
 
-    draft = load_model(workload.draft, name="draft")
-    out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
-           "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
-           "exit_fraction": exit_fraction(workload.exits)}
-    with cluster.cloud_server(workload.target, workload.exits, cores=cloud_cores) as cloud:
-        for rtt in cfg.rtts_ms:
-            with cluster.wan_link(cloud, rtt / 2, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss,
-                                  cores=cloud_cores) as link:
-                decoder = EdgeDecoder(draft, link, robot_id=cloud.robot_id, timeout_s=60)
-                decoder.decode(*workload.items[0], DecodingMode.SPECULATIVE, max_new_tokens=4)  # warm-up
+    def __init__(self, draft, clock=None):
+        self.draft = draft
+        self.clock = clock
+
+    def __enter__(self):
+        self.draft.use_clock(self.clock)
+        return self
+
+    def __exit__(self, *exc):
+        self.draft.use_clock(None)
+
+
+def decoder_for(draft, link, robot_id: str):
+    from specdec.engine.drafter import EdgeDecoder
+
+    return EdgeDecoder(draft, link, robot_id=robot_id, timeout_s=120)
+
+
+def warm_up(decoder, workload) -> None:
+    decoder.decode(*workload.items[0], DecodingMode.SPECULATIVE, max_new_tokens=4)
+
+
+def stand_in_image_tokens(shapes) -> Dict[str, int]:
+    """Image tokens per frame of the stand-in pair, per side (from the calibration's prefills)."""
+    return {side: max((s[2] for s in kinds["prefill"]), default=0) for side, kinds in shapes.items()}
+
+
+def by_kind(shapes, kind: str) -> Dict[str, list]:
+    return {side: kinds[kind] for side, kinds in shapes.items()}
+
+
+class WorkloadBench:
+    """Everything measured for one workload (see the module docstring, steps 1-4)."""
+
+    def __init__(self, workload, cfg: Settings, cores, out_dir: str, log):
+        from specdec.models.loading import load_model
+
+        self.workload = workload
+        self.cfg = cfg
+        self.edge_cores, self.cloud_cores = cores
+        self.out_dir = out_dir
+        self.log = log
+        self.draft = load_model(workload.draft, name="draft")
+        self.decide = dict(merge_first_block=cfg.merge_first_block)
+        self.out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
+                    "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
+                    "exit_fraction": exit_fraction(workload.exits), "emulated": [], "fleet": [], "map": []}
+
+    def server(self, profile=None, robot_ids=("bench",)):
+        w = self.workload
+        return cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=profile, robot_ids=robot_ids)
+
+    def link(self, cloud, rtt_ms: float, jitter_ms: float = 0.0, bandwidth_mbps: float = 0.0, loss: float = 0.0,
+             robot_ids=None):
+        return cluster.wan_link(cloud, rtt_ms / 2, jitter_ms, bandwidth_mbps, loss, cores=self.cloud_cores,
+                                robot_ids=robot_ids)
+
+    # -- 1. calibration --------------------------------------------------------------------
+    def calibrate(self):
+        cfg = self.cfg
+        doc, self.shapes = calibrate.calibrate(self.workload, gamma=cfg.reference_gamma,
+                                               steps=max(2, min(6, self.workload.max_new_tokens // 2)), log=self.log)
+        self.cpu_self_path = calibrate.write(doc, os.path.join(self.out_dir, f"cpu-self-{self.workload.name}.yaml"))
+        from specdec.models.compute_profile import ProfilePair
+
+        self.cpu_self = ProfilePair.load(self.cpu_self_path)
+        self.out["calibration"] = {"profile": doc, "file": self.cpu_self_path}
+
+    # -- 2 + 3. measured on this CPU, and the cpu-self validation ------------------------------
+    def measured(self):
+        cfg, w, log = self.cfg, self.workload, self.log
+        with self.server() as cloud, self.server(profile=self.cpu_self_path) as cloud_self:
+            for rtt in cfg.rtts_ms:
+                with self.link(cloud, rtt, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss) as link:
+                    decoder = decoder_for(self.draft, link, cloud.robot_id)
+                    warm_up(decoder, w)
+                    cells = {}
+                    for mode in MODES:
+                        if mode == "edge_only" and rtt != cfg.rtts_ms[0]:
+                            continue  # no network involved: measured once
+                        t0 = time.perf_counter()
+                        cells[mode] = run_cell(decoder, w, mode, cfg.reference_gamma, **self.decide)
+                        log(f"  {w.name} measured rtt={rtt:>5.0f} ms  {mode:<16} {time.perf_counter() - t0:6.1f} s")
+                    check_lossless(cells, f"{w.name} rtt={rtt}")
+                    for mode, results in cells.items():
+                        self.out["rtt_sweep"].append({"rtt_ms": rtt, "gamma": cfg.reference_gamma, "mode": mode,
+                                                      **summarise(results)})
+                    if rtt == cfg.reference_rtt_ms:
+                        self._gamma_sweep(decoder, cells, rtt)
+                        self._validate(decoder, cloud_self, rtt)
+            self.out["cloud_log_tail"] = open(cloud.log_path).read()[-400:]
+
+    def _gamma_sweep(self, decoder, cells, rtt):
+        cfg, w = self.cfg, self.workload
+        for gamma in cfg.gammas:
+            if gamma == cfg.reference_gamma:
+                continue
+            g_cells = {"cloud_only": cells["cloud_only"]}
+            for mode in SPECULATIVE_MODES:
+                g_cells[mode] = run_cell(decoder, w, mode, gamma, **self.decide)
+                self.log(f"  {w.name} measured rtt={rtt:>5.0f} ms  gamma={gamma} {mode}")
+            check_lossless(g_cells, f"{w.name} gamma={gamma}")
+            for mode in SPECULATIVE_MODES:
+                self.out["gamma_sweep"].append({"rtt_ms": rtt, "gamma": gamma, "mode": mode,
+                                                **summarise(g_cells[mode])})
+        if cfg.gammas:
+            for mode in SPECULATIVE_MODES:
+                row = next(r for r in self.out["rtt_sweep"] if r["rtt_ms"] == rtt and r["mode"] == mode)
+                self.out["gamma_sweep"].append({**row})
+
+    def _validate(self, real_decoder, cloud_self, rtt):
+        """The same decisions, alternating real and cpu-self emulated, at the reference RTT."""
+        cfg, w = self.cfg, self.workload
+        clock = self.edge_clock(self.cpu_self.edge)
+        with self.link(cloud_self, rtt, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss) as link_self:
+            self_decoder = decoder_for(self.draft, link_self, cloud_self.robot_id)
+            with Edge(self.draft, clock):
+                warm_up(self_decoder, w)
+            watch = emulation.ClockWatch(clock, cloud_self)
+            rows = []
+            for mode in VALIDATION_MODES:
+                real, emulated = [], []
+                for item in w.items:
+                    real += run_cell(real_decoder, w, mode, cfg.reference_gamma, items=[item], **self.decide)
+                    with Edge(self.draft, clock):
+                        emulated += run_cell(self_decoder, w, mode, cfg.reference_gamma, items=[item], **self.decide)
+                check_lossless({"cloud_only": real, mode: emulated}, f"{w.name} cpu-self {mode}")
+                a, b = summarise(real), summarise(emulated)
+                ratio = b["latency_ms_median"] / a["latency_ms_median"] if a["latency_ms_median"] else 0.0
+                validity = watch.lap()
+                rows.append({"mode": mode, "rtt_ms": rtt, "real_ms_median": a["latency_ms_median"],
+                             "emulated_ms_median": b["latency_ms_median"], "real_ms_p90": a["latency_ms_p90"],
+                             "emulated_ms_p90": b["latency_ms_p90"], "ratio": ratio,
+                             "within_tolerance": abs(ratio - 1) <= VALIDATION_TOLERANCE,
+                             "overrun_fraction": validity.overrun_fraction})
+                self.log(f"  {w.name} cpu-self validation {mode:<16} real {a['latency_ms_median']:.0f} ms, "
+                         f"emulated {b['latency_ms_median']:.0f} ms (x{ratio:.3f})")
+        self.out["validation"] = {"tolerance": VALIDATION_TOLERANCE, "rows": rows}
+
+    @staticmethod
+    def edge_clock(profile):
+        from specdec.models.compute_profile import ComputeClock
+
+        return ComputeClock(profile)
+
+    # -- 4. emulated profiles --------------------------------------------------------------
+    def emulated(self, profiles: List[emulation.BenchProfile], goal_runs=None):
+        cfg, w = self.cfg, self.workload
+        items = w.items
+        if w.name == "text":
+            items = items[:cfg.emulated_text_prompts]
+        for bp in profiles:
+            scale = emulation.image_scale(bp, stand_in_image_tokens(self.shapes))
+            device = emulation.effective(bp.pair, 1.0, scale)
+            k = emulation.dilation(device, by_kind(self.shapes, "repeated"))
+            pair = emulation.effective(bp.pair, k, scale)
+            path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}.yaml"))
+            self.log(f"  {w.name} emulated {bp.name}: time dilation x{k:g}, link RTT {bp.rtt_ms:g} ms")
+            entry = {"profile": bp.name, "title": bp.pair.title, "dilation": k, "rtt_ms": bp.rtt_ms,
+                     "gpu_hour_usd": bp.pair.gpu_hour_usd, "paper": bp.paper, "file": path,
+                     "edge": {"device": bp.pair.edge.device, "model": bp.pair.edge.model},
+                     "cloud": {"device": bp.pair.cloud.device, "model": bp.pair.cloud.model},
+                     "image_scale": scale, "rows": [],
+                     "prefill_excess_ms": emulation.prefill_excess_ms(device, by_kind(self.shapes, "prefill"), k)}
+            emulated_w = workloads.Workload(w.name, w.draft, w.target, w.exits, items,
+                                            min(w.max_new_tokens, cfg.emulated_text_tokens) if w.name == "text"
+                                            else w.max_new_tokens, w.description)
+            clock = self.edge_clock(pair.edge)
+            link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
+                         pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
+            with self.server(profile=path) as cloud, self.link(cloud, *link_args) as link, Edge(self.draft, clock):
+                decoder = decoder_for(self.draft, link, cloud.robot_id)
+                warm_up(decoder, emulated_w)
+                watch = emulation.ClockWatch(clock, cloud)
                 cells = {}
                 for mode in MODES:
-                    if mode == "edge_only" and rtt != cfg.rtts_ms[0]:
-                        continue  # no network involved: measured once
                     t0 = time.perf_counter()
-                    cells[mode] = run_cell(decoder, workload, mode, cfg.reference_gamma)
-                    log(f"  {workload.name} rtt={rtt:>5.0f} ms  {mode:<16} {time.perf_counter() - t0:6.1f} s")
-                check_lossless(cells, f"{workload.name} rtt={rtt}")
-                for mode, results in cells.items():
-                    out["rtt_sweep"].append({"rtt_ms": rtt, "gamma": cfg.reference_gamma, "mode": mode,
-                                             **summarise(results)})
-                if rtt == cfg.reference_rtt_ms:
-                    for gamma in cfg.gammas:
-                        if gamma == cfg.reference_gamma:
-                            continue
-                        g_cells = {"cloud_only": cells["cloud_only"]}
-                        for mode in SPECULATIVE_MODES:
-                            g_cells[mode] = run_cell(decoder, workload, mode, gamma)
-                            log(f"  {workload.name} rtt={rtt:>5.0f} ms  gamma={gamma} {mode}")
-                        check_lossless(g_cells, f"{workload.name} gamma={gamma}")
-                        for mode in SPECULATIVE_MODES:
-                            out["gamma_sweep"].append({"rtt_ms": rtt, "gamma": gamma, "mode": mode,
-                                                       **summarise(g_cells[mode])})
-                    for mode in SPECULATIVE_MODES:
-                        row = next(r for r in out["rtt_sweep"] if r["rtt_ms"] == rtt and r["mode"] == mode)
-                        out["gamma_sweep"].append({**row})
-                decoder = None
-        out["cloud_log_tail"] = open(cloud.log_path).read()[-400:]
-    return out
+                    cells[mode] = run_cell(decoder, emulated_w, mode, cfg.reference_gamma, **self.decide)
+                    validity = watch.lap()
+                    entry["rows"].append({"mode": mode, **summarise(cells[mode], 1 / k), "valid": validity.valid,
+                                          "overruns": {"edge": validity.edge_overruns, "cloud": validity.cloud_overruns},
+                                          "passes": {"edge": validity.edge_passes, "cloud": validity.cloud_passes}})
+                    self.log(f"  {w.name} emulated {bp.name} {mode:<16} {time.perf_counter() - t0:6.1f} s"
+                             f"{'' if validity.valid else '  INVALID (overruns)'}")
+                check_lossless(cells, f"{w.name} emulated {bp.name}")
+                entry["clock_summary"] = {"edge": clock.summary(), "cloud": cloud.snapshot().get("clock")}
+            entry["cross_check"] = self._formula(bp, emulation.effective(bp.pair, 1.0, scale), entry["rows"],
+                                                 emulated_w)
+            if goal_runs is not None:
+                entry["time_to_goal"] = time_to_goal.time_to_goal(goal_runs, {r["mode"]: r for r in entry["rows"]})
+            self.out["emulated"].append(entry)
+            if w.name != "text" and cfg.fleet_robots:
+                self.fleet(bp, pair, path, k, goal_runs)
+            if w.name != "text" and cfg.map_rtts_ms and bp is profiles[0]:
+                self.win_map(bp, pair, path, k, emulated_w)
+
+    def _formula(self, bp, pair, rows, w) -> dict:
+        """The static formula at the profile's RTT with the measured rates (labelled cross-check)."""
+        by_mode = {r["mode"]: r for r in rows}
+        prompt = max(s[0] for s in self.shapes["cloud"]["prefill"])
+        image = stand_in_image_tokens(self.shapes).get("cloud", 0)
+        tokens = by_mode["cloud_only"]["tokens"] / max(1, by_mode["cloud_only"]["decisions"])
+        shape = dict(new_tokens=tokens, prompt_tokens=prompt, image_tokens=image, gamma=self.cfg.reference_gamma,
+                     tokens_round=by_mode["spec_early_exit"]["tokens_per_round"] or 1.0,
+                     hit_rate=by_mode["spec_early_exit"]["predraft_hit_rate"], exit_fraction=self.out["exit_fraction"])
+        formula = projection.all_modes(pair, bp.rtt_ms, **shape)
+        acceptance = {}
+        for a in (0.3, 0.6, 0.9):
+            s = dict(shape, tokens_round=projection.tokens_per_round(a, self.cfg.reference_gamma))
+            acceptance[str(a)] = projection.all_modes(pair, bp.rtt_ms, **s)
+        return {"label": "STATIC FORMULA cross-check (bench/projection.py), not a measurement",
+                "latency_ms": formula, "by_acceptance": acceptance}
+
+    def fleet(self, bp, pair, path, k, goal_runs):
+        """K robots on one emulated GPU, per verifier kind: cloud-only vs speculative."""
+        cfg, w = self.cfg, self.workload
+        think_s = (time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0) * k
+        clock = self.edge_clock(pair.edge)
+        ids = [f"robot{i:02d}" for i in range(max(cfg.fleet_robots))]
+        link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
+                     pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
+        for verifier in cfg.fleet_verifiers:
+            settings = shared_cloud.VERIFIERS[verifier]
+            with cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=path, robot_ids=ids,
+                                      extra_args=shared_cloud.verifier_flags(settings, k)) as cloud, \
+                    Edge(self.draft, clock):
+                for robots in cfg.fleet_robots:
+                    with self.link(cloud, *link_args, robot_ids=ids[:robots]) as clients:
+                        decoders = [decoder_for(self.draft, c, c.robot_id) for c in clients]
+                        shared_cloud.warm_up(decoders, w)
+                        watch = emulation.ClockWatch(clock, cloud)
+                        for mode in FLEET_MODES:
+                            busy0 = cloud.snapshot()["verifier"]["compute_ms"]
+                            run = shared_cloud.run_fleet(decoders, w, mode, cfg.fleet_decisions, think_s,
+                                                         cfg.reference_gamma, seed=robots, **self.decide)
+                            busy = cloud.snapshot()["verifier"]["compute_ms"] - busy0
+                            validity = watch.lap()
+                            row = {"profile": bp.name, "verifier": verifier, "robots": robots, "mode": mode,
+                                   "think_s": think_s / k, "valid": validity.valid, "errors": run["errors"],
+                                   "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
+                                   **summarise(run["results"], 1 / k)}
+                            self.out["fleet"].append(row)
+                            self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={robots:<2} {mode:<16} "
+                                     f"p50 {row['latency_ms_median']:.0f} ms p90 {row['latency_ms_p90']:.0f} ms "
+                                     f"GPU busy {row['gpu_busy']:.2f} ({run['wall_s']:.0f} s)"
+                                     f"{'' if validity.valid else '  INVALID (overruns)'}"
+                                     f"{'  ERRORS ' + '; '.join(run['errors'][:2]) if run['errors'] else ''}")
+
+    def win_map(self, bp, pair, path, k, w):
+        """Cloud-only vs the paper's method over link RTT x draft speed (one robot)."""
+        cfg = self.cfg
+        with self.server(profile=path) as cloud:
+            for rtt in cfg.map_rtts_ms:
+                with self.link(cloud, rtt * k) as link:
+                    decoder = decoder_for(self.draft, link, cloud.robot_id)
+                    for speed in cfg.map_draft_speed:
+                        clock = self.edge_clock(emulation.scaled_edge(pair, speed).edge)
+                        with Edge(self.draft, clock):
+                            watch = emulation.ClockWatch(clock, cloud)
+                            cells = {mode: run_cell(decoder, w, mode, cfg.reference_gamma, items=w.items[:4],
+                                                    **self.decide) for mode in MAP_MODES}
+                            validity = watch.lap()
+                        row = {"profile": bp.name, "rtt_ms": rtt, "draft_speed": speed, "valid": validity.valid,
+                               **{f"{m}_ms": summarise(cells[m], 1 / k)["latency_ms_median"] for m in MAP_MODES}}
+                        row["ratio"] = row["spec_early_exit_ms"] / row["cloud_only_ms"] if row["cloud_only_ms"] else 0
+                        self.out["map"].append(row)
+                        self.log(f"  {w.name} map {bp.name} RTT {rtt:g} ms draft x{speed:g}: spec/cloud "
+                                 f"{row['ratio']:.2f}")
+
+
+def hardware(cores) -> dict:
+    edge_cores, cloud_cores = cores
+    cpu = calibrate.processor_name()
+    return {"machine": platform.machine(), "processor": cpu, "cpus": os.cpu_count(),
+            "edge_cores": sorted(edge_cores or []), "cloud_cores": sorted(cloud_cores or []),
+            "torch": torch.__version__,
+            "regime": f"measured on {cpu}: edge and cloud each one core, fp32, 1 torch thread"}
 
 
 def main(argv=None):
@@ -197,11 +392,17 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench"))
     parser.add_argument("--workloads", nargs="+", choices=["text", "go2", "tiny"],
                         help="default: text and go2, skipping one whose models are not built")
+    parser.add_argument("--profiles", nargs="*", help="device profiles to emulate (names in --profiles-dir; default: "
+                                                      "all; none: measured on this CPU only)")
+    parser.add_argument("--profiles-dir", default=emulation.PROFILES_DIR)
     parser.add_argument("--rtts", nargs="+", type=float, help="override the RTT sweep (ms)")
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0)
     parser.add_argument("--loss", type=float, default=0.0)
-    parser.add_argument("--skip-assisted", action="store_true")
+    parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
+    parser.add_argument("--no-merge-first-block", action="store_true",
+                        help="the cloud prefills at once instead of waiting for block 0")
+    parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
     cfg.workloads = args.workloads or ["text", "go2"]
@@ -209,30 +410,32 @@ def main(argv=None):
         cfg.rtts_ms = args.rtts
         cfg.reference_rtt_ms = args.rtts[min(len(args.rtts) - 1, len(args.rtts) // 2)]
     cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss = args.jitter_ms, args.bandwidth_mbps, args.loss
+    if args.profiles is not None:
+        cfg.profiles = args.profiles
+    if args.fleet is not None:
+        cfg.fleet_robots = args.fleet
+    cfg.merge_first_block = not args.no_merge_first_block
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
     def log(msg):
         print(f"[bench {time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
-    edge_cores, cloud_cores = cluster.core_split()
-    cluster.pin_self(edge_cores)
+    try:
+        profiles = emulation.device_profiles(cfg.profiles, args.profiles_dir) if cfg.profiles != [] else []
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    cores = cluster.core_split()
+    cluster.pin_self(cores[0])
     torch.set_num_threads(1)
-    report = {
-        "settings": vars(cfg),
-        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                     "cpus": os.cpu_count(), "edge_cores": sorted(edge_cores or []),
-                     "cloud_cores": sorted(cloud_cores or []), "torch": torch.__version__,
-                     "regime": "CPU: edge and cloud each one core, fp32, 1 torch thread"},
-        "workloads": [],
-    }
-    builders = {"text": lambda: workloads.text_workload(cfg.text_prompts, cfg.text_tokens),
-                "go2": lambda: workloads.go2_workload(cfg.go2_frames, cfg.go2_tokens),
-                "tiny": lambda: workloads.tiny_workload(cfg.go2_frames, cfg.go2_tokens)}
-    report["skipped"] = {}
+    report = {"settings": vars(cfg), "hardware": hardware(cores), "workloads": [], "skipped": {},
+              "profiles": [p.name for p in profiles]}
+    sizes = {"text": (cfg.text_prompts, cfg.text_tokens), "go2": (cfg.go2_frames, cfg.go2_tokens),
+             "tiny": (cfg.go2_frames, cfg.go2_tokens)}
     for name in list(cfg.workloads):
         try:
-            workload = builders[name]()
+            workload = workloads.build(name, *sizes[name])
             missing = workload.missing()
         except ImportError as exc:  # e.g. the Go2 VLM pair's module is not in this checkout
             workload, missing = None, [f"{type(exc).__name__}: {exc}"]
@@ -244,21 +447,39 @@ def main(argv=None):
             cfg.workloads.remove(name)
             continue
         log(f"workload {name}: {len(workload.items)} inputs, {workload.max_new_tokens} new tokens each")
-        report["workloads"].append(bench_workload(workload, cfg, edge_cores, cloud_cores, log))
-    if not args.skip_assisted and "text" in cfg.workloads:
+        bench = WorkloadBench(workload, cfg, cores, args.out, log)
+        bench.calibrate()
+        bench.measured()
+        goal_runs = None
+        if name != "text" and cfg.goal_seeds:
+            from specdec.models.loading import load_model
+
+            goal_runs = time_to_goal.episodes(bench.draft, load_model(workload.target, name="target"),
+                                              time_to_goal.seeds(cfg.goal_seeds), workload.max_new_tokens)
+            bench.out["closed_loop"] = time_to_goal.summary(goal_runs)
+            ref = {r["mode"]: r for r in bench.out["rtt_sweep"] if r["rtt_ms"] == cfg.reference_rtt_ms}
+            ref.setdefault("edge_only", next((r for r in bench.out["rtt_sweep"] if r["mode"] == "edge_only"), None))
+            bench.out["time_to_goal"] = time_to_goal.time_to_goal(goal_runs, {m: r for m, r in ref.items() if r})
+            log(f"  {name} closed loop: {bench.out['closed_loop']}")
+        bench.emulated([p for p in profiles if p.applies_to(name)], goal_runs)
+        report["workloads"].append(bench.out)
+    if cfg.assisted and not args.skip_assisted and "text" in cfg.workloads:
         from bench import assisted
 
-        cluster.pin_self(set().union(edge_cores or set(), cloud_cores or set()) or None)
-        report["assisted"] = assisted.compare(builders["text"](), gamma=cfg.reference_gamma, log=log)
-    from bench import projection, report as report_mod
+        cluster.pin_self(set().union(cores[0] or set(), cores[1] or set()) or None)
+        report["assisted"] = assisted.compare(workloads.build("text", *sizes["text"]), gamma=cfg.reference_gamma,
+                                              log=log)
+    from bench import report as report_mod
 
-    report["projection"] = projection.project(report)
     report["elapsed_s"] = time.perf_counter() - started
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(report, handle, indent=2, default=str)
     markdown = report_mod.write(report, args.out)
     print(markdown)
     log(f"done in {report['elapsed_s']:.0f} s -> {args.out}")
+    invalid = report_mod.failed_validations(report)
+    if invalid:
+        log(f"cpu-self validation outside {VALIDATION_TOLERANCE:.0%}: {invalid}")
     return 0
 
 

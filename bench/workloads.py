@@ -94,3 +94,9 @@ def tiny_workload(n_items: int, max_new_tokens: int) -> Workload:
              for c in ("red", "green", "blue", "yellow", "red", "green")[:n_items]]
     return Workload("tiny", os.path.join(root, "draft"), os.path.join(root, "target"), exits, items,
                     max_new_tokens, "random-init tiny Qwen2-VL pair (plumbing check only)")
+
+
+def build(name: str, items: int, max_new_tokens: int) -> Workload:
+    """The workload called ``name`` ("text", "go2" or "tiny") with ``items`` inputs."""
+    builders = {"text": text_workload, "go2": go2_workload, "tiny": tiny_workload}
+    return builders[name](items, max_new_tokens)

@@ -1,0 +1,261 @@
+"""cpu-self: a compute profile measured from this machine's own forward passes.
+
+    python -m bench.calibrate --workload go2            # -> profiles/cpu-self-go2.yaml
+
+Emulating a profile is only trustworthy if emulating *this* machine reproduces what this
+machine really does; this module makes that profile. It times the real draft and target forward
+passes of a workload by shape, through the same hooks the emulation uses (a recording clock on
+the adapter: a pass starts where :class:`~specdec.models.compute_profile.ComputeClock` starts it
+and ends where the engine settles it, LM head and token choice included): each prompt's prefill
+(its text and image tokens), then passes of 1 .. gamma+1 new tokens after it, in this process,
+one torch thread. The medians are fitted to the profile's cost form
+(:class:`~specdec.models.compute_profile.ForwardCost`, linear in new, cached and image tokens)
+by least squares on the *relative* error, non-negative terms only, each kind of pass weighted by
+how often a decision runs it (one prefill; many one-token passes; a block pass per round).
+
+The file records how well that form fits each kind of pass (``fit_error``): on this CPU a pass
+of k tokens costs far less than k one-token passes while a long prefill costs about a millisecond
+per token, which one linear form cannot both follow, so the text target's prefill is the worst
+fit. bench/run.py emulates this profile next to the real run and reports the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from specdec.models.compute_profile import ForwardCost  # noqa: E402
+
+TERMS = ("fixed_ms", "per_token_ms", "per_cached_token_ms", "per_image_token_ms")
+
+
+@dataclass
+class Pass:
+    """One timed forward pass: its shape as the compute clock sees it, and its real duration."""
+
+    kind: str  # "prefill" or "k=<new tokens>"
+    new_tokens: int
+    cached_tokens: int
+    image_tokens: int
+    ms: float
+
+
+class RecordingClock:
+    """The ComputeClock interface, recording real durations instead of emulating a device."""
+
+    def __init__(self):
+        self.passes: List[Tuple[int, int, int, float]] = []
+        self._open = None
+
+    def begin(self, new_tokens: int, cached_tokens: int = 0, image_tokens: int = 0, rows: int = 1) -> None:
+        self._open = (new_tokens, cached_tokens, image_tokens, time.perf_counter())
+
+    def hold(self, fraction: float) -> None:
+        pass
+
+    def settle(self) -> None:
+        if self._open is not None:
+            new, cached, image, t0 = self._open
+            self.passes.append((new, cached, image, (time.perf_counter() - t0) * 1000))
+            self._open = None
+
+
+def processor_name() -> str:
+    """The CPU's model name (for "measured on <cpu>" labels)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_passes(adapter, items, gamma: int, steps: int, repeats: int = 3, exit_heads=None) -> List[Pass]:
+    """Time ``adapter``'s passes: per item, the prefill (``repeats`` times), then ``steps`` rounds of
+    one pass per block size 1 .. gamma+1 (the cache grows as in a decision). With ``exit_heads``,
+    each round adds a verification block with every exit head scoring a row as the pass reaches
+    its layer (kind "k=<n>+exits": what a hinted verification costs; not fitted, see calibrate)."""
+    import torch
+
+    clock = RecordingClock()
+    previous = adapter.clock
+    adapter.use_clock(clock)
+    out: List[Pass] = []
+    try:
+        with torch.inference_mode():
+            for prompt, image in items:
+                inputs = adapter.encode(prompt, image)
+                for _ in range(repeats):
+                    state = adapter.prefill(inputs)
+                    adapter.settle()
+                new, cached, img, ms = clock.passes[-1]
+                out.extend(Pass("prefill", new, cached, img, p[3]) for p in clock.passes[-repeats:])
+                filler = inputs.input_ids[-1]
+                for _ in range(steps):
+                    for k in range(1, gamma + 2):
+                        hidden = adapter.forward_hidden(state, [filler] * k, keep=1)
+                        int(torch.argmax(adapter.head_logits(hidden)[0]))
+                        adapter.settle()
+                        new, cached, img, ms = clock.passes[-1]
+                        out.append(Pass(f"k={k}", new, cached, img, ms))
+                    if exit_heads is not None:
+                        k = gamma + 1
+                        hooks = exit_heads.attach(lambda layer, h: int(torch.argmax(
+                            exit_heads.exit_logits(layer, h[0, -1:])[0])), hidden=True)
+                        try:
+                            hidden = adapter.forward_hidden(state, [filler] * k, keep=1)
+                            int(torch.argmax(adapter.head_logits(hidden)[0]))
+                            adapter.settle()
+                        finally:
+                            hooks.remove()
+                        new, cached, img, ms = clock.passes[-1]
+                        out.append(Pass(f"k={k}+exits", new, cached, img, ms))
+    finally:
+        adapter.use_clock(previous)
+    return out
+
+
+def measured_shapes(passes: Sequence[Pass]) -> Dict[str, List[tuple]]:
+    """kind ("prefill", or "repeated": the passes a decision runs again and again) -> distinct
+    (new, cached, image, median ms) of the measured passes."""
+    groups: Dict[Tuple[bool, int, int, int], List[float]] = {}
+    for p in passes:
+        groups.setdefault((p.kind == "prefill", p.new_tokens, p.cached_tokens, p.image_tokens), []).append(p.ms)
+    return {kind: sorted(shape + (statistics.median(ms),) for (prefill, *shape), ms in groups.items()
+                         if prefill == (kind == "prefill"))
+            for kind in ("prefill", "repeated")}
+
+
+def kind_weights(gamma: int, steps: int) -> Dict[str, float]:
+    """How often a decision runs each kind of pass, per prefill: one-token passes (drafting,
+    cloud-only decoding) dominate, then the verification block; other sizes are rarer."""
+    weights = {"prefill": 1.0, "k=1": float(steps), f"k={gamma + 1}": steps / 2}
+    for k in range(2, gamma + 1):
+        weights.setdefault(f"k={k}", 1.0)
+    return weights
+
+
+def fit(passes: Sequence[Pass], weights: Dict[str, float]) -> Tuple[ForwardCost, Dict[str, float]]:
+    """The ForwardCost minimising the weighted relative error over the median of each distinct
+    shape (non-negative terms: every subset of terms is tried), and the mean relative error of
+    each kind of pass under it."""
+    groups: Dict[Tuple[str, int, int, int], List[float]] = {}
+    for p in passes:
+        groups.setdefault((p.kind, p.new_tokens, p.cached_tokens, p.image_tokens), []).append(p.ms)
+    shapes = list(groups)
+    x = np.array([[1.0, n, c, i] for _, n, c, i in shapes])
+    y = np.array([statistics.median(groups[s]) for s in shapes])
+    count = {kind: sum(1 for s in shapes if s[0] == kind) for kind in {s[0] for s in shapes}}
+    w = np.sqrt(np.array([weights.get(s[0], 1.0) / count[s[0]] for s in shapes])) / y
+    best, best_err = np.zeros(4), np.inf
+    for size in range(1, 5):
+        for cols in itertools.combinations(range(4), size):
+            sol, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)
+            if (sol < 0).any():
+                continue
+            coef = np.zeros(4)
+            coef[list(cols)] = sol
+            err = float(np.sum(((x @ coef - y) * w) ** 2))
+            if err < best_err:
+                best, best_err = coef, err
+    cost = ForwardCost(**{name: round(float(v), 4) for name, v in zip(TERMS, best)})
+    errors: Dict[str, List[float]] = {}
+    for (kind, n, c, i), measured in zip(shapes, y):
+        errors.setdefault(kind, []).append((cost.ms(n, c, i) - measured) / measured)
+    return cost, {kind: round(float(np.mean(v)), 3) for kind, v in sorted(errors.items())}
+
+
+def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=print):
+    """The cpu-self profile of ``workload``'s pair on this machine, as a profile-file dict, and the
+    passes it was measured on (:func:`measured_shapes`, per side)."""
+    import torch
+
+    from specdec.models.loading import load_model
+
+    cpu = processor_name()
+    threads = torch.get_num_threads()
+    doc = {"name": f"cpu-self-{workload.name}",
+           "title": f"this CPU, measured: {cpu}, {threads} torch thread(s), fp32",
+           "workload": workload.name,
+           "measured_on": cpu,
+           "sources": {"self": f"bench/calibrate.py on {cpu}, {datetime.date.today().isoformat()}: medians of the "
+                               f"real forward passes of the {workload.name} pair, {repeats} prefills and {steps} "
+                               f"rounds of 1..{gamma + 1}-token passes per input"},
+           "link": {"rtt_ms": 0.0},
+           "gpu_hour_usd": None,
+           "fit_error": {}}
+    weights = kind_weights(gamma, steps)
+    shapes = {}
+    for side, path in (("edge", workload.draft), ("cloud", workload.target)):
+        t0 = time.perf_counter()
+        adapter = load_model(path, name=side)
+        heads = None
+        if side == "cloud" and workload.exits:
+            from specdec.models.early_exit import EarlyExitHeads
+
+            heads = EarlyExitHeads.load(adapter.model, workload.exits)
+        passes = time_passes(adapter, workload.items, gamma, steps, repeats, heads)
+        shapes[side] = measured_shapes(passes)
+        # the profile form has no term for exit heads: fitted without them (the emulated verifier
+        # holds hints to their layer's share of the pass); the dilation sees their real cost
+        cost, errors = fit([p for p in passes if "+exits" not in p.kind], weights)
+        doc[side] = {"device": f"this CPU ({threads} torch thread)", "model": os.path.basename(path.rstrip("/")),
+                     "sources": ["self"], "forward": {k: v for k, v in vars(cost).items() if v}}
+        if not doc[side]["forward"]:
+            doc[side]["forward"] = {"fixed_ms": 0.0}
+        doc["fit_error"][side] = errors
+        log(f"  calibrated {side} ({doc[side]['model']}) in {time.perf_counter() - t0:.1f} s: {doc[side]['forward']}; "
+            f"relative fit error by pass kind {errors}")
+    return doc, shapes
+
+
+def write(doc: dict, path: str) -> str:
+    import yaml
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write("# Measured by bench/calibrate.py (a cpu-self profile: this machine, not a device to emulate).\n")
+        yaml.safe_dump(doc, handle, sort_keys=False, width=110)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["text", "go2", "tiny"], default="go2")
+    parser.add_argument("--items", type=int, default=3, help="inputs of the workload to time")
+    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--out", help="default: profiles/cpu-self-<workload>.yaml")
+    args = parser.parse_args(argv)
+    import torch
+
+    from bench import workloads
+
+    torch.set_num_threads(1)
+    workload = workloads.build(args.workload, args.items, 8)
+    missing = workload.missing()
+    if missing:
+        print(f"calibrate: models not available ({missing}); run 'make models' first", file=sys.stderr)
+        return 2
+    doc, _ = calibrate(workload, gamma=args.gamma)
+    print(write(doc, args.out or os.path.join(ROOT, "profiles", f"cpu-self-{args.workload}.yaml")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
