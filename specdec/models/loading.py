@@ -214,6 +214,7 @@ def load_model(
     quantization: str = "none",
     name: str = "",
     draft_head: bool = True,
+    transposed_linears: bool = True,
 ) -> ModelAdapter:
     """Load a model (a folder with ``config.json`` + safetensors/bin weights + tokenizer/processor
     files, or a hub id in the local HF cache) or build a random-init model from a
@@ -222,7 +223,8 @@ def load_model(
     ``dtype``/``device`` take names (see :func:`resolve_dtype`, :func:`resolve_device`);
     ``quantization`` is ``none``, ``int8`` or ``4bit`` (see the module docstring; drafts only).
     ``draft_head``: propose with the folder's reduced-vocabulary head (``draft_head.safetensors``,
-    :mod:`specdec.models.draft_head`) when it has one.
+    :mod:`specdec.models.draft_head`) when it has one. ``transposed_linears``: on a CPU, store linear
+    weights in the layout small batches multiply fastest (:mod:`specdec.models.kernels`).
     Missing folders/files raise :class:`ModelLoadError` naming what is missing. Nothing is
     downloaded (``local_files_only``).
     """
@@ -278,6 +280,10 @@ def load_model(
     if "device_map" not in kwargs:
         model = _place(model, device, quantization)
     default_name = label if _is_hub_id(label) and not os.path.exists(label) else os.path.basename(os.path.normpath(path))
+    if transposed_linears:
+        from .kernels import use_transposed_linears
+
+        use_transposed_linears(model)
     adapter = wrap_model(model, processor, name=name or default_name)
     if draft_head:
         from .draft_head import use_draft_head

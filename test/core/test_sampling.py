@@ -112,7 +112,8 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
                 result = runner.generate(PROMPT, None, mode, seed=seed)
                 counts[tuple(result.tokens[:2])] += 1
                 rejected += sum(r.accepted < r.drafted for r in result.stats.round_log)
-        assert rejected > runs // 10, (name, rejected)  # the residual path is exercised a lot
+        # the residual path is exercised (the adaptive policy drafts this weak draft's tokens rarely)
+        assert rejected > runs // (20 if "adaptive" in name else 10), (name, rejected)
         pvalues[name] = chi_square(counts, joint, runs)
     for name in pvalues:
         if name != "broken":
