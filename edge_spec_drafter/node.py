@@ -70,6 +70,8 @@ PARAMETERS = [
                                    "adaptive: the length with the most expected tokens per second"),
     Param("confidence_threshold", 0.4, "draft_length confidence: stop after a token below this probability"),
     Param("merge_first_block", False, "the cloud verifies block 0 in its prefill pass (one pass fewer)"),
+    Param("cloud_finish_tokens", 0, "after a verified block the cloud decodes up to this many tokens itself "
+                                    "(a short answer ends in one round trip; 0: never)"),
     Param("grammar", "", "'' | action (the action language) | a regular expression the output must match"),
     Param("image_format", "png", "camera frame on the wire: png (lossless) | jpeg"),
     Param("image_size", "full", "full | processor (the draft processor's input size) | WxH"),
@@ -132,6 +134,7 @@ class EdgeSpecDrafter(Node):
             top_k=p["top_k"], seed=p["seed"], timeout_s=p["cloud_timeout_s"], predraft=p["predraft"],
             predraft_policy=p["predraft_policy"], draft_length=p["draft_length"],
             confidence_threshold=p["confidence_threshold"], merge_first_block=p["merge_first_block"],
+            cloud_finish_tokens=p["cloud_finish_tokens"],
             grammar=GRAMMAR_PATTERN if p["grammar"] == "action" else p["grammar"], image_format=p["image_format"],
             image_size=p["image_size"], jpeg_quality=p["jpeg_quality"])
         self.rolling = RollingStats(p["stats_window"])

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Dict, List, Type
 
-PROTOCOL_VERSION = 2  # 2: SessionStart.prefill_wait_ms, SessionStart.grammar
+PROTOCOL_VERSION = 2  # 2: SessionStart.prefill_wait_ms / grammar / cloud_finish_tokens, VerifyResult.continued
 
 
 class DecodingMode(IntEnum):
@@ -112,6 +112,9 @@ class SessionStart(Message):
     # forward pass (one pass instead of two for a short answer); 0 = prefill at once.
     prefill_wait_ms: float = 0.0
     grammar: str = ""  # constrain draft and target to this output grammar ("" = none; see engine.grammar)
+    # After verifying a block the cloud decodes up to this many more tokens itself (fewer when the
+    # answer ends): a short answer is finished without another round trip; 0 = never.
+    cloud_finish_tokens: int = 0
 
 
 @dataclass
@@ -152,11 +155,13 @@ class VerifyResult(Message):
     position: int = 0
     accepted: int = 0  # draft tokens accepted, 0..len(tokens)
     next_token: int = 0  # corrected token (accepted < len) or bonus token
-    finished: bool = False  # generation ended with next_token
+    finished: bool = False  # generation ended with next_token (or the last continued token)
     finish_reason: int = int(FinishReason.NOT_FINISHED)
     queue_ms: float = 0.0  # time the block waited at the server
     verify_ms: float = 0.0  # target forward + acceptance
     target_forward_passes: int = 0  # for this session so far (cost accounting)
+    # tokens the cloud decoded itself after next_token (SessionStart.cloud_finish_tokens), committed too
+    continued: List[int] = field(default_factory=list)
 
 
 @dataclass

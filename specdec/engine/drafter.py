@@ -107,6 +107,7 @@ class DecodeConfig:
     draft_length: str = "fixed"
     confidence_threshold: float = 0.4
     merge_first_block: bool = False  # the cloud holds its prefill for block 0 (one pass for both)
+    cloud_finish_tokens: int = 0  # after each verified block the cloud decodes up to this many tokens itself
     grammar: str = ""  # output grammar (a regular expression, engine.grammar) for draft and target
     # the camera frame on the wire: "png" (lossless) or "jpeg"; "full", "processor" (the draft
     # processor's input size) or "WxH"; both models condition on exactly the pixels sent
@@ -133,6 +134,8 @@ class DecodeConfig:
             problems.append(f"confidence_threshold must be in [0, 1] (got {self.confidence_threshold})")
         if not self.timeout_s > 0:
             problems.append(f"timeout_s must be > 0 (got {self.timeout_s})")
+        if self.cloud_finish_tokens < 0:
+            problems.append(f"cloud_finish_tokens must be >= 0 (got {self.cloud_finish_tokens})")
         if self.image_format not in WIRE_FORMATS:
             problems.append(f"image_format must be one of {', '.join(sorted(WIRE_FORMATS))}, got {self.image_format!r}")
         try:
@@ -299,6 +302,7 @@ class EdgeDecoder:
             stop_token_ids=sorted(stop),
             prefill_wait_ms=wait_ms,
             grammar=cfg.grammar,
+            cloud_finish_tokens=cfg.cloud_finish_tokens if mode != DecodingMode.CLOUD_ONLY else 0,
         )
 
     # -- modes ------------------------------------------------------------------------------
@@ -357,7 +361,7 @@ class EdgeDecoder:
             while finish == FinishReason.NOT_FINISHED:
                 # 3. Send the block; 4. await its result (pre-drafting meanwhile).
                 result, rs = self._round(session, len(stats.round_log), committed, block, predrafted, strategy,
-                                         stop, cfg.timeout_s)
+                                         stop, cfg)
                 stats.round_log.append(rs)
                 stats.wait_ms += rs.wait_ms
                 stats.target_forward_passes = result.target_forward_passes
@@ -365,8 +369,8 @@ class EdgeDecoder:
                                             result.queue_ms, rs.elapsed_ms,
                                             proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0,
                                             block.first_confidence))
-                # 5. Commit what the cloud accepted, plus its own token.
-                committed = committed + block.tokens[:result.accepted] + [result.next_token]
+                # 5. Commit what the cloud accepted, plus its own token(s).
+                committed = committed + block.tokens[:result.accepted] + [result.next_token] + list(result.continued)
                 if result.finished:
                     finish = FinishReason(result.finish_reason) if result.finish_reason else FinishReason.MAX_NEW_TOKENS
                     break
@@ -395,13 +399,13 @@ class EdgeDecoder:
         return committed, finish
 
     def _round(self, session: _Session, round_no: int, committed: List[int], block: DraftProposal, predrafted: bool,
-               strategy: PredraftStrategy, stop: frozenset, timeout_s: float) -> Tuple[VerifyResult, RoundStats]:
+               strategy: PredraftStrategy, stop: frozenset, cfg: DecodeConfig) -> Tuple[VerifyResult, RoundStats]:
         """Send ``block``, pre-draft while waiting, and return its result (hints re-aim the strategy)."""
         session.send(DraftBlock(round=round_no, position=len(committed), tokens=block.tokens, topk=block.topk,
                                 topk_ids=block.topk_ids, topk_probs=block.topk_probs, predrafted=predrafted,
                                 draft_ms=block.draft_ms))
         t_sent = time.perf_counter()
-        deadline = time.monotonic() + timeout_s  # for this round's result, hints included
+        deadline = time.monotonic() + cfg.timeout_s  # for this round's result, hints included
         rs = RoundStats(round=round_no, position=len(committed), drafted=len(block.tokens), predrafted=predrafted,
                         draft_ms=block.draft_ms - block.hidden_ms)
         strategy.on_send(committed, block)
@@ -429,6 +433,8 @@ class EdgeDecoder:
                 raise CloudError(msg.reason, msg.detail)
         if not 0 <= msg.accepted <= len(block.tokens):
             raise ProtocolError(f"round {round_no}: cloud accepted {msg.accepted} of {len(block.tokens)} tokens")
+        if len(msg.continued) > cfg.cloud_finish_tokens:
+            raise ProtocolError(f"round {round_no}: cloud continued {len(msg.continued)} tokens, more than asked")
         rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000)
         return msg, rs
 

@@ -57,6 +57,7 @@ class RoundStats:
     hint_lead_ms: float = 0.0  # how long before the result the first hint arrived at the edge
     predraft_ms: float = 0.0  # edge time spent pre-drafting on hints as they arrived (the paper's policy)
     elapsed_ms: float = 0.0  # send -> result at the edge
+    continued: int = 0  # tokens the cloud decoded itself after next_token (cloud_finish_tokens)
     # every hint of the round, in arrival order (one per exit layer): (layer, accepted, next token, correct)
     layer_hints: List[Tuple[int, int, int, bool]] = field(default_factory=list)
     _hint_at: float = field(default=0.0, repr=False, compare=False)
@@ -77,6 +78,7 @@ class RoundStats:
         """The round's ``VerifyResult``; scores the hints against it."""
         self.accepted = result.accepted
         self.next_token = result.next_token
+        self.continued = len(result.continued)
         self.queue_ms = result.queue_ms
         self.verify_ms = result.verify_ms
         self.wait_ms = blocked_ms
@@ -199,6 +201,7 @@ class VerifierStats:
     compute_ms: float = 0.0
     hints_sent: int = 0
     head_rows: int = 0  # LM-head rows computed at verification (lazily: up to the first rejection)
+    continued_tokens: int = 0  # tokens the cloud decoded itself after verified blocks (cloud_finish_tokens)
     batches: int = 0  # forward passes that verified or decoded for sessions (batched or alone)
     batched_rows: int = 0  # sessions served by those passes (batched_rows / batches: mean batch size)
     duplicates: int = 0  # duplicate blocks answered from the result cache

@@ -699,6 +699,9 @@ class Verifier:
         accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
         sess.committed.extend(tokens[:accepted])
         sess.committed.append(next_token)
+        continued = self._continue(sess) if finish == FinishReason.NOT_FINISHED else []
+        if continued:
+            finish = self._after_continue(sess, continued)
         verify_ms = (time.perf_counter() - job.t0) * 1000
         self._spent(sess, job.t0, share=rows)
         self.stats.rounds += 1
@@ -713,6 +716,7 @@ class Verifier:
             queue_ms=queue_ms,
             verify_ms=verify_ms,
             target_forward_passes=sess.forward_passes,
+            continued=continued,
         )
         sess.results[msg.round] = result
         sess.blocks[msg.round] = (msg.position, tuple(tokens))
@@ -721,6 +725,29 @@ class Verifier:
         if result.finished:
             self.stats.sessions_completed += 1
             self._close(sess, emit, EndReason.COMPLETED, FinishReason(finish).name.lower())
+
+    def _continue(self, sess: _Session) -> List[int]:
+        """Up to ``cloud_finish_tokens`` more tokens decoded by the target itself after a verified
+        block (the edge commits them like ``next_token``): a short answer ends without another
+        round trip. Greedy: the target's argmax; sampling: the target's own distribution."""
+        room = min(int(sess.start.cloud_finish_tokens), sess.start.max_new_tokens - len(sess.committed))
+        if room <= 0 or (sess.committed and sess.committed[-1] in sess.stop):
+            return []
+        loop = TokenLoop(self.target, sess.state, sess.committed, limit=room,
+                         picker=TokenPicker.for_target(sess.params, sess.generator), stop=sess.stop,
+                         grammar=sess.grammar).run()
+        for _ in range(loop.forward_passes):
+            self._count_forward(sess)
+        sess.committed.extend(loop.tokens)
+        self.stats.continued_tokens += len(loop.tokens)
+        return loop.tokens
+
+    def _after_continue(self, sess: _Session, continued: List[int]) -> FinishReason:
+        if continued[-1] in sess.stop:
+            return FinishReason.STOP_TOKEN
+        if len(sess.committed) >= sess.start.max_new_tokens:
+            return FinishReason.MAX_NEW_TOKENS
+        return FinishReason.NOT_FINISHED
 
     def _finish_rules(self, sess: _Session, tokens: List[int], accepted: int, next_token: int):
         """Cut the committed tokens at the first stop token / at max_new_tokens, like generate()."""

@@ -190,3 +190,23 @@ def test_downscaled_jpeg_frame_is_what_both_models_see(tiny_pair, reference, pro
             result = runner.generate(prompt, frame, mode, max_new_tokens=10)
             assert result.tokens == ref
             assert result.stats.image_bytes == len(sent.data) < frame.nbytes // 20
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_cloud_finishes_short_answers_in_one_round(arch, tiny_pair, reference, image, prompt):
+    """With cloud_finish_tokens the cloud decodes the rest of a short answer after the block itself:
+    one round per decision, the output still exactly the target's."""
+    draft, target = tiny_pair(arch, noise=0.3)  # a draft that is often wrong
+    img = None if arch == "llama" else image
+    ref = reference(target, prompt, img, max_new_tokens=6)
+    with LocalSpeculativeDecoder(draft, target, cloud_finish_tokens=6, merge_first_block=True,
+                                 exit_heads=EarlyExitHeads(target.model, [1])) as runner:
+        for mode in (DecodingMode.SPECULATIVE, DecodingMode.SPECULATIVE_EARLY_EXIT):
+            result = runner.generate(prompt, img, mode, gamma=2, max_new_tokens=6)
+            assert result.tokens == ref
+            assert result.stats.rounds == 1 and result.stats.round_log[0].continued == len(ref) - 1 - \
+                result.stats.round_log[0].accepted
+    with LocalSpeculativeDecoder(draft, target, cloud_finish_tokens=2) as runner:  # a longer answer: more rounds
+        result = runner.generate(prompt, img, DecodingMode.SPECULATIVE, gamma=2, max_new_tokens=12)
+        assert result.tokens == reference(target, prompt, img, max_new_tokens=12)
+        assert all(r.continued <= 2 for r in result.stats.round_log) and result.stats.rounds >= 2

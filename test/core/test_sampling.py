@@ -100,6 +100,8 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
          dict(predraft_policy="eager", draft_length="adaptive", merge_first_block=True), half),
         ("exact_confidence_stop", rejection_accept, DecodingMode.SPECULATIVE, 300,
          dict(draft_length="confidence", confidence_threshold=0.3), draft),
+        ("exact_cloud_finish", rejection_accept, DecodingMode.SPECULATIVE, 300,
+         dict(cloud_finish_tokens=1), draft),
         ("broken", broken_rule, DecodingMode.SPECULATIVE, 200, dict(predraft_policy="hint"), draft),
     )
     for name, rule, mode, runs, settings, proposer in cases:
