@@ -6,12 +6,9 @@ their parameters and command-line flags from it without loading a model stack.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def _setting(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
+from ..settings import check_positive, setting as _setting
 
 
 @dataclass
@@ -33,8 +30,4 @@ class VerifierSettings:
     batch_window_ms: float = _setting(0.0, "a batch that is not full waits this long for more blocks (0: none)")
 
     def check(self) -> "VerifierSettings":
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if value < 0 or (value == 0 and item.name != "batch_window_ms"):
-                raise ValueError(f"verifier setting {item.name} must be > 0, got {value!r}")
-        return self
+        return check_positive(self, "verifier setting", may_be_zero=("batch_window_ms",))

@@ -36,7 +36,6 @@ early-exit hint the moment it exists, independent of the final result.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import hashlib
 import hmac
@@ -49,11 +48,12 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 from ..protocol import EndReason, Message, SessionEnd, SessionStart
+from ..settings import check_positive, setting as _limit
 from . import wire
 from .base import (
     CloudTimeout,
@@ -113,10 +113,6 @@ def png_size(data: bytes):
 # ---------------------------------------------------------------------------------------------
 # server
 # ---------------------------------------------------------------------------------------------
-def _limit(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass
 class ServerLimits:
     """What one verifier server grants; ``verifier_server --<name-with-dashes>`` sets each."""
@@ -140,10 +136,7 @@ class ServerLimits:
     session_forget_s: float = _limit(600.0, "a session silent this long is closed and forgotten")
 
     def check(self) -> "ServerLimits":
-        for item in dataclasses.fields(self):
-            if not getattr(self, item.name) > 0:
-                raise ValueError(f"server limit {item.name} must be > 0, got {getattr(self, item.name)!r}")
-        return self
+        return check_positive(self, "server limit")
 
 
 @dataclass(eq=False)
