@@ -132,20 +132,21 @@ def time_passes(adapter, items, gamma: int, steps: int, repeats: int = 3, exit_h
 
 
 def measured_shapes(passes: Sequence[Pass]) -> Dict[str, List[tuple]]:
-    """kind ("prefill", or "repeated": the passes a decision runs again and again) -> distinct
-    (new, cached, image, median ms) of the measured passes."""
-    groups: Dict[Tuple[bool, int, int, int], List[float]] = {}
+    """"prefill", or "repeated" (the passes a decision runs again and again) -> the median
+    (new, cached, image, ms, pass kind) of each measured pass kind and shape."""
+    groups: Dict[Tuple[str, int, int, int], List[float]] = {}
     for p in passes:
-        groups.setdefault((p.kind == "prefill", p.new_tokens, p.cached_tokens, p.image_tokens), []).append(p.ms)
-    return {kind: sorted(shape + (statistics.median(ms),) for (prefill, *shape), ms in groups.items()
-                         if prefill == (kind == "prefill"))
-            for kind in ("prefill", "repeated")}
+        groups.setdefault((p.kind, p.new_tokens, p.cached_tokens, p.image_tokens), []).append(p.ms)
+    return {group: sorted((n, c, i, statistics.median(ms), kind) for (kind, n, c, i), ms in groups.items()
+                          if (kind == "prefill") == (group == "prefill"))
+            for group in ("prefill", "repeated")}
 
 
-def kind_weights(gamma: int, steps: int) -> Dict[str, float]:
-    """How often a decision runs each kind of pass, per prefill: one-token passes (drafting,
-    cloud-only decoding) dominate, then the verification block; other sizes are rarer."""
-    weights = {"prefill": 1.0, "k=1": float(steps), f"k={gamma + 1}": steps / 2}
+def kind_weights(gamma: int, new_tokens: int) -> Dict[str, float]:
+    """How often a decision of ``new_tokens`` tokens runs each kind of pass, per prefill: one-token
+    passes (drafting, cloud-only decoding) one per token, verification blocks about one per two
+    tokens; other block sizes are rarer."""
+    weights = {"prefill": 1.0, "k=1": float(new_tokens), f"k={gamma + 1}": new_tokens / 2}
     for k in range(2, gamma + 1):
         weights.setdefault(f"k={k}", 1.0)
     return weights
@@ -181,9 +182,10 @@ def fit(passes: Sequence[Pass], weights: Dict[str, float]) -> Tuple[ForwardCost,
     return cost, {kind: round(float(np.mean(v)), 3) for kind, v in sorted(errors.items())}
 
 
-def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=print):
+def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=print, cores=None):
     """The cpu-self profile of ``workload``'s pair on this machine, as a profile-file dict, and the
-    passes it was measured on (:func:`measured_shapes`, per side)."""
+    passes it was measured on (:func:`measured_shapes`, per side). ``cores``: side -> the CPU cores
+    that side runs on in the benchmark (this process moves there while it times that side's model)."""
     import torch
 
     from specdec.models.loading import load_model
@@ -200,10 +202,13 @@ def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=pr
            "link": {"rtt_ms": 0.0},
            "gpu_hour_usd": None,
            "fit_error": {}}
-    weights = kind_weights(gamma, steps)
+    weights = kind_weights(gamma, workload.max_new_tokens)
     shapes = {}
+    home = os.sched_getaffinity(0)
     for side, path in (("edge", workload.draft), ("cloud", workload.target)):
         t0 = time.perf_counter()
+        if cores and cores.get(side):
+            os.sched_setaffinity(0, cores[side])
         adapter = load_model(path, name=side)
         heads = None
         if side == "cloud" and workload.exits:
@@ -211,6 +216,7 @@ def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=pr
 
             heads = EarlyExitHeads.load(adapter.model, workload.exits)
         passes = time_passes(adapter, workload.items, gamma, steps, repeats, heads)
+        os.sched_setaffinity(0, home)
         shapes[side] = measured_shapes(passes)
         # the profile form has no term for exit heads: fitted without them (the emulated verifier
         # holds hints to their layer's share of the pass); the dilation sees their real cost

@@ -85,6 +85,7 @@ def summarise(results: Sequence, time_scale: float = 1.0) -> Dict[str, float]:
         "tokens_per_round": tokens / rounds if rounds else 0.0,
         "rounds_per_decision": rounds / n if n else 0.0,
         "acceptance_rate": sum(s.accepted_tokens for s in stats) / drafted if drafted else 0.0,
+        "hints_per_round": hints / rounds if rounds else 0.0,
         "hint_accuracy": sum(s.hints_correct for s in stats) / hints if hints else 0.0,
         "predrafts": predrafts,
         "predraft_hits": sum(s.predraft_hits for s in stats),

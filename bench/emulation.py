@@ -43,6 +43,7 @@ import copy
 import glob
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -158,27 +159,32 @@ def write(pair: ProfilePair, path: str) -> str:
 
 def dilation(pair: ProfilePair, shapes: Dict[str, Sequence[tuple]],
              margin: float = DILATION_MARGIN, min_pass_ms: float = MIN_PASS_MS) -> float:
-    """The time dilation k for emulating ``pair`` here: every repeated pass measured by the
-    calibration (``shapes[side]``: (new, cached, image, measured ms)) must take at most 1/margin of
-    its dilated time, and none less than ``min_pass_ms``."""
+    """The time dilation k for emulating ``pair`` here: each kind of repeated pass measured by the
+    calibration (``shapes[side]``: (new, cached, image, measured ms, kind)) must take at most
+    1/margin of its dilated time - judged by the kind's median over its shapes, so one pass the
+    scheduler held up does not set k - and none less than ``min_pass_ms``."""
     need = 1.0
     for side in ("edge", "cloud"):
         theirs = getattr(pair, side).forward
-        for *shape, measured_ms in shapes.get(side, ()):
-            emulated = max(theirs.ms(*shape), 1e-9)
-            need = max(need, margin * measured_ms / emulated, min_pass_ms / emulated)
+        ratios: Dict[str, List[float]] = {}
+        for new, cached, image, measured_ms, kind in shapes.get(side, ()):
+            emulated = max(theirs.ms(new, cached, image), 1e-9)
+            ratios.setdefault(kind, []).append(measured_ms / emulated)
+            need = max(need, min_pass_ms / emulated)
+        for values in ratios.values():
+            need = max(need, margin * statistics.median(values))
     return math.ceil(2 * need - 1e-9) / 2
 
 
 def prefill_excess_ms(pair: ProfilePair, prefills: Dict[str, Sequence[tuple]], k: float) -> float:
     """Per decision, in the device's milliseconds: how much longer the prefills took here (as
-    calibrated: (new, cached, image, measured ms)) than k times the device's (mean over the
+    calibrated: (new, cached, image, measured ms, kind)) than k times the device's (mean over the
     prompts, both sides; 0 when they fit)."""
     total = 0.0
     for side, shapes in prefills.items():
         theirs = getattr(pair, side).forward
         if shapes:
-            total += sum(max(0.0, ms - k * theirs.ms(*shape)) for *shape, ms in shapes) / len(shapes) / k
+            total += sum(max(0.0, ms - k * theirs.ms(n, c, i)) for n, c, i, ms, _ in shapes) / len(shapes) / k
     return total
 
 

@@ -51,14 +51,16 @@ def headline_rows(rows: Dict[str, dict], gpu_hour_usd: Optional[float], claims: 
                     f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}",
                     f"{r['tokens_per_round']:.2f}" if r["tokens_per_round"] else "-",
                     f"{r['rounds_per_decision']:.2f}" if r["rounds_per_decision"] else "-",
-                    f"{r['hint_accuracy']:.2f}" if r["hint_accuracy"] or mode.startswith("spec_e") else "-", hits,
+                    f"{r['hint_accuracy']:.2f} ({r.get('hints_per_round', 0):.2f})" if mode.startswith("spec_e") else "-",
+                    hits,
                     f"{r['cloud_s_per_decision'] * 1000:.1f} ms", cost_per_1000(r, gpu_hour_usd),
                     ratio(r["latency_ms_median"], cloud["latency_ms_median"]) if cloud else "-",
                     claims.get(mode, "")])
     return out
 
 
-HEADLINE_HEADERS = ("mode", "latency p50 / p90 ms", "tokens/round", "rounds/decision", "hint acc.", "pre-draft hits",
+HEADLINE_HEADERS = ("mode", "latency p50 / p90 ms", "tokens/round", "rounds/decision", "hint acc. (hints/round)",
+                    "pre-draft hits",
                     "cloud GPU time/decision", "cost per 1,000 decisions", "latency vs cloud-only", "paper's claim")
 
 
@@ -122,9 +124,10 @@ def _emulated_section(wl: dict, entry: dict, s: dict) -> List[str]:
                       "that reached the goal):", ""]
         lines += table(["emulated: mode", "success", "decisions", "motion s", "time to goal s (median)",
                         "mean at p50 latency", "mean at p90 latency"],
-                       [[MODE_LABEL[m], f"{t['success_rate']:.2f}", f"{t.get('decisions_mean', 0):.1f}",
-                         f"{t.get('motion_s_mean', 0):.1f}", f"{t.get('time_to_goal_s_median', 0):.2f}",
-                         f"{t.get('time_to_goal_s_mean', 0):.2f}", f"{t.get('time_to_goal_s_mean_at_p90', 0):.2f}"]
+                       [[MODE_LABEL[m], f"{t['success_rate']:.2f}"] + ([
+                           f"{t['decisions_mean']:.1f}", f"{t['motion_s_mean']:.1f}", f"{t['time_to_goal_s_median']:.2f}",
+                           f"{t['time_to_goal_s_mean']:.2f}", f"{t['time_to_goal_s_mean_at_p90']:.2f}"]
+                           if t["success_rate"] else ["no episode reached the goal", "-", "-", "-", "-"])
                         for m, t in ttg.items() if m in MODE_LABEL])
     return lines + [""]
 
@@ -227,11 +230,13 @@ def _fleet_section(report: dict) -> List[str]:
                              f"{r['cloud_s_per_decision'] * 1000:.1f} ms", f"{r['target_passes_per_decision']:.2f}",
                              ("yes" if r["valid"] else INVALID) + (f" ({len(r['errors'])} errors)" if r["errors"] else "")]
                             for r in rows])
-            single = [r for r in rows if r["mode"] == "cloud_only" and r["robots"] == min(x["robots"] for x in rows)]
+            fewest = min(x["robots"] for x in rows)
+            single = [r for r in rows if r["mode"] == "cloud_only" and r["robots"] == fewest]
             if single:
                 bar = 1.5 * single[0]["latency_ms_p90"]
                 cap = capacity(rows, bar)
-                lines += ["", f"Robots served per GPU with p90 <= {bar:.0f} ms (1.5x one cloud-only robot's p90): "
+                lines += ["", f"Robots served per GPU with p90 <= {bar:.0f} ms (1.5x cloud-only's p90 with {fewest} "
+                              f"robot{'s' if fewest > 1 else ''}): "
                               + ", ".join(f"{MODE_LABEL[m]} {n}" for m, n in cap.items()) + "."]
                 at8 = {r["mode"]: r for r in rows if r["robots"] == 8}
                 if "cloud_only" in at8:
@@ -309,7 +314,8 @@ def _sweeps_section(wl: dict, s: dict, hw: dict) -> List[str]:
     if ttg:
         lines += ["", f"Time to goal per closed-loop episode at the measured RTT {s['reference_rtt_ms']:.0f} ms "
                       f"(latency x decisions + motion time): " + ", ".join(
-                          f"{MODE_LABEL[m]} {t.get('time_to_goal_s_median', 0):.2f} s" for m, t in ttg.items()
+                          f"{MODE_LABEL[m]} " + (f"{t['time_to_goal_s_median']:.2f} s" if t["success_rate"] else
+                                                 "never reached the goal") for m, t in ttg.items()
                           if m in MODE_LABEL) + "."]
     return lines + [""]
 

@@ -131,7 +131,7 @@ def warm_up(decoder, workload) -> None:
 
 def stand_in_image_tokens(shapes) -> Dict[str, int]:
     """Image tokens per frame of the stand-in pair, per side (from the calibration's prefills)."""
-    return {side: max((s[2] for s in kinds["prefill"]), default=0) for side, kinds in shapes.items()}
+    return {side: max((s[2] for s in groups["prefill"]), default=0) for side, groups in shapes.items()}
 
 
 def by_kind(shapes, kind: str) -> Dict[str, list]:
@@ -168,7 +168,8 @@ class WorkloadBench:
     def calibrate(self):
         cfg = self.cfg
         doc, self.shapes = calibrate.calibrate(self.workload, gamma=cfg.reference_gamma,
-                                               steps=max(2, min(6, self.workload.max_new_tokens // 2)), log=self.log)
+                                               steps=max(2, min(6, self.workload.max_new_tokens // 2)), log=self.log,
+                                               cores={"edge": self.edge_cores, "cloud": self.cloud_cores})
         self.cpu_self_path = calibrate.write(doc, os.path.join(self.out_dir, f"cpu-self-{self.workload.name}.yaml"))
         from specdec.models.compute_profile import ProfilePair
 
@@ -179,6 +180,8 @@ class WorkloadBench:
     def measured(self):
         cfg, w, log = self.cfg, self.workload, self.log
         with self.server() as cloud, self.server(profile=self.cpu_self_path) as cloud_self:
+            # first, while the calibration is fresh (this machine's load drifts)
+            self._validate(cloud, cloud_self, cfg.reference_rtt_ms)
             for rtt in cfg.rtts_ms:
                 with self.link(cloud, rtt, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss) as link:
                     decoder = decoder_for(self.draft, link, cloud.robot_id)
@@ -196,7 +199,6 @@ class WorkloadBench:
                                                       **summarise(results)})
                     if rtt == cfg.reference_rtt_ms:
                         self._gamma_sweep(decoder, cells, rtt)
-                        self._validate(decoder, cloud_self, rtt)
             self.out["cloud_log_tail"] = open(cloud.log_path).read()[-400:]
 
     def _gamma_sweep(self, decoder, cells, rtt):
@@ -217,12 +219,15 @@ class WorkloadBench:
                 row = next(r for r in self.out["rtt_sweep"] if r["rtt_ms"] == rtt and r["mode"] == mode)
                 self.out["gamma_sweep"].append({**row})
 
-    def _validate(self, real_decoder, cloud_self, rtt):
+    def _validate(self, cloud, cloud_self, rtt):
         """The same decisions, alternating real and cpu-self emulated, at the reference RTT."""
         cfg, w = self.cfg, self.workload
         clock = self.edge_clock(self.cpu_self.edge)
-        with self.link(cloud_self, rtt, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss) as link_self:
+        link = (rtt, cfg.jitter_ms, cfg.bandwidth_mbps, cfg.loss)
+        with self.link(cloud, *link) as link_real, self.link(cloud_self, *link) as link_self:
+            real_decoder = decoder_for(self.draft, link_real, cloud.robot_id)
             self_decoder = decoder_for(self.draft, link_self, cloud_self.robot_id)
+            warm_up(real_decoder, w)
             with Edge(self.draft, clock):
                 warm_up(self_decoder, w)
             watch = emulation.ClockWatch(clock, cloud_self)

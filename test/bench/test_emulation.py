@@ -55,17 +55,19 @@ def test_effective_profile_dilates_time_and_rescales_image_tokens(tmp_path):
     back = ProfilePair.load(emulation.write(eff, str(tmp_path / "eff.yaml")))
     assert back.cloud.forward == eff.cloud.forward and back.link == eff.link
     # k: the smallest half-step that leaves every measured shape DILATION_MARGIN inside the profile
-    shapes = {"edge": [(1, 40, 0, 10.0)], "cloud": [(5, 40, 0, 60.0)]}  # this CPU's measured passes
+    # this CPU's measured passes: one 5-token pass the scheduler held up does not set k (median per kind)
+    shapes = {"edge": [(1, 40, 0, 10.0, "k=1")],
+              "cloud": [(5, 40, 0, 60.0, "k=5"), (5, 45, 0, 58.0, "k=5"), (5, 50, 0, 400.0, "k=5")]}
     k = emulation.dilation(pair, shapes)
     assert k == 4.0 and 60.0 * emulation.DILATION_MARGIN <= k * 25.0
     slow_device = ProfilePair.load(_profile(tmp_path / "slow.yaml", cloud_ms=500.0, edge_ms=500.0))
     assert emulation.dilation(slow_device, shapes) == 1.0
     # a device pass shorter than the scheduling-noise floor is stretched to it even when this CPU is faster
-    fast = {"edge": [(1, 40, 0, 0.1)], "cloud": [(5, 40, 0, 0.1)]}
+    fast = {"edge": [(1, 40, 0, 0.1, "k=1")], "cloud": [(5, 40, 0, 0.1, "k=5")]}
     fast_device = ProfilePair.load(_profile(tmp_path / "h100.yaml", cloud_ms=5.0, edge_ms=50.0))
     assert emulation.dilation(fast_device, fast) == emulation.MIN_PASS_MS / 5.0
     # prefills are not covered by k: what they add per decision is bounded from the calibration
-    prefills = {"cloud": [(100, 0, 0, 300.0)], "edge": [(100, 0, 0, 1.0)]}
+    prefills = {"cloud": [(100, 0, 0, 300.0, "prefill")], "edge": [(100, 0, 0, 1.0, "prefill")]}
     assert emulation.prefill_excess_ms(pair, prefills, 4.0) == pytest.approx((300.0 - 4 * 25.0) / 4)
 
 
@@ -73,7 +75,11 @@ def test_calibration_fit_recovers_a_linear_cost_and_never_goes_negative():
     truth = ForwardCost(fixed_ms=20.0, per_token_ms=1.5, per_cached_token_ms=0.01, per_image_token_ms=0.3)
     passes = [calibrate.Pass("prefill", n, 0, i, truth.ms(n, 0, i)) for n, i in ((40, 0), (60, 24), (90, 24))]
     passes += [calibrate.Pass(f"k={k}", k, c, 0, truth.ms(k, c)) for k in (1, 2, 5) for c in (50, 80, 120)]
-    cost, errors = calibrate.fit(passes, calibrate.kind_weights(4, 6))
+    cost, errors = calibrate.fit(passes, calibrate.kind_weights(4, 8))
+    shapes = calibrate.measured_shapes(passes + [calibrate.Pass("k=5+exits", 5, 50, 0, 99.0)])
+    assert shapes["prefill"] == [(n, 0, i, truth.ms(n, 0, i), "prefill") for n, i in ((40, 0), (60, 24), (90, 24))]
+    assert (5, 50, 0, truth.ms(5, 50), "k=5") in shapes["repeated"] and (5, 50, 0, 99.0, "k=5+exits") in shapes["repeated"]
+    assert len(shapes["repeated"]) == 10
     for name in calibrate.TERMS:
         assert getattr(cost, name) == pytest.approx(getattr(truth, name), rel=0.02)
     assert all(abs(e) < 0.01 for e in errors.values())
