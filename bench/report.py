@@ -328,7 +328,8 @@ def write(report: dict, out_dir: str) -> str:
         f"edge cores {hw['edge_cores']}, cloud cores {hw['cloud_cores']}. Edge and cloud are separate processes "
         f"joined by the real WebSocket transport through a user-space link emulator. "
         f"{'Quick settings. ' if s['quick'] else ''}Block 0 merged with the cloud's prefill: "
-        f"{'yes' if s['merge_first_block'] else 'no'}. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
+        f"{'yes' if s['merge_first_block'] else 'no'}; cloud finishes up to {s.get('cloud_finish_tokens', 0)} "
+        f"token(s) itself after a verified block. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
         "Every lossless mode produced exactly cloud-only's greedy tokens on every input, measured and emulated "
         "(checked in the run).", "",
         "EMULATED rows run the real models and the real system; forward passes and the link take the profile's "

@@ -73,6 +73,7 @@ class Settings:
     bandwidth_mbps: float = 0.0
     loss: float = 0.0
     merge_first_block: bool = True  # block 0 rides with the cloud's prefill (one pass for both)
+    cloud_finish_tokens: int = 0  # after a verified block the cloud decodes up to this many tokens itself
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
     assisted: bool = True
@@ -150,7 +151,7 @@ class WorkloadBench:
         self.out_dir = out_dir
         self.log = log
         self.draft = load_model(workload.draft, name="draft")
-        self.decide = dict(merge_first_block=cfg.merge_first_block)
+        self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=cfg.cloud_finish_tokens)
         self.out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
                     "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
                     "exit_fraction": exit_fraction(workload.exits), "emulated": [], "fleet": [], "map": []}
@@ -415,6 +416,9 @@ def main(argv=None):
     parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
     parser.add_argument("--no-merge-first-block", action="store_true",
                         help="the cloud prefills at once instead of waiting for block 0")
+    parser.add_argument("--cloud-finish-tokens", type=int, default=0,
+                        help="speculative modes: the cloud decodes up to this many tokens itself after a verified "
+                             "block (short answers end in one round trip)")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
@@ -428,6 +432,7 @@ def main(argv=None):
     if args.fleet is not None:
         cfg.fleet_robots = args.fleet
     cfg.merge_first_block = not args.no_merge_first_block
+    cfg.cloud_finish_tokens = args.cloud_finish_tokens
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
