@@ -791,10 +791,12 @@ class Verifier:
                         accepted += 1
                         continue
                     break
+                confidence = float(torch.softmax(logits, -1)[guess])
+                # the result cuts at a stop token / max_new_tokens: predict it as the result will say it
+                accepted, guess, _ = self._finish_rules(job.sess, job.tokens, accepted, guess)
                 hints.append((job, EarlyExitHint(
                     session_id=job.sess.sid, round=job.msg.round, position=job.msg.position, exit_layer=layer,
-                    predicted_accepted=accepted, predicted_next_token=guess,
-                    confidence=float(torch.softmax(logits, -1)[guess]))))
+                    predicted_accepted=accepted, predicted_next_token=guess, confidence=confidence)))
             self.target.hold_at_layer(layer)  # an emulated device reaches this layer only now
             for job, hint in hints:
                 hint.exit_ms = (time.perf_counter() - t0) * 1000

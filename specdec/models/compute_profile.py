@@ -35,17 +35,25 @@ class ForwardCost:
     """Milliseconds of one forward pass: ``fixed_ms + per_token_ms * new_tokens +
     per_cached_token_ms * cached_tokens + per_image_token_ms * image_tokens``, and for a batch of
     ``rows`` sequences ``+ per_extra_row_ms * (rows - 1)`` (batched decoding on a GPU costs little
-    per extra sequence)."""
+    per extra sequence). With ``knee_tokens``, new tokens past the knee cost
+    ``per_token_after_knee_ms`` each instead (a roofline: a few tokens ride on the weight reads,
+    many are compute-bound - a GPU's knee is far out, a CPU's close)."""
 
     fixed_ms: float
     per_token_ms: float = 0.0
     per_cached_token_ms: float = 0.0
     per_image_token_ms: float = 0.0
     per_extra_row_ms: float = 0.0
+    knee_tokens: float = 0.0  # 0: no knee
+    per_token_after_knee_ms: float = 0.0
 
     def ms(self, new_tokens: int, cached_tokens: int = 0, image_tokens: int = 0, rows: int = 1) -> float:
-        return (self.fixed_ms + self.per_token_ms * new_tokens + self.per_cached_token_ms * cached_tokens
-                + self.per_image_token_ms * image_tokens + self.per_extra_row_ms * max(0, rows - 1))
+        before, after = new_tokens, 0.0
+        if self.knee_tokens > 0 and new_tokens > self.knee_tokens:
+            before, after = self.knee_tokens, new_tokens - self.knee_tokens
+        return (self.fixed_ms + self.per_token_ms * before + self.per_token_after_knee_ms * after
+                + self.per_cached_token_ms * cached_tokens + self.per_image_token_ms * image_tokens
+                + self.per_extra_row_ms * max(0, rows - 1))
 
 
 @dataclass
@@ -115,6 +123,7 @@ class ComputeClock:
         self._lock = threading.Lock()
         self.passes = 0
         self.overruns = 0
+        self.overruns_by_kind: Dict[str, int] = {}  # "prefill" (an empty cache) | "step"
         self.worst_ratio = 0.0  # max real / emulated
         self.emulated_ms = 0.0
         self.real_ms = 0.0
@@ -124,6 +133,7 @@ class ComputeClock:
         duration = self.profile.forward.ms(new_tokens, cached_tokens, image_tokens, rows) / 1000
         start = time.perf_counter()
         self._local.span = (start, start + duration)
+        self._local.kind = "prefill" if cached_tokens == 0 else "step"
         with self._lock:
             self.passes += 1
             self.emulated_ms += duration * 1000
@@ -149,6 +159,8 @@ class ComputeClock:
                 self.worst_ratio = max(self.worst_ratio, (now - start) / emulated)
             if now - start > emulated * (1 + self.tolerance):
                 self.overruns += 1
+                kind = getattr(self._local, "kind", "step")
+                self.overruns_by_kind[kind] = self.overruns_by_kind.get(kind, 0) + 1
         _sleep_until(end)
 
     @property
@@ -157,8 +169,8 @@ class ComputeClock:
         return self.overruns == 0
 
     def summary(self) -> Dict[str, float]:
-        return {"passes": self.passes, "overruns": self.overruns, "worst_real_over_emulated": self.worst_ratio,
-                "emulated_ms": self.emulated_ms, "real_ms": self.real_ms}
+        return {"passes": self.passes, "overruns": self.overruns, "overruns_by_kind": dict(self.overruns_by_kind),
+                "worst_real_over_emulated": self.worst_ratio, "emulated_ms": self.emulated_ms, "real_ms": self.real_ms}
 
 
 def _sleep_until(deadline: float) -> None:

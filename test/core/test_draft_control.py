@@ -210,3 +210,30 @@ def test_cloud_finishes_short_answers_in_one_round(arch, tiny_pair, reference, i
         result = runner.generate(prompt, img, DecodingMode.SPECULATIVE, gamma=2, max_new_tokens=12)
         assert result.tokens == reference(target, prompt, img, max_new_tokens=12)
         assert all(r.continued <= 2 for r in result.stats.round_log) and result.stats.rounds >= 2
+
+
+def test_a_hint_predicts_the_result_as_it_is_cut_at_the_stop_token(tiny_pair, reference, prompt):
+    """A block that runs past the stop token: the result says (tokens up to the stop, next = stop);
+    a right exit head must hint exactly that, not the uncut count."""
+    _, target = tiny_pair("llama", noise=0.05)
+    ref = reference(target, prompt, None, max_new_tokens=12)
+    j = next(i for i in range(3, 12) if ref[i] not in ref[:i])  # ref[j] serves as the stop token
+    stop = ref[j]
+    block = ref[:j + 1] + [7, 8]  # the answer, its stop token, then tokens past the end
+    heads = EarlyExitHeads(target.model, [1])
+
+    def oracle(layer, hidden, calls=[]):  # an exit head that always names the target's token
+        logits = torch.full((1, target.vocab_size), -10.0)
+        logits[0, ref[len(calls)]] = 10.0
+        calls.append(layer)
+        return logits
+
+    heads.exit_logits = oracle
+    verifier, out = Verifier(target, heads), []
+    verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=prompt, tokenizer_fingerprint=target.fingerprint,
+                                 max_new_tokens=12, gamma=len(block), stop_token_ids=[stop]), out.append)
+    verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=block), out.append)
+    hint = next(m for m in out if isinstance(m, EarlyExitHint))
+    result = next(m for m in out if isinstance(m, VerifyResult))
+    assert result.finished and (result.accepted, result.next_token) == (j, stop)
+    assert (hint.predicted_accepted, hint.predicted_next_token) == (result.accepted, result.next_token)
