@@ -17,9 +17,9 @@ from specdec.protocol import DecodingMode
 MODES = {
     "cloud_only": (DecodingMode.CLOUD_ONLY, {}),
     "edge_only": (DecodingMode.EDGE_ONLY, {}),
-    "speculative": (DecodingMode.SPECULATIVE, {}),
-    "spec_early_exit": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "hint"}),  # the paper
-    "spec_ee_eager": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager"}),  # ours
+    "speculative": (DecodingMode.SPECULATIVE, {"draft_length": "fixed"}),
+    "spec_early_exit": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "hint", "draft_length": "fixed"}),  # paper
+    "spec_ee_eager": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager", "draft_length": "fixed"}),  # ours
     # ours, with the block length chosen each round from measured costs and acceptance
     "spec_ee_adaptive": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager", "draft_length": "adaptive"}),
 }

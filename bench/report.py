@@ -354,17 +354,9 @@ def write(report: dict, out_dir: str) -> str:
         lines += _sweeps_section(wl, s, hw)
     assisted = report.get("assisted")
     if assisted:
-        lines += [f"## Reference: transformers assisted generation vs our engine, measured on {hw['processor']} "
-                  "(text pair, in-process, no network)", "",
-                  f"{assisted['prompts']} prompts, gamma {assisted['gamma']}, {assisted['threads']} torch threads; "
-                  "identical greedy outputs checked.", ""]
-        lines += table(["decoder", "tokens/s"], [[n, f"{assisted[n]['tokens_per_s']:.1f}"] for n in
-                                                 ("target_alone", "hf_assisted_constant", "hf_assisted_heuristic",
-                                                  "ours_in_process")])
-        lines += ["", f"Ours vs HF assisted (constant gamma): **{assisted['ratio_ours_vs_hf_constant']:.2f}x**; "
-                      f"vs HF heuristic schedule: **{assisted['ratio_ours_vs_hf_heuristic']:.2f}x**; vs the target "
-                      f"alone: **{assisted['ours_in_process']['tokens_per_s'] / assisted['target_alone']['tokens_per_s']:.2f}x**.",
-                  ""]
+        from bench.assisted import report_lines
+
+        lines += report_lines(assisted, hw["processor"], table)
     lines += _cross_check_section(report)
     markdown = "\n".join(lines)
     with open(os.path.join(out_dir, "report.md"), "w") as handle:

@@ -66,7 +66,7 @@ PARAMETERS = [
     Param("seed", 0, "sampling seed"),
     Param("predraft", True, "pre-draft on early-exit hints"),
     Param("predraft_policy", "hint", "hint: the paper's (on the hint) | eager: from the moment a block is sent"),
-    Param("draft_length", "fixed", "fixed: gamma tokens | confidence: stop below confidence_threshold | "
+    Param("draft_length", "adaptive", "fixed: gamma tokens | confidence: stop below confidence_threshold | "
                                    "adaptive: the length with the most expected tokens per second"),
     Param("confidence_threshold", 0.4, "draft_length confidence: stop after a token below this probability"),
     Param("merge_first_block", False, "the cloud verifies block 0 in its prefill pass (one pass fewer)"),

@@ -104,6 +104,8 @@ class DecodeConfig:
     predraft_policy: str = "hint"
     # "fixed": gamma tokens per block; "confidence": stop after a token below
     # confidence_threshold; "adaptive": the length that maximises expected tokens per second.
+    # (the robot node defaults to "adaptive"; the library keeps "fixed": with a policy that learns
+    # across decisions, a sampling seed reproduces a decision only for the same policy state)
     draft_length: str = "fixed"
     confidence_threshold: float = 0.4
     merge_first_block: bool = False  # the cloud holds its prefill for block 0 (one pass for both)
