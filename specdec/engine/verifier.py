@@ -94,7 +94,8 @@ class _Session:
     inputs: Optional[PromptInputs] = None  # encoded prompt, kept until the prefill
     state: Optional[DecodeState] = None  # the target's KV cache once prefilled
     prefill_due: Optional[float] = None  # deferred prefill: run it by then if block 0 has not come
-    decode: Optional[TokenLoop] = None  # a cloud-only decode in progress
+    decode: Optional[TokenLoop] = None  # a cloud-only decode (or a continuation) in progress
+    held: Optional[Tuple[VerifyResult, float]] = None  # a result waiting for its continuation to end
     committed: List[int] = field(default_factory=list)
     next_round: int = 0
     results: Dict[int, VerifyResult] = field(default_factory=dict)
@@ -560,6 +561,9 @@ class Verifier:
 
     def _answer_old_round(self, sess: _Session, msg: DraftBlock, emit: Emit, resend_end: bool = False) -> None:
         known = sess.blocks.get(msg.round)
+        if known is not None and msg.round not in sess.results:
+            self.stats.duplicates += 1  # its result waits for the cloud's continuation: it goes out then
+            return
         if known is not None and known == (msg.position, tuple(msg.tokens)):
             self.stats.duplicates += 1
             emit(sess.results[msg.round])  # same message (same seq) as the first answer
@@ -680,6 +684,18 @@ class Verifier:
         if not sess.decode.finished:
             self._queue(sess, "decode")
             return
+        if sess.held is not None:  # a cloud continuation after a verified block: its result goes out now
+            result, t0, sess.held = sess.held[0], sess.held[1], None
+            result.continued = list(sess.decode.tokens)
+            sess.committed.extend(result.continued)
+            self.stats.continued_tokens += len(result.continued)
+            finish = self._after_continue(sess, result.continued)
+            result.finished, result.finish_reason = finish != FinishReason.NOT_FINISHED, int(finish)
+            result.verify_ms = (time.perf_counter() - t0) * 1000
+            result.target_forward_passes = sess.forward_passes
+            sess.decode = None
+            self._deliver(sess, result, emit)
+            return
         self.stats.sessions_completed += 1
         self._close(sess, emit, EndReason.COMPLETED, "cloud-only", tokens=sess.decode.tokens)
 
@@ -699,10 +715,6 @@ class Verifier:
         accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
         sess.committed.extend(tokens[:accepted])
         sess.committed.append(next_token)
-        continued = self._continue(sess) if finish == FinishReason.NOT_FINISHED else []
-        if continued:
-            finish = self._after_continue(sess, continued)
-        verify_ms = (time.perf_counter() - job.t0) * 1000
         self._spent(sess, job.t0, share=rows)
         self.stats.rounds += 1
         result = VerifyResult(
@@ -714,36 +726,32 @@ class Verifier:
             finished=finish != FinishReason.NOT_FINISHED,
             finish_reason=int(finish),
             queue_ms=queue_ms,
-            verify_ms=verify_ms,
+            verify_ms=(time.perf_counter() - job.t0) * 1000,
             target_forward_passes=sess.forward_passes,
-            continued=continued,
         )
-        sess.results[msg.round] = result
         sess.blocks[msg.round] = (msg.position, tuple(tokens))
         sess.next_round = msg.round + 1
+        room = min(int(sess.start.cloud_finish_tokens), sess.start.max_new_tokens - len(sess.committed))
+        if finish == FinishReason.NOT_FINISHED and room > 0:
+            # the cloud continues the answer itself: decode steps queued like cloud-only ones (batched
+            # with other robots' work), the result held until they end
+            sess.decode = TokenLoop(self.target, sess.state, sess.committed, limit=room,
+                                    picker=TokenPicker.for_target(sess.params, sess.generator), stop=sess.stop,
+                                    grammar=sess.grammar)
+            sess.held = (result, job.t0)
+            self._queue(sess, "decode")
+            return
+        self._deliver(sess, result, emit)
+
+    def _deliver(self, sess: _Session, result: VerifyResult, emit: Emit) -> None:
+        sess.results[result.round] = result  # duplicates of the block are answered with it from now on
         self._send(sess, emit, result)
         if result.finished:
             self.stats.sessions_completed += 1
-            self._close(sess, emit, EndReason.COMPLETED, FinishReason(finish).name.lower())
-
-    def _continue(self, sess: _Session) -> List[int]:
-        """Up to ``cloud_finish_tokens`` more tokens decoded by the target itself after a verified
-        block (the edge commits them like ``next_token``): a short answer ends without another
-        round trip. Greedy: the target's argmax; sampling: the target's own distribution."""
-        room = min(int(sess.start.cloud_finish_tokens), sess.start.max_new_tokens - len(sess.committed))
-        if room <= 0 or (sess.committed and sess.committed[-1] in sess.stop):
-            return []
-        loop = TokenLoop(self.target, sess.state, sess.committed, limit=room,
-                         picker=TokenPicker.for_target(sess.params, sess.generator), stop=sess.stop,
-                         grammar=sess.grammar).run()
-        for _ in range(loop.forward_passes):
-            self._count_forward(sess)
-        sess.committed.extend(loop.tokens)
-        self.stats.continued_tokens += len(loop.tokens)
-        return loop.tokens
+            self._close(sess, emit, EndReason.COMPLETED, FinishReason(result.finish_reason).name.lower())
 
     def _after_continue(self, sess: _Session, continued: List[int]) -> FinishReason:
-        if continued[-1] in sess.stop:
+        if continued and continued[-1] in sess.stop:
             return FinishReason.STOP_TOKEN
         if len(sess.committed) >= sess.start.max_new_tokens:
             return FinishReason.MAX_NEW_TOKENS

@@ -115,7 +115,7 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
                 counts[tuple(result.tokens[:2])] += 1
                 rejected += sum(r.accepted < r.drafted for r in result.stats.round_log)
         # the residual path is exercised (the adaptive policy drafts this weak draft's tokens rarely)
-        assert rejected > runs // (20 if "adaptive" in name else 10), (name, rejected)
+        assert rejected > (8 if "adaptive" in name else runs // 10), (name, rejected)
         pvalues[name] = chi_square(counts, joint, runs)
     for name in pvalues:
         if name != "broken":
