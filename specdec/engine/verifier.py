@@ -53,7 +53,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -94,6 +94,7 @@ class _Session:
     inputs: Optional[PromptInputs] = None  # encoded prompt, kept until the prefill
     state: Optional[DecodeState] = None  # the target's KV cache once prefilled
     prefill_due: Optional[float] = None  # deferred prefill: run it by then if block 0 has not come
+    prefilling: Optional[Iterator[Tuple[DecodeState, bool]]] = None  # a chunked prefill in progress
     decode: Optional[TokenLoop] = None  # a cloud-only decode (or a continuation) in progress
     held: Optional[Tuple[VerifyResult, float]] = None  # a result waiting for its continuation to end
     committed: List[int] = field(default_factory=list)
@@ -302,13 +303,20 @@ class Verifier:
             except Exception as exc:  # never let one session kill the server
                 self._failed(msg.session_id, emit, exc)
 
-    def _queue(self, sess: _Session, kind: str, msg: Optional[Message] = None, received_at: float = 0.0) -> None:
+    def _queue(self, sess: _Session, kind: str, msg: Optional[Message] = None, received_at: float = 0.0,
+               first: bool = False) -> None:
+        """Queue model work for the session's robot (``first``: ahead of that robot's other work,
+        e.g. the rest of a chunked prefill its blocks need)."""
         robot = sess.robot
         if robot not in self._queues:
             self._queues[robot] = collections.deque()
         if not self._queues[robot]:
             self._turns.append(robot)
-        self._queues[robot].append((kind, sess.sid, msg, received_at))
+        item = (kind, sess.sid, msg, received_at)
+        if first:
+            self._queues[robot].appendleft(item)
+        else:
+            self._queues[robot].append(item)
 
     def run_next(self, emit: Emit) -> bool:
         """Run the next robot's queued work - with verification rounds and cloud-only decode steps
@@ -517,15 +525,22 @@ class Verifier:
                 self._queue(sess, "prefill")
 
     def _prefill(self, sess: _Session, emit: Emit) -> None:
+        """The session's prefill - in ``prefill_chunk``-token passes, one per turn, so a long prompt
+        does not hold up other robots' rounds."""
         if sess.state is not None or sess.inputs is None:
             return  # already prefilled (with block 0)
         t0 = time.perf_counter()
-        sess.state = self.target.prefill(sess.inputs)
+        if sess.prefilling is None:
+            sess.prefilling = self.target.prefill_chunks(sess.inputs, self.prefill_chunk)
+        state, done = next(sess.prefilling)
         self.target.settle()
         if len(sess.inputs.input_ids) > 1:
             self._count_forward(sess)
-        sess.inputs = None
         self._spent(sess, t0)
+        if not done:
+            self._queue(sess, "prefill", first=True)  # more chunks: other robots' turns come between
+            return
+        sess.state, sess.inputs, sess.prefilling = state, None, None
         if sess.start.mode == DecodingMode.CLOUD_ONLY:
             picker = TokenPicker.for_target(sess.params, sess.generator)
             sess.decode = TokenLoop(self.target, sess.state, [], limit=sess.start.max_new_tokens, picker=picker,

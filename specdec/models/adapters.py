@@ -24,7 +24,7 @@ one target adapter serves many sessions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -232,17 +232,33 @@ class ModelAdapter:
         """Run ``prompt[:-1]`` through the model; the last prompt token stays pending."""
         if isinstance(inputs, str):
             inputs = self.encode(inputs, image)
+        for state, _ in self.prefill_chunks(inputs):
+            pass
+        return state
+
+    def prefill_chunks(self, inputs: PromptInputs, chunk: int = 0) -> Iterator[Tuple[DecodeState, bool]]:
+        """:meth:`prefill` in forward passes of at most ``chunk`` prompt tokens (0: one pass), so
+        a scheduler can run other work between them. Yields ``(state, done)`` after each pass. The
+        first pass holds every image token (the image enters only there)."""
         if not inputs.input_ids:
             raise ValueError("empty prompt")
         state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
         extra = self._prefill_extra(inputs, state)
         head = inputs.input_ids[:-1]
-        if head:
-            self._run(state, head, 0, 1, **extra)
-        elif extra:
+        if not head and extra:
             raise ValueError("a prompt with an image needs text after the image")
+        images = [i for i, t in enumerate(head) if t == self._image_token] if extra else []
+        first = len(head) if chunk <= 0 else max(chunk, images[-1] + 1 if images else 0)
+        start = 0
+        while start < len(head):
+            end = min(len(head), first if start == 0 else start + chunk)
+            with torch.inference_mode():
+                self._run(state, head[start:end], start, 1, **(extra if start == 0 else {}))
+            start = end
+            if start < len(head):
+                yield state, False
         state.prompt_positions = None  # only the prefill needs them
-        return state
+        yield state, True
 
     @torch.inference_mode()
     def prefill_with(self, inputs: PromptInputs, tokens: Sequence[int], keep: int):

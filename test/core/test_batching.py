@@ -116,3 +116,34 @@ def test_duplicates_do_not_keep_a_session_alive(tiny_pair):
         now[0] = t
         verifier.handle(block, out.append)
     assert verifier.expire(out.append, now=12.0) == ["s"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl", "llava"])
+def test_chunked_prefill_lets_other_robots_in_and_changes_nothing(arch, tiny_pair, reference, image):
+    draft, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    long_prompt = " ".join(PROMPTS * 4)
+    refs = {p: reference(target, p, img, max_new_tokens=8) for p in (long_prompt, PROMPTS[1])}
+    verifier = Verifier(target, prefill_chunk=8, max_batch=1)
+    jobs = {0: [dict(prompt=long_prompt, image=img, mode=DecodingMode.SPECULATIVE, max_new_tokens=8)],
+            1: [dict(prompt=PROMPTS[1], image=img, mode=DecodingMode.CLOUD_ONLY, max_new_tokens=8)]}
+    results = _fleet(draft, verifier, jobs)
+    assert results[0][0].tokens == refs[long_prompt] and results[1][0].tokens == refs[PROMPTS[1]]
+    chunks = -(-(len(target.encode(long_prompt, img).input_ids) - 1) // 8)  # ceil; the image rides in pass 1
+    assert results[0][0].stats.target_forward_passes >= results[0][0].stats.rounds + (2 if img is not None else chunks)
+
+
+def test_a_chunked_prefill_interleaves_with_other_robots_rounds(tiny_pair):
+    _, target = tiny_pair("llama", noise=0.05)
+    verifier, out = Verifier(target, prefill_chunk=8, max_batch=1), []
+    start = dict(tokenizer_fingerprint=target.fingerprint, stop_token_ids=[], mode=int(DecodingMode.SPECULATIVE),
+                 max_new_tokens=8, gamma=2)
+    verifier.admit(SessionStart(session_id="short", robot_id="polite", prompt=PROMPTS[1], **start), out.append)
+    verifier.run_next(out.append)  # the short prompt's prefill (one pass)
+    verifier.admit(SessionStart(session_id="long", robot_id="chatty", prompt=" ".join(PROMPTS * 4), **start),
+                   out.append)
+    verifier.admit(DraftBlock(session_id="short", seq=1, round=0, position=0, tokens=[5, 6]), out.append)
+    verifier.run_next(out.append)  # the long prompt's first chunk
+    verifier.run_next(out.append)  # the polite robot's turn: its round, not more of the long prefill
+    assert [m.session_id for m in out if isinstance(m, VerifyResult)] == ["short"]
+    assert verifier._sessions["long"].state is None  # still prefilling
