@@ -40,7 +40,7 @@ from std_msgs.msg import Bool, String
 from edge_cloud_vlm_msgs.msg import ActionStatus, DecodedAction
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
 from specdec_ros.node_runtime import Param, build_dataclass, dataclass_params, declare_parameters
-from specdec_ros.qos import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+from specdec_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
 from . import sport_api
 from .action_language import ActionLimits
@@ -118,6 +118,10 @@ class ControllerNode(Node):
         self._text_id = 0
         if p["text_topic"]:
             self.create_subscription(String, p["text_topic"], self._on_text, COMMAND_QOS)
+        # e-stop: a latched subscription gets the state a latched publisher set before this node
+        # started; a volatile one still hears any publisher (`ros2 topic pub` included) - an
+        # e-stop must never be missed for a QoS mismatch
+        self.create_subscription(Bool, p["estop_topic"], self._on_estop, LATCHED_QOS)
         self.create_subscription(Bool, p["estop_topic"], self._on_estop, COMMAND_QOS)
         self.create_subscription(Odometry, p["odom_topic"], self._on_odom, SENSOR_QOS)
 

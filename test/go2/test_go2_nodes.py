@@ -162,3 +162,23 @@ def test_closed_loop_with_simulator(rig):
     assert st["stops"] >= 1
     assert st["last_stop_via"] == {"go2_ros2_sdk": "webrtc_req",
                                    "unitree_sport": "sport_request"}[rig.driver]
+
+
+def test_an_estop_latched_before_the_controller_starts_holds_it(rig):
+    """e_stop latched by a transient-local publisher before the controller runs engages it at
+    start; a plain (volatile) publisher still releases and engages it."""
+    from specdec_ros.qos import LATCHED_QOS
+    from std_msgs.msg import Bool
+
+    latched = rig.L.publisher(Bool, "e_stop", LATCHED_QOS)
+    latched.publish(Bool(data=True))
+    t0 = time.monotonic()
+    rig.start_controller()
+    assert rig.wait_state("estop", t0, 10.0), rig.statuses(t0)
+    t1 = rig.send("forward 0.3")
+    time.sleep(0.5)
+    assert not rig.moves(t1)  # held: the decision does not move the robot
+    t2 = rig.estop(False)  # the volatile test publisher releases
+    assert rig.wait_state("idle", t2, 5.0), rig.statuses(t2)
+    t3 = rig.estop(True)
+    assert rig.wait_state("estop", t3, 5.0)
