@@ -3,9 +3,10 @@
 Same draft/target pair, same prompts, no network, one process, one torch thread per side:
 
 * ``target_alone``: ``target.generate()``;
-* transformers' ``generate(assistant_model=draft)`` in every setting worth trying - a constant or
-  the heuristic block schedule, with its confidence stop (``assistant_confidence_threshold``, 0.4
-  by default) on and off - the best of them is "HF at its best setting";
+* transformers' ``generate(assistant_model=draft)`` in every setting worth trying - a constant
+  (gamma, 2 or 1 tokens) or the heuristic block schedule, with its confidence stop
+  (``assistant_confidence_threshold``, 0.4 by default) on and off - the best of them is "HF at
+  its best setting";
 * our engine in process (edge and cloud threads over the in-process transport): fixed blocks, the
   confidence stop, the adaptive length, and adaptive with eager pre-drafting (drafting on the
   second core while the target verifies).
@@ -24,11 +25,13 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-HF_SETTINGS = {  # name -> (block schedule, assistant_confidence_threshold)
-    "hf_constant": ("constant", 0.0),
-    "hf_constant_conf0.4": ("constant", 0.4),
-    "hf_heuristic": ("heuristic", 0.0),
-    "hf_heuristic_conf0.4": ("heuristic", 0.4),
+HF_SETTINGS = {  # name -> (block schedule, assistant_confidence_threshold, assistant tokens: None = gamma)
+    "hf_constant": ("constant", 0.0, None),
+    "hf_constant_conf0.4": ("constant", 0.4, None),
+    "hf_constant2_conf0.4": ("constant", 0.4, 2),
+    "hf_constant1": ("constant", 0.0, 1),
+    "hf_heuristic": ("heuristic", 0.0, None),
+    "hf_heuristic_conf0.4": ("heuristic", 0.4, None),
 }
 OURS = {  # name -> (EdgeDecoder settings, decoding mode name)
     "ours_fixed": (dict(draft_length="fixed"), "SPECULATIVE"),
@@ -80,10 +83,10 @@ def compare(workload, gamma: int = 4, log: Callable[[str], None] = print) -> Dic
                 alone, seconds = _timed(lambda: target.model.generate(**kwargs, **common))
             reference = alone[0, prompt_len:].tolist()
             rows["target_alone"].append((len(reference), seconds))
-            for name, (schedule, threshold) in HF_SETTINGS.items():
+            for name, (schedule, threshold, tokens) in HF_SETTINGS.items():
                 assistant = draft.model
                 assistant.generation_config = copy.deepcopy(assistant.generation_config)
-                assistant.generation_config.num_assistant_tokens = gamma
+                assistant.generation_config.num_assistant_tokens = tokens or gamma
                 assistant.generation_config.num_assistant_tokens_schedule = schedule
                 assistant.generation_config.assistant_confidence_threshold = threshold
                 with torch.inference_mode():
