@@ -34,6 +34,7 @@ from visualization_msgs.msg import MarkerArray
 from edge_cloud_vlm_msgs.msg import ActionStatus, DecodedAction, SpecStats
 from edge_cloud_vlm_msgs.msg import DecisionStats as DecisionStatsMsg
 from go2_vlm_control.action_language import GRAMMAR_PATTERN, ActionLimits, ActionRejected, parse_action
+from go2_vlm_control.controller import FINISHED_STATES
 from specdec.models.prompting import apply_prompt_template, check_prompt_template
 from specdec.protocol import DecodingMode
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
@@ -48,7 +49,6 @@ from .scheduling import DecisionScheduler, Job, LinkState, Outcome, SchedulerCon
 NODE_NAME = "edge_spec_drafter"
 MODES = {m.name.lower(): m for m in DecodingMode}
 MODES_BY_VALUE = {int(m): name for name, m in MODES.items()}
-FINISHED_STATES = (ActionStatus.STATE_IDLE, ActionStatus.STATE_COMPLETED, ActionStatus.STATE_STOPPED)
 PROBE_PROMPT = "ping"  # a one-token cloud-only request: does the cloud answer again?
 
 PARAMETERS = [

@@ -617,8 +617,6 @@ class VerifierServer(CloudTransport):
             os.close(self._reserve_fd)
             self._reserve_fd = None
 
-    stop = close
-
 
 def _close_quietly(sock) -> None:
     try:
