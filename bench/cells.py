@@ -61,6 +61,16 @@ def check_lossless(cells: Dict[str, list], where: str) -> None:
                                      f"{got[bad]} vs {reference[bad]}")
 
 
+def _hint_accuracy_by_layer(stats) -> Dict[str, float]:
+    """Progressive hints: how often each exit layer's hint named the round's exact result."""
+    right: Dict[int, list] = {}
+    for s in stats:
+        for r in s.round_log:
+            for layer, _, _, correct in r.layer_hints:
+                right.setdefault(layer, []).append(correct)
+    return {str(layer): sum(v) / len(v) for layer, v in sorted(right.items())}
+
+
 def summarise(results: Sequence, time_scale: float = 1.0) -> Dict[str, float]:
     """Aggregate the DecisionStats of one cell; durations are multiplied by ``time_scale``."""
     stats = [r.stats for r in results]
@@ -97,4 +107,5 @@ def summarise(results: Sequence, time_scale: float = 1.0) -> Dict[str, float]:
         "cloud_s_per_token": cloud_ms * time_scale / 1000 / tokens if tokens else 0.0,
         "cloud_s_per_decision": cloud_ms * time_scale / 1000 / n if n else 0.0,
         "bytes_per_token": sum(s.bytes_sent + s.bytes_received for s in stats) / tokens if tokens else 0.0,
+        "hint_accuracy_by_layer": _hint_accuracy_by_layer(stats),
     }

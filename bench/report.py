@@ -95,7 +95,13 @@ def _measured_section(wl: dict, s: dict, hw: dict) -> List[str]:
     lines = [f"### {wl['workload']}, measured on {hw['processor']} (RTT {rtt:.0f} ms, gamma {s['reference_gamma']})",
              "", f"{wl['items']} inputs x {wl['max_new_tokens']} new tokens; {wl['description']}. No GPU price: "
                  "cloud time is this CPU core's.", ""]
-    lines += table(HEADLINE_HEADERS, headline_rows(_reference_rows(wl, rtt), None, {}))
+    rows = _reference_rows(wl, rtt)
+    lines += table(HEADLINE_HEADERS, headline_rows(rows, None, {}))
+    layers = {m: r.get("hint_accuracy_by_layer") for m, r in rows.items() if r.get("hint_accuracy_by_layer")}
+    if layers:
+        lines += ["", "Hint accuracy per exit layer (progressive hints, each layer's hint as it arrived): "
+                  + "; ".join(f"{MODE_LABEL[m]}: " + ", ".join(f"layer {k} {v:.2f}" for k, v in acc.items())
+                              for m, acc in layers.items())]
     return lines + [""]
 
 
