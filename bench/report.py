@@ -18,6 +18,16 @@ MODE_LABEL = {"cloud_only": "cloud-only", "edge_only": "edge-only", "speculative
 INVALID = "INVALID"
 
 
+def _finish_tokens(report: dict) -> str:
+    """The cloud continuation each workload ran with (the robot's defaults unless a flag set one)."""
+    set_for_all = report["settings"].get("cloud_finish_tokens")
+    if set_for_all is not None:
+        return str(set_for_all)
+    from bench.run import CLOUD_FINISH_TOKENS
+
+    return ", ".join(f"{wl['workload']} {CLOUD_FINISH_TOKENS.get(wl['workload'], 0)}" for wl in report["workloads"])
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> List[str]:
     return (["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
             + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -334,8 +344,8 @@ def write(report: dict, out_dir: str) -> str:
         f"edge cores {hw['edge_cores']}, cloud cores {hw['cloud_cores']}. Edge and cloud are separate processes "
         f"joined by the real WebSocket transport through a user-space link emulator. "
         f"{'Quick settings. ' if s['quick'] else ''}Block 0 merged with the cloud's prefill: "
-        f"{'yes' if s['merge_first_block'] else 'no'}; cloud finishes up to {s.get('cloud_finish_tokens', 0)} "
-        f"token(s) itself after a verified block. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
+        f"{'yes' if s['merge_first_block'] else 'no'}; the cloud finishes up to "
+        f"{_finish_tokens(report)} token(s) itself after a verified block. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
         "Every lossless mode produced exactly cloud-only's greedy tokens on every input, measured and emulated "
         "(checked in the run).", "",
         "EMULATED rows run the real models and the real system; forward passes and the link take the profile's "

@@ -45,7 +45,8 @@ from specdec.protocol import DecodingMode  # noqa: E402
 VALIDATION_MODES = ("cloud_only", "speculative", "spec_early_exit")
 VALIDATION_TOLERANCE = 0.10  # cpu-self emulation vs the real run, median latency
 FLEET_MODES = ("cloud_only", "spec_ee_adaptive")
-GAMMA_MODES = ("speculative", "spec_early_exit")  # the gamma sweep (adaptive length picks its own)
+GAMMA_MODES = ("speculative", "spec_early_exit")
+CLOUD_FINISH_TOKENS = {"go2": 4}  # the robot's default for its 2-3 token actions; others: 0  # the gamma sweep (adaptive length picks its own)
 QUICK_PROFILES = ["paper-go2-orin-nx-a100", "paper-text-nano-a100"]
 
 
@@ -73,7 +74,9 @@ class Settings:
     bandwidth_mbps: float = 0.0
     loss: float = 0.0
     merge_first_block: bool = True  # block 0 rides with the cloud's prefill (one pass for both)
-    cloud_finish_tokens: int = 0  # after a verified block the cloud decodes up to this many tokens itself
+    # after a verified block the cloud decodes up to this many tokens itself; None: the robot's own
+    # setting per workload (config/edge_spec_drafter.yaml: 4 for the Go2's 2-3 token actions, 0 for text)
+    cloud_finish_tokens: Optional[int] = None
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
     assisted: bool = True
@@ -151,7 +154,10 @@ class WorkloadBench:
         self.out_dir = out_dir
         self.log = log
         self.draft = load_model(workload.draft, name="draft")
-        self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=cfg.cloud_finish_tokens)
+        finish = cfg.cloud_finish_tokens
+        if finish is None:
+            finish = CLOUD_FINISH_TOKENS.get(workload.name, 0)
+        self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=finish)
         self.out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
                     "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
                     "exit_fraction": exit_fraction(workload.exits), "emulated": [], "fleet": [], "map": []}
@@ -416,9 +422,9 @@ def main(argv=None):
     parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
     parser.add_argument("--no-merge-first-block", action="store_true",
                         help="the cloud prefills at once instead of waiting for block 0")
-    parser.add_argument("--cloud-finish-tokens", type=int, default=0,
+    parser.add_argument("--cloud-finish-tokens", type=int, default=None,
                         help="speculative modes: the cloud decodes up to this many tokens itself after a verified "
-                             "block (short answers end in one round trip)")
+                             "block (short answers end in one round trip); default: go2 4, text 0")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
