@@ -23,6 +23,9 @@ MODES = {
     # ours, with the block length chosen each round from measured costs and acceptance
     "spec_ee_adaptive": (DecodingMode.SPECULATIVE_EARLY_EXIT, {"predraft_policy": "eager", "draft_length": "adaptive"}),
 }
+# the robot's own cloud continuation per workload (config/edge_spec_drafter.yaml: 4 for the Go2's
+# 2-3 token actions); others 0
+CLOUD_FINISH_TOKENS = {"go2": 4}
 SPECULATIVE_MODES = ("speculative", "spec_early_exit", "spec_ee_eager", "spec_ee_adaptive")
 LOSSLESS = ("cloud_only",) + SPECULATIVE_MODES
 

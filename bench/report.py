@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from bench.cells import CLOUD_FINISH_TOKENS
+
 MODE_ORDER = ("cloud_only", "edge_only", "speculative", "spec_early_exit", "spec_ee_eager", "spec_ee_adaptive")
 MODE_LABEL = {"cloud_only": "cloud-only", "edge_only": "edge-only", "speculative": "plain speculative",
               "spec_early_exit": "spec + EE, paper's pre-draft (hint)", "spec_ee_eager": "spec + EE, eager pre-draft",
@@ -23,8 +25,6 @@ def _finish_tokens(report: dict) -> str:
     set_for_all = report["settings"].get("cloud_finish_tokens")
     if set_for_all is not None:
         return str(set_for_all)
-    from bench.run import CLOUD_FINISH_TOKENS
-
     return ", ".join(f"{wl['workload']} {CLOUD_FINISH_TOKENS.get(wl['workload'], 0)}" for wl in report["workloads"])
 
 

@@ -39,14 +39,13 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from bench import calibrate, cluster, emulation, projection, shared_cloud, time_to_goal, workloads  # noqa: E402
-from bench.cells import MODES, check_lossless, run_cell, summarise  # noqa: E402
+from bench.cells import CLOUD_FINISH_TOKENS, MODES, check_lossless, run_cell, summarise  # noqa: E402
 from specdec.protocol import DecodingMode  # noqa: E402
 
 VALIDATION_MODES = ("cloud_only", "speculative", "spec_early_exit")
 VALIDATION_TOLERANCE = 0.10  # cpu-self emulation vs the real run, median latency
 FLEET_MODES = ("cloud_only", "spec_ee_adaptive")
-GAMMA_MODES = ("speculative", "spec_early_exit")
-CLOUD_FINISH_TOKENS = {"go2": 4}  # the robot's default for its 2-3 token actions; others: 0  # the gamma sweep (adaptive length picks its own)
+GAMMA_MODES = ("speculative", "spec_early_exit")  # the gamma sweep (adaptive length picks its own)
 QUICK_PROFILES = ["paper-go2-orin-nx-a100", "paper-text-nano-a100"]
 
 
