@@ -9,7 +9,7 @@ Steps (each skipped when its output exists and matches its recipe; ``--force`` r
   assemble  rebuild .cache/models/smollm2-135m-draft/ (HF folder) from the committed draft
   exits     train early-exit adapters -> models/smollm2-135m-instruct-exits/early_exit.safetensors
   prompts   the held-out text prompts -> models/smollm2_eval_prompts.json (read by eval and bench/)
-  eval      acceptance rate / losslessness / exit agreement -> models/eval_smollm2.json,
+  eval      acceptance rate / losslessness / exit agreement / per-token cost -> models/eval_smollm2.json,
             docs/models/eval_smollm2.md
   go2_vlm   train the Go2 VLM pair on simulator data -> models/go2_vlm/{target,draft} (committed,
             target/early_exit.safetensors included; training/go2_vlm/)
@@ -80,8 +80,9 @@ def log(msg: str) -> None:
 
 
 class Context:
-    def __init__(self, force: bool):
+    def __init__(self, force: bool, threads: Optional[int] = None):
         self.force = force
+        self.threads = threads
         self._target = None
         self._labels = None
         self.timings = {}
@@ -307,15 +308,19 @@ def _eval_run(ctx: Context) -> None:
 
 
 def _go2_done() -> bool:
-    from training.go2_vlm.train import up_to_date
+    from training.go2_vlm.build import up_to_date
 
     return up_to_date()
 
 
 def _go2_run(ctx: Context) -> None:
-    from training.go2_vlm.train import build
+    from training.go2_vlm.build import build
+    from training.go2_vlm.config import TrainConfig
 
-    report = build(force=True, log=log)
+    config = TrainConfig()
+    if ctx.threads:  # --threads: also the data workers (a shared machine)
+        config.threads = config.workers = ctx.threads
+    report = build(force=True, log=log, config=config)
     ctx.timings["go2_vlm"] = report.get("total_seconds")
 
 
@@ -371,7 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", nargs="+", default=None, help="only these steps (default: all)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation steps (make models)")
     parser.add_argument("--eval-only", action="store_true", help="only the evaluation steps (make models-eval)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default 2; for the Go2 pair also its data workers)")
     parser.add_argument("--list", action="store_true", help="list the steps and whether they are up to date")
     args = parser.parse_args(argv)
 
@@ -394,7 +400,7 @@ def main(argv=None) -> int:
         selected = [s for s in selected if not s.evaluation]
     if args.eval_only:
         selected = [s for s in selected if s.evaluation]
-    ctx = Context(force=args.force)
+    ctx = Context(force=args.force, threads=args.threads)
     start = time.time()
     with tqdm(total=len(selected), desc="make models", unit="step") as bar:
         for step in selected:

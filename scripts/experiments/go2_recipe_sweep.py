@@ -7,8 +7,8 @@ evaluation seeds 0..49 of the model card and from the training rollouts (those d
 episode seeds at random from [0, 2^31)). Choosing a recipe on the evaluation seeds would
 overfit them; the winner is then rebuilt by ``make models`` and evaluated there.
 
-A variant is ``NAME:key=value,key=value``. Keys are TrainConfig fields, ``target.<field>``
-(a field of TARGET_SPEC, e.g. ``target.vision_depth=3``) or ``image=WxH`` (the resolution the
+A variant is ``NAME:key=value,key=value``. Keys are TrainConfig fields, ``target.<field>`` /
+``draft.<field>`` (a field of TARGET_SPEC / DRAFT_SPEC, e.g. ``target.vision_depth=3``) or ``image=WxH`` (the resolution the
 processor resizes frames to; multiples of 16).
 
   python scripts/experiments/go2_recipe_sweep.py --device cuda --jobs 8 \\
@@ -36,23 +36,26 @@ if ROOT not in sys.path:
 
 def _apply(overrides: dict):
     """Patch the pair's shapes for this process and return the TrainConfig of ``overrides``."""
-    from training.go2_vlm import config, data, pair, train
+    from training.go2_vlm import build, config, data, pair, train
 
-    spec, fields = {}, {}
+    specs, fields = {"target": {}, "draft": {}}, {}
     for key, value in overrides.items():
         if key == "image":
             w, h = (int(v) for v in value.lower().split("x"))
             for module in (pair, config, data, train):
                 module.IMAGE_W, module.IMAGE_H = w, h
-        elif key.startswith("target."):
-            field = key.split(".", 1)[1]
-            kind = type(getattr(pair.TARGET_SPEC, field))
-            spec[field] = tuple(int(x) for x in value.split("/")) if kind is tuple else kind(value)
+        elif key.split(".", 1)[0] in specs:
+            which, field = key.split(".", 1)
+            kind = type(getattr(getattr(pair, which.upper() + "_SPEC"), field))
+            specs[which][field] = tuple(int(x) for x in value.split("/")) if kind is tuple else kind(value)
         else:
             fields[key] = value
-    if spec:
-        new = dataclasses.replace(pair.TARGET_SPEC, **spec)
-        pair.TARGET_SPEC = config.TARGET_SPEC = train.TARGET_SPEC = new
+    for which, changes in specs.items():
+        if changes:
+            name = which.upper() + "_SPEC"
+            new = dataclasses.replace(getattr(pair, name), **changes)
+            for module in (pair, config, build):
+                setattr(module, name, new)
     return config.apply_overrides(config.TrainConfig(), fields)
 
 
@@ -107,7 +110,7 @@ def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:
 
 
 def run_one(name: str, overrides: dict, out: str, device: str, seeds: range, threads: int) -> dict:
-    from training.go2_vlm.train import build
+    from training.go2_vlm.build import build
 
     cfg = _apply(overrides)
     cfg.workers, cfg.threads = 2, threads

@@ -9,7 +9,7 @@ cost 1.3x one row. Same weights, same arithmetic per element: a layout change on
 
 It is applied to the loaded model object, so every mode that runs the model - our verifier, the
 draft, and the baselines (``model.generate``, transformers' assisted generation) - gets it.
-Measure with ``python -m specdec.models.kernels MODEL_FOLDER``.
+Measure with ``python scripts/experiments/kernel_layout.py MODEL_FOLDER``.
 """
 
 from __future__ import annotations
@@ -35,31 +35,3 @@ def use_transposed_linears(model: nn.Module) -> int:
             weight.data = weight.data.t().contiguous().t()
         changed += 1
     return changed
-
-
-def _measure(folder: str) -> None:  # pragma: no cover - a measuring aid
-    import time
-
-    from .loading import load_model
-
-    torch.set_num_threads(1)
-    for layout in ("default", "transposed"):
-        adapter = load_model(folder, transposed_linears=layout == "transposed")
-        state = adapter.prefill(adapter.encode("Tell me about robots that walk on four legs."))
-        length = state.length
-        row = {}
-        for k in (1, 2, 3, 5, 9):
-            times = []
-            for _ in range(12):
-                t0 = time.perf_counter()
-                adapter.forward_hidden(state, [5] * k, keep=k)
-                times.append(time.perf_counter() - t0)
-                adapter.truncate(state, length)
-            row[k] = sorted(times)[len(times) // 2] * 1000
-        print(layout, {k: f"{v:.1f} ms ({v / row[1]:.2f}x)" for k, v in row.items()})
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    _measure(sys.argv[1])

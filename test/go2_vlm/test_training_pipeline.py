@@ -6,24 +6,25 @@ About a minute on 2 cores; the trained models are useless, the plumbing is what 
 
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 from specdec.models.artefacts import go2_pair_paths  # noqa: E402
 from training.go2_vlm import pair as vlm  # noqa: E402
 from training.go2_vlm.config import TrainConfig, apply_overrides, recipe_sha  # noqa: E402
-from training.go2_vlm.data import (TWIN_CLOSE_TOKENS, assemble_dataset, expert_chunks, training_rows,  # noqa: E402
-                                   twin_of, twin_tokens)
-from training.go2_vlm.train import OBJECT_MIN_TOKENS, build, object_loss, warm_up_vision  # noqa: E402
+from training.go2_vlm.data import (TWIN_CLOSE_TOKENS, assemble_dataset, coarse_action, expert_chunks,  # noqa: E402
+                                   training_rows, twin_of, twin_tokens)
+from training.go2_vlm.build import build  # noqa: E402
+from training.go2_vlm.train import OBJECT_MIN_TOKENS, object_loss, warm_up_vision  # noqa: E402
 
 TINY = dict(episodes=16, chunk=8, workers=1, threads=1, target_steps=12, draft_steps=8, exit_epochs=1.0,
-            held_out_every=4, boundary_repeat=3, object_weight=1.0, vision_warmup_steps=3, vision_warmup_frames=4)
+            held_out_every=4, boundary_repeat=3, object_weight=1.0, vision_warmup_steps=3, vision_warmup_frames=4,
+            turn_step_deg=5.0, move_step_m=0.1)
+# the draft from the target's layers, distilled on target- and draft-driven frames; exits from verification rows
+ON_POLICY = dict(draft_init="target:0,3", distill_target_episodes=2, distill_draft_episodes=2, distill_steps=3,
+                 exit_episodes=2, chunk=2)
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +81,22 @@ def test_apply_overrides_parses_text():
 def test_recipe_hash_ignores_neutral_new_fields():
     assert recipe_sha(TrainConfig()) == recipe_sha(TrainConfig(boundary_repeat=1))
     assert recipe_sha(TrainConfig()) != recipe_sha(TrainConfig(boundary_repeat=2))
+    assert recipe_sha(TrainConfig()) == recipe_sha(TrainConfig(workers=1, threads=1))  # how, not what
 
 
 def test_tiny_build_saves_a_pair_that_decodes_losslessly(tmp_path):
     from training.go2_vlm.evaluate import evaluate_pair
 
     out = str(tmp_path / "pair")
-    report = build(out, force=True, config=TrainConfig(**TINY), progress=False, log=lambda m: None)
+    cfg = TrainConfig(**{**TINY, **ON_POLICY})
+    report = build(out, force=True, config=cfg, progress=False, log=lambda m: None)
     assert vlm.artefacts_exist(out)
-    assert report["recipe_sha"] == recipe_sha(TrainConfig(**TINY))
+    assert report["recipe_sha"] == recipe_sha(cfg)
     assert report["target"]["steps"] == TINY["target_steps"]
+    assert report["draft"]["spec"]["layers"] == 2 and report["draft"]["spec"]["hidden"] == vlm.TARGET_SPEC.hidden
+    assert report["distill"]["steps"] == 3 and report["distill"]["chunks"] == 2  # 2 + 2 episodes, 2 per chunk
+    assert report["distill"]["samples"] > report["distill"]["frames"] > 0
+    assert report["exit_rows"]["train"] > 0 and report["exits"]["train_positions"] == report["exit_rows"]["train"]
     assert report["vision_warmup"]["steps"] == TINY["vision_warmup_steps"]
     assert report["target"]["held_out"]["objects"] > 0  # held-out objects big enough for a shape were scored
     result = evaluate_pair(out, seeds=[3, 4], max_decisions=4, threads=1, progress=False, log=lambda m: None,
@@ -156,3 +163,44 @@ def test_card_validation_row_comes_from_the_eval_report(tmp_path):
     (out / "eval_report.json").write_text(json.dumps(
         {"target_validation": {"episodes": 100, "successes": list(range(1000, 1087)), "said_done_elsewhere": 2}}))
     assert "| committed weights (`make models-eval`) | **87 / 100** | 2 | 123.4 |" in card.render(str(out))
+
+
+def test_coarse_action_puts_magnitudes_on_the_grid(tiny_data):
+    assert [coarse_action(a, 5.0, 0.1) for a in ("left 23", "right 2", "left 60", "forward 0.35", "forward 0.04",
+                                                 "strafe_left 0.25", "done")] == \
+        ["left 25", "right 5", "left 60", "forward 0.4", "forward 0.1", "strafe_left 0.3", "done"]
+    assert coarse_action("left 23", 1.0, 0.05) == "left 23"  # the expert's own grid: unchanged
+    cfg, data = tiny_data  # TINY trains on a 5 deg / 0.1 m grid
+    for verb, value in (a.split(" ") for a in data.actions if " " in a):
+        step = 5.0 if verb in ("left", "right") else 0.1
+        assert abs(float(value) / step - round(float(value) / step)) < 1e-6, (verb, value)
+    smooth = data.soft[data.soft.sum(-1) > 0]
+    assert len(smooth) and int((smooth > 0).sum(-1).max()) <= 90 // 5  # smoothing only over grid values
+
+
+def test_concat_shifts_frames_and_keeps_every_sample(tiny_data):
+    from training.go2_vlm.data import Go2Data
+
+    _cfg, data = tiny_data
+    both = Go2Data.concat([data, data])
+    n, frames = len(data), int(data.pix.shape[0])
+    assert len(both) == 2 * n and int(both.pix.shape[0]) == 2 * frames and both.actions == data.actions * 2
+    assert torch.equal(both.frame[n:], data.frame + frames)
+    assert torch.equal(both.pix[both.frame[n:]], data.pix[data.frame])
+    assert torch.equal(both.ids[n:], data.ids) and torch.equal(both.held_out[:n], data.held_out)
+
+
+def test_failure_kinds_name_what_went_wrong():
+    from go2_sim.closed_loop import EpisodeResult
+    from training.go2_vlm.evaluate import failure_kind
+
+    def episode(actions, said_done=False, reached=False):
+        return EpisodeResult(seed=0, success=False, reached=reached, said_done=said_done, decisions=len(actions),
+                             invalid=0, sim_time=1.0, final_distance=2.0, final_bearing_deg=0.0, actions=actions)
+
+    assert failure_kind(episode(["forward 1", "done"], said_done=True)) == "said done elsewhere"
+    assert failure_kind(episode(["forward 1"] * 3, reached=True)) == "at the object, no done"
+    assert failure_kind(episode(["forward 1"] * 4 + ["left 60"] * 6)) == "never found"
+    assert failure_kind(episode(["forward 1", "left 20", "right 20", "left 15", "right 20", "left 20"])) \
+        == "back-and-forth"
+    assert failure_kind(episode(["forward 1", "left 20", "forward 0.5", "right 10"])) == "other"

@@ -89,3 +89,42 @@ def test_assembly_refuses_wrong_target_and_missing_files(trained, tmp_path):
     wider, _ = build_tiny("llama", layers=4, hidden=96, seed=3)
     with pytest.raises(dd.DraftError, match="shape"):
         dd.assemble_model(committed, wider, check_fingerprint=False)
+
+
+def test_frequent_tokens_are_the_targets_most_said(tiny_labels):
+    head = dd.frequent_tokens(tiny_labels, 10)
+    assert head.tolist() == sorted(head.tolist()) and len(head) == 10
+    said = tiny_labels.topk_ids[tiny_labels.generated_rows(), 0]
+    counts = torch.bincount(said, minlength=int(said.max()) + 1)
+    assert int(counts[head].min()) >= int(counts[[t for t in range(len(counts)) if t not in set(head.tolist())]].max())
+
+
+def test_reduced_head_draft_is_distilled_committed_and_served_with_its_head(tiny_target, tiny_labels, tmp_path):
+    """Trained under the head it will propose with; the committed ids become the assembled
+    folder's draft_head.safetensors, which load_model serves (proposals only from those ids)."""
+    from specdec.models.loading import load_model
+
+    model, tok = tiny_target
+    head = dd.frequent_tokens(tiny_labels, 24)
+    draft = dd.build_draft(model, [0, 3])
+    stats = dd.distill(draft, tiny_labels, epochs=6, max_tokens=512, lr=3e-3, n_random=16, held_out_every=5,
+                       head_ids=head, progress=False)
+    assert stats["head_tokens"] == 24
+    assert stats["held_out_after"]["agreement"] > stats["held_out_before"]["agreement"]
+    committed = tmp_path / "committed"
+    dd.save_committed(draft, model, tok, str(committed), {"training": stats}, head_ids=head)
+    meta = dd.read_committed(str(committed))
+    assert meta["head_size"] == 24 and os.path.isfile(committed / meta["head_tokens"])
+    target_dir = tmp_path / "target"
+    model.save_pretrained(target_dir)
+    tok.save_pretrained(target_dir)
+    out = tmp_path / "draft"
+    dd.assemble(str(committed), str(target_dir), str(out), log=lambda *_: None)
+    served = load_model(str(out))
+    assert served.head_ids.tolist() == head.tolist()
+    state = served.prefill(served.encode("the cat"))
+    hidden = served.forward_hidden(state, [state.prompt_ids[-1]], keep=1)
+    scores = served.head_logits(hidden)
+    assert scores.shape[-1] == 24
+    full = served.logits(hidden)[0]
+    assert torch.allclose(scores[0], full[head], atol=1e-4)  # the head's rows are the target's own

@@ -58,9 +58,10 @@ def test_committed_exits_load_on_the_real_target(target, committed):
 
     model, tok = target
     heads = EarlyExitHeads.load(model, artefacts.committed_text_exits_path())
-    assert heads.exit_layers and max(heads.exit_layers) <= 15
+    assert len(heads.exit_layers) == 1  # the one hint layer the verifier sends hints from
+    assert (heads.exit_layers[0] + 1) / model.config.num_hidden_layers <= 0.75
     sweep = EarlyExitHeads.load(model, artefacts.committed_text_exits_sweep_path())
-    assert set(heads.exit_layers) <= set(sweep.exit_layers)
+    assert len(sweep.exit_layers) > 1
     ids = tok("The robot walked to the door and", return_tensors="pt")["input_ids"]
     seen = {}
     with heads.attach(lambda layer, logits: seen.setdefault(layer, logits)):

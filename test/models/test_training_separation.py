@@ -11,8 +11,6 @@ import sys
 from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 RUNTIME = ("specdec", "specdec_ros", "edge_spec_drafter", "cloud_verifier_bridge", "go2_vlm_control", "go2_sim",
            "bench")

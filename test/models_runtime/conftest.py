@@ -8,15 +8,10 @@ loading by hub id goes through huggingface_hub's real offline resolution.
 import hashlib
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 torch.set_num_threads(1)
 

@@ -15,19 +15,26 @@ also serves real Qwen2-VL checkpoints. They share one compact tokenizer (identic
 A decision is ``<verb> <number> <|im_end|>`` (3 tokens) or ``done <|im_end|>``. The camera frame
 (160x120) is resized by the processor to 96x64: 96 patches of 8x8, merged 2x2 into 24 image tokens.
 
-Training (:func:`build`; deterministic for a :class:`TrainConfig`; CPU, about 12 minutes on 2 cores):
+Training (:func:`training.go2_vlm.build.build`; deterministic data for a :class:`TrainConfig`;
+CPU, about 40 minutes on one thread):
 
 1. data: expert rollouts with perturbed actions (as :func:`go2_sim.dataset.generate_samples`),
    rendered with the simulator's camera; every frame is labelled for every object in the room as
    the instructed one (same image, other instruction, other expert answer), minus answers that
-   depend on what the camera cannot see;
+   depend on what the camera cannot see; magnitudes on a 5 deg / 0.1 m grid (:mod:`.data`);
 2. target: supervised on the expert's answers (ordinal label smoothing on the magnitudes) plus
    training-only auxiliary heads (which objects each image token shows, scored against the
    decoder's colour/shape word embeddings; whether each image token shows the instructed
-   object and where it is; the target's visibility, bearing and distance);
-3. draft: the same, plus distillation of the target's answer distributions;
-4. exits: the target's early-exit adapters (:func:`training.train_exits.train_exit_heads`)
-   on the target's answer positions of the same frames.
+   object and where it is; the target's visibility, bearing and distance) (:mod:`.train`);
+3. draft: starts as the target's decoder layers 0 and 3 with its vision tower, then on-policy
+   distillation (:mod:`.distill`): frames of target- and draft-driven rollouts, every object asked,
+   KL(target || draft) along the target's own greedy answers;
+4. exits: the target's early-exit adapters (:func:`training.train_exits.train_exit_heads`) on the
+   rows real verification passes read a hint from (:mod:`.verification`).
+
+Modules: ``pair`` (shapes, tokenizer, processor, models), ``config`` (the recipe), ``data``,
+``train`` (one model on the data), ``distill``, ``verification``, ``build`` (the recipe end to
+end), ``evaluate``, ``card``.
 
 Evaluation (:func:`evaluate_pair`): ROS-free closed loop (:mod:`go2_sim.closed_loop`: strict
 parser, the controller's motion executor) on seeded episodes with distractors, for the expert,

@@ -9,7 +9,7 @@ from specdec.models.artefacts import go2_pair_dir
 
 from .config import TrainConfig, apply_overrides
 from .evaluate import EVAL_SEEDS, evaluate_and_save
-from .train import build
+from .build import build
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train / evaluate the Go2 VLM pair (target + draft + exits).")
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     if args.train:
         cfg = TrainConfig()
         if args.quick:
-            cfg = TrainConfig(episodes=20, target_steps=30, draft_steps=30, exit_epochs=2)
+            cfg = TrainConfig(episodes=20, target_steps=30, distill_target_episodes=10, distill_draft_episodes=10,
+                              distill_steps=30, exit_episodes=5, exit_epochs=2)
         apply_overrides(cfg, dict(item.split("=", 1) for item in args.set))
         build(args.out, force=args.force, config=cfg, device=args.device)
     if args.eval:

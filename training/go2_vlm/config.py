@@ -32,7 +32,9 @@ class TrainConfig:
     target_steps: int = 4000
     target_batch: int = 32
     target_lr: float = 2e-3
-    draft_steps: int = 1500
+    draft_init: str = "target:0,3"  # the draft: DRAFT_SPEC from random weights, or "target:0,3" - the target's
+                                   # decoder layers 0 and 3 with its vision tower (pair.draft_from_target)
+    draft_steps: int = 0           # draft steps on the expert data (0: none, e.g. after a target init)
     draft_batch: int = 32
     draft_lr: float = 3e-3
     dagger_episodes: int = 0       # rollouts driven by the trained target, labelled by the expert (0: off)
@@ -41,6 +43,8 @@ class TrainConfig:
     rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
     boundary_repeat: int = 1       # ... and "done" / twin-close-in-view samples (data.training_rows)
     kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
+    turn_step_deg: float = 5.0     # magnitudes the models learn to say: turns in multiples of this ...
+    move_step_m: float = 0.1       # ... and translations (the expert's own grid: 1 deg, 0.05 m)
     sigma_deg: float = 2.0         # ordinal label smoothing of turn magnitudes (0: off)
     sigma_m: float = 0.03          # ... and of translations
     exit_adapter: str = "mlp"
@@ -54,6 +58,17 @@ class TrainConfig:
     vision_warmup_frames: int = 16  # frames per warm-up step
     vision_warmup_lr: float = 2e-3
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
+    # On-policy distillation of the draft (distill.py), after its expert-data training: frames of
+    # rollouts driven by the target and by the draft (plus the expert's), every object asked,
+    # labelled with the target's greedy answers and distributions; KL(target || draft). 0 steps: off.
+    distill_target_episodes: int = 300
+    distill_draft_episodes: int = 300
+    distill_steps: int = 6000
+    distill_batch: int = 32
+    distill_lr: float = 5e-4
+    # Exits trained on the decisive rows of real verification passes (verification.py) in this many
+    # speculative-decoder-driven episodes; 0: on the target's answer positions of the expert data.
+    exit_episodes: int = 100
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
@@ -66,15 +81,33 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
     return cfg
 
 
+def draft_init_layers(cfg: TrainConfig):
+    """The target's decoder layers the draft starts from (``draft_init = "target:0,3"``), or None."""
+    kind, _, layers = cfg.draft_init.partition(":")
+    if kind == "scratch" and not layers:
+        return None
+    if kind != "target" or not layers:
+        raise ValueError(f"draft_init must be 'scratch' or 'target:<layers>', got {cfg.draft_init!r}")
+    return tuple(int(x) for x in layers.split(","))
+
+
 # Fields added after a recipe was trained: at these values they change nothing, so they leave
 # that recipe's hash (and the committed artefacts' up-to-date state) as it was.
 _NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
-            "vision_warmup_lr": 2e-3}
+            "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
+            "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
+            "draft_init": "scratch"}
+
+
+# How the work is spread (data workers, torch threads), not what is trained: the data are the same
+# whatever the worker count; the thread count changes only the rounding of CPU reductions.
+_EXECUTION = ("workers", "threads")
 
 
 def recipe_sha(cfg: "TrainConfig") -> str:
     """Hash of everything that decides the trained weights (config, shapes, vocabulary, exits)."""
-    config = {k: v for k, v in asdict(cfg).items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
+    config = {k: v for k, v in asdict(cfg).items()
+              if k not in _EXECUTION and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
               "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]

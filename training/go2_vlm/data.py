@@ -17,6 +17,8 @@ from .pair import (IMAGE_H, IMAGE_W, MERGE, NUMBER_WORDS, PATCH, bgr_to_rgb, bui
 
 
 COMBOS = [(c, sh) for c in ("red", "green", "blue", "yellow") for sh in ("ball", "box")]
+# The instruction for each of COMBOS, worded as go2_sim.episode.instruction_for words it.
+INSTRUCTIONS = tuple(f"go to the {colour} {shape}" for colour, shape in COMBOS)
 
 
 def twin_of(colour: str, shape: str) -> tuple:
@@ -57,6 +59,40 @@ class DataJob:
     near_prob: float         # ... close to an object
     absent_twins: bool       # also label the visible objects' absent twins (answer: the search turn)
     learner_driven: bool     # the learner set by :func:`set_rollout_policy` drives (DAgger), not the expert
+    turn_step_deg: float = 1.0  # label magnitudes on this grid (:func:`coarse_action`)
+    move_step_m: float = 0.05
+
+
+def prompt_ids(processor, instruction: str, n_image: int) -> List[int]:
+    """Token ids of the prompt for ``instruction`` with ``n_image`` image tokens, exactly as the
+    processor (and so the adapter at inference) lays it out."""
+    text = prompt_text(processor, instruction).replace("<|image_pad|>", "<|image_pad|>" * n_image)
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def coarse_action(action: str, turn_step_deg: float, move_step_m: float) -> str:
+    """``action`` with its magnitude rounded to the nearest multiple of the step of its unit (at
+    least one step). A coarser grid than the expert's (1 deg, 0.05 m) costs the robot little -
+    the next decision corrects what is left - and leaves the models fewer near-ties to break
+    differently: every differently broken tie is a rejected draft token."""
+    from go2_vlm_control.action_language import VERBS, format_action
+
+    verb, _, value = action.partition(" ")
+    unit = VERBS.get(verb, ("", ""))[1]
+    if not value or unit not in ("deg", "m"):
+        return action
+    step = turn_step_deg if unit == "deg" else move_step_m
+    return format_action(verb, max(1, math.floor(float(value) / step + 0.5 + 1e-9)) * step)  # halves round up
+
+
+def job_rollouts(job: DataJob, policy=None, with_info: bool = False):
+    """:func:`go2_sim.dataset.rollouts` of ``job`` (``policy``: who drives, None: the expert)."""
+    from go2_sim.camera import CameraConfig
+    from go2_sim.dataset import rollouts
+
+    return rollouts(job.episodes, job.seed, perturb_prob=job.perturb_prob,
+                    camera_config=CameraConfig(supersample=job.supersample), blocked_prob=job.blocked_prob,
+                    near_prob=job.near_prob, policy=policy, with_info=with_info)
 
 
 def _gen_chunk(job: DataJob):
@@ -71,22 +107,17 @@ def _gen_chunk(job: DataJob):
 
     from go2_vlm_control.action_language import format_action
 
-    from go2_sim.camera import CameraConfig
-    from go2_sim.dataset import rollouts
     from go2_sim.episode import instruction_for
     from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view
 
     expert_cfg = ExpertConfig()
     search = format_action("left", min(expert_cfg.search_turn_deg, expert_cfg.limits.max_turn_deg))
     proc = build_processor()
-    tok = proc.tokenizer
-    frames: Dict[str, list] = {"pix": [], "regions": [], "episode": []}
+    frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": []}
     samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
                                 "in_view": [], "absent": []}
-    for env, ep, _seed, _step, image, info, label in rollouts(
-            job.episodes, job.seed, perturb_prob=job.perturb_prob,
-            camera_config=CameraConfig(supersample=job.supersample), blocked_prob=job.blocked_prob,
-            near_prob=job.near_prob, policy=_ROLLOUT_POLICY if job.learner_driven else None, with_info=True):
+    for env, ep, _seed, _step, image, info, label in job_rollouts(
+            job, _ROLLOUT_POLICY if job.learner_driven else None, with_info=True):
         batch = proc(text=[prompt_text(proc, env.instruction)], images=[to_pil(bgr_to_rgb(image))],
                      return_tensors="pt")
         n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
@@ -94,6 +125,7 @@ def _gen_chunk(job: DataJob):
         frames["pix"].append(batch["pixel_values"].numpy().astype(np.float16))
         frames["regions"].append(region_labels(env, info))
         frames["episode"].append(ep)
+        frames["objects"].append(sorted(COMBOS.index((o.color, o.shape)) for o in env.world.objects))
         true_target = env.target
         try:
             for obj in env.world.objects:
@@ -107,8 +139,8 @@ def _gen_chunk(job: DataJob):
                     action = search  # what expert_action answers here, without planning a path
                 else:
                     continue  # out of view and the expert would follow a planned path: not observable
-                text = prompt_text(proc, instruction_for(obj)).replace("<|image_pad|>", "<|image_pad|>" * n_image)
-                ids = tok(text, add_special_tokens=False)["input_ids"]
+                action = coarse_action(action, job.turn_step_deg, job.move_step_m)
+                ids = prompt_ids(proc, instruction_for(obj), n_image)
                 if obj is true_target:
                     assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
                 visible = info.visible_pixels.get(obj.name, 0) >= REGION_MIN_PIXELS
@@ -131,11 +163,10 @@ def _gen_chunk(job: DataJob):
                     if twin in present or info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS:
                         continue
                     present.add(twin)
-                    text = prompt_text(proc, f"go to the {twin[0]} {twin[1]}").replace(
-                        "<|image_pad|>", "<|image_pad|>" * n_image)
                     samples["frame"].append(frame)
-                    samples["ids"].append(np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int32))
-                    samples["action"].append(search)
+                    samples["ids"].append(np.asarray(prompt_ids(proc, INSTRUCTIONS[COMBOS.index(twin)], n_image),
+                                                     dtype=np.int32))
+                    samples["action"].append(coarse_action(search, job.turn_step_deg, job.move_step_m))
                     samples["combo"].append(COMBOS.index(twin))
                     samples["state"].append((0.0, 0.0, 1.0))
                     samples["true"].append(False)
@@ -173,6 +204,31 @@ class Go2Data:
     @property
     def answer_len(self) -> int:
         return int(self.targets.shape[1])
+
+    @staticmethod
+    def concat(parts: List["Go2Data"]) -> "Go2Data":
+        """One data set of ``parts`` (same prompt layout): frames stacked, frame indices shifted."""
+        from dataclasses import fields
+
+        first = parts[0]
+        if any(p.prompt_len != first.prompt_len or p.grid != first.grid for p in parts):
+            raise ValueError("parts of different prompt layouts")
+        per_frame = {"pix", "regions"}
+        offsets = torch.cumsum(torch.tensor([0] + [int(p.pix.shape[0]) for p in parts[:-1]]), 0)
+        joined = {}
+        for f in fields(Go2Data):
+            values = [getattr(p, f.name) for p in parts]
+            if f.name == "frame":
+                joined[f.name] = torch.cat([v + int(o) for v, o in zip(values, offsets)])
+            elif f.name == "actions":
+                joined[f.name] = [a for v in values for a in v]
+            elif isinstance(values[0], torch.Tensor) and all(isinstance(v, torch.Tensor) for v in values):
+                joined[f.name] = torch.cat(values)
+            elif f.name in per_frame or isinstance(values[0], torch.Tensor):
+                joined[f.name] = None  # not in every part
+            else:
+                joined[f.name] = values[0]
+        return Go2Data(**joined)
 
     def to(self, device) -> "Go2Data":
         """A copy with every tensor on ``device`` (training on a GPU keeps the whole set there)."""
@@ -222,18 +278,23 @@ def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_rep
     return torch.cat([rows] + extra) if extra else rows
 
 
-def _number_groups(tok) -> Dict[str, Dict[int, float]]:
-    """Token id -> value for the degree tokens and the metre tokens."""
-    deg = {tok.convert_tokens_to_ids(str(i)): float(i) for i in range(1, 91)}
-    metres = {tok.convert_tokens_to_ids(w): float(w) for w in NUMBER_WORDS if "." in w}
-    metres[tok.convert_tokens_to_ids("1")] = 1.0
+def _on_grid(value: float, step: float) -> bool:
+    return abs(value / step - round(value / step)) < 1e-6
+
+
+def _number_groups(tok, turn_step_deg: float, move_step_m: float) -> Dict[str, Dict[int, float]]:
+    """Token id -> value for the degree tokens and the metre tokens on the label grid."""
+    deg = {tok.convert_tokens_to_ids(str(i)): float(i) for i in range(1, 91) if _on_grid(i, turn_step_deg)}
+    metres = {tok.convert_tokens_to_ids(w): float(w) for w in NUMBER_WORDS
+              if ("." in w or w == "1") and _on_grid(float(w), move_step_m)}
     return {"deg": deg, "m": metres}
 
 
-def _soft_number(tok, verb: str, number_id: int, sigma_deg: float, sigma_m: float) -> Optional[torch.Tensor]:
+def _soft_number(tok, verb: str, number_id: int, cfg: TrainConfig) -> Optional[torch.Tensor]:
     from go2_vlm_control.action_language import VERBS
 
-    groups = _number_groups(tok)
+    groups = _number_groups(tok, cfg.turn_step_deg, cfg.move_step_m)
+    sigma_deg, sigma_m = cfg.sigma_deg, cfg.sigma_m
     unit = VERBS.get(verb, ("", ""))[1]
     group, sigma = (groups["deg"], sigma_deg) if unit == "deg" else (groups["m"], sigma_m)
     if not unit or sigma <= 0 or number_id not in group:
@@ -259,15 +320,20 @@ def set_rollout_policy(model, processor) -> None:
     _ROLLOUT_POLICY = greedy_policy(wrap_model(model.eval(), processor))
 
 
+def chunk_count(cfg: TrainConfig, episodes: int) -> int:
+    """How many chunk numbers (seeds) :func:`data_jobs` uses for ``episodes`` (none for none)."""
+    return math.ceil(episodes / cfg.chunk) if episodes > 0 else 0
+
+
 def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven: bool = False) -> List[DataJob]:
     """Data jobs of ``cfg.chunk`` episodes each, numbered from ``first_chunk`` (chunk k's seed and
     camera depend on k only, so the data are the same whatever the worker count)."""
-    n_chunks = max(1, math.ceil(episodes / cfg.chunk))
+    n_chunks = chunk_count(cfg, episodes)
     return [DataJob(seed=cfg.seed * 100_003 + k, episodes=min(cfg.chunk, episodes - (k - first_chunk) * cfg.chunk),
                     perturb_prob=cfg.perturb_prob,
                     supersample=2 if k % cfg.exact_camera_every == 0 else cfg.supersample,
                     blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
-                    learner_driven=learner_driven)
+                    learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m)
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 
@@ -315,21 +381,47 @@ def make_dataset(cfg: TrainConfig, progress: bool = True, log=print) -> Go2Data:
     return assemble_dataset(expert_chunks(cfg, progress), cfg, log)
 
 
+@dataclass
+class Frames:
+    """The frames of a list of chunks, stacked: image patches, object regions, held-out flags."""
+
+    pix: torch.Tensor       # [F, patches, C*T*P*P] float16
+    regions: torch.Tensor   # [F, image tokens, 8] bool
+    held_out: torch.Tensor  # [F] bool (whole episodes)
+    objects: List[List[int]]  # per frame: the COMBOS indices of the objects in the room
+    first: List[int]        # index of each chunk's first frame
+    grid: List[int]         # image_grid_thw of every frame
+
+    def __len__(self) -> int:
+        return int(self.pix.shape[0])
+
+
+def stack_frames(results: list, cfg: TrainConfig) -> Frames:
+    """:class:`Frames` of the chunks of :func:`collect_chunks` (chunk k holds episodes k*chunk..;
+    every ``held_out_every``-th episode is held out)."""
+    pix, regions, held, objects, first = [], [], [], [], []
+    for k, res in enumerate(results):
+        fr = res["frames"]
+        first.append(len(pix))
+        pix.extend(fr["pix"])
+        regions.extend(fr["regions"])
+        held.extend((k * cfg.chunk + ep) % cfg.held_out_every == cfg.held_out_every - 1 for ep in fr["episode"])
+        objects.extend(fr["objects"])
+    return Frames(torch.from_numpy(np.stack(pix)), torch.from_numpy(np.stack(regions)), torch.tensor(held),
+                  objects, first, results[0]["grid"])
+
+
 def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
-    """Fixed-layout tensors from the chunks of :func:`collect_chunks` (chunk k holds episodes
-    k*chunk.. ; every ``held_out_every``-th episode is held out)."""
+    """Fixed-layout tensors of the expert-labelled samples in the chunks of :func:`collect_chunks`."""
     from go2_sim.expert import ExpertConfig
 
     tok = build_tokenizer()
     eos = tok.eos_token_id
-    pix, regions, frame_held = [], [], []
+    frames = stack_frames(results, cfg)
     prompts, answers, frame, actions, combos, state, true, seen, absent = [], [], [], [], [], [], [], [], []
     for k, res in enumerate(results):
-        fr, sa = res["frames"], res["samples"]
-        base = len(pix)
-        pix.extend(fr["pix"])
-        regions.extend(fr["regions"])
-        frame_held.extend((k * cfg.chunk + ep) % cfg.held_out_every == cfg.held_out_every - 1 for ep in fr["episode"])
+        sa = res["samples"]
+        base = frames.first[k]
         for f, ids, action in zip(sa["frame"], sa["ids"], sa["action"]):
             ans = tok(action, add_special_tokens=False)["input_ids"] + [eos]
             if tok.unk_token_id in ans:
@@ -357,14 +449,13 @@ def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
         ids[i, prompt_len:prompt_len + len(a) - 1] = torch.tensor(a[:-1])
         targets[i, :len(a)] = torch.tensor(a)
         if len(a) == 3:
-            s = _soft_number(tok, actions[i].split(" ")[0], a[1], cfg.sigma_deg, cfg.sigma_m)
+            s = _soft_number(tok, actions[i].split(" ")[0], a[1], cfg)
             if s is not None:
                 soft[i] = s
     frame_t = torch.tensor(frame)
-    data = Go2Data(ids=ids, targets=targets, frame=frame_t, pix=torch.from_numpy(np.stack(pix)),
-                   grid=results[0]["grid"], prompt_len=prompt_len, actions=actions,
-                   held_out=torch.tensor(frame_held)[frame_t], soft=soft,
-                   regions=torch.from_numpy(np.stack(regions)), state=torch.tensor(state, dtype=torch.float32),
+    data = Go2Data(ids=ids, targets=targets, frame=frame_t, pix=frames.pix, grid=frames.grid, prompt_len=prompt_len,
+                   actions=actions, held_out=frames.held_out[frame_t], soft=soft, regions=frames.regions,
+                   state=torch.tensor(state, dtype=torch.float32),
                    combo=torch.tensor(combos), true_target=torch.tensor(true))
     search = f"left {int(ExpertConfig().search_turn_deg)}"
     data.observable = torch.tensor(seen) | torch.tensor([a == search for a in actions])
@@ -372,7 +463,7 @@ def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
     verbs: Dict[str, int] = {}
     for a in actions:
         verbs[a.split(" ")[0]] = verbs.get(a.split(" ")[0], 0) + 1
-    log(f"go2 data: {len(pix)} frames, {n} samples ({int(data.held_out.sum())} held out), prompt {prompt_len} "
+    log(f"go2 data: {len(frames)} frames, {n} samples ({int(data.held_out.sum())} held out), prompt {prompt_len} "
         f"tokens, answers <= {A} tokens, verbs {verbs}")
     return data
 

@@ -8,7 +8,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+# The engine is imported with the module, not when an evaluation starts: a long training run then
+# uses the engine as it was when the run began, whatever changes in the tree meanwhile.
+from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.models.artefacts import go2_pair_paths
+from specdec.protocol import DecodingMode, DraftBlock
 
 from .pair import bgr_to_rgb, load_pair, read_json
 
@@ -25,6 +29,7 @@ EVAL_SEEDS = tuple(range(50))
 # Recipes are chosen on these (disjoint from EVAL_SEEDS; training rollouts draw their episode
 # seeds at random from [0, 2^31)), so the evaluation seeds stay an unbiased measurement.
 VALIDATION_SEEDS = tuple(range(1000, 1100))
+BENCH_FRAMES = 200  # held-out benchmark frames (bench.workloads.go2_workload) for the acceptance bar
 
 
 @torch.no_grad()
@@ -69,12 +74,136 @@ def greedy_policy(adapter, max_new_tokens: int = 8):
     return policy
 
 
+class SentBlocks:
+    """Taps an edge transport: the tokens of every ``DraftBlock`` the edge sends, by round (the
+    blocks as the verifier saw them; a resent block replaces itself)."""
+
+    def __init__(self, transport):
+        self._send = transport.send
+        transport.send = self
+        self.blocks: Dict[int, List[int]] = {}
+
+    def __call__(self, msg) -> None:
+        if isinstance(msg, DraftBlock):
+            self.blocks[msg.round] = list(msg.tokens)
+        self._send(msg)
+
+    def take(self) -> Dict[int, List[int]]:
+        blocks, self.blocks = self.blocks, {}
+        return blocks
+
+
+class SpeculativeTally:
+    """Sums the engine's statistics (:class:`specdec.engine.stats.DecisionStats`) over decisions.
+
+    ``acceptance_rate`` is the engine's: accepted draft tokens / drafted tokens, where a drafted
+    stop token the target agrees with is not counted (the result names it as the target's next
+    token, the block being cut there). ``agreement_rate`` counts it: drafted tokens that the
+    target committed as they were drafted / drafted tokens (needs the sent blocks). With answers
+    of 2-3 tokens the difference is large: a perfect draft of ``left 30 <|im_end|>`` has an
+    acceptance of 2/3 and an agreement of 3/3.
+
+    ``hint_accuracy`` is the engine's (the first hint of every round named the exact result);
+    ``open_hint_accuracy`` counts only rounds that were followed by another round - the ones whose
+    hint can save a drafting pass (a decision's last round ends it, nothing is pre-drafted).
+    """
+
+    FIELDS = ("decisions", "drafted", "accepted", "agreed", "rounds", "tokens", "hints", "hints_correct",
+              "open_hints", "open_hints_correct", "predrafts", "predraft_hits", "lossless_mismatches")
+
+    def __init__(self):
+        self.counts = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, stats, lossless: bool = True, blocks: Optional[Dict[int, List[int]]] = None) -> None:
+        c = self.counts
+        c["decisions"] += 1
+        c["drafted"] += stats.drafted_tokens
+        c["accepted"] += stats.accepted_tokens
+        for rs in stats.round_log:
+            block = (blocks or {}).get(rs.round, [])
+            c["agreed"] += rs.accepted + int(rs.accepted < len(block) and block[rs.accepted] == rs.next_token)
+        c["rounds"] += stats.rounds
+        c["tokens"] += stats.new_tokens
+        c["hints"] += stats.hints
+        c["hints_correct"] += stats.hints_correct
+        c["predrafts"] += stats.predrafts
+        c["predraft_hits"] += stats.predraft_hits
+        c["lossless_mismatches"] += int(not lossless)
+        for rs in stats.round_log[:-1]:
+            c["open_hints"] += int(rs.hint)
+            c["open_hints_correct"] += int(rs.hint and rs.hint_correct)
+
+    def summary(self) -> dict:
+        c = self.counts
+        return {"acceptance_rate": round(c["accepted"] / max(1, c["drafted"]), 4),
+                "agreement_rate": round(c["agreed"] / max(1, c["drafted"]), 4),
+                "tokens_per_round": round(c["tokens"] / max(1, c["rounds"]), 3),
+                "hint_accuracy": round(c["hints_correct"] / max(1, c["hints"]), 4),
+                "open_hint_accuracy": round(c["open_hints_correct"] / max(1, c["open_hints"]), 4),
+                "predraft_hit_rate": round(c["predraft_hits"] / max(1, c["predrafts"]), 4), **c}
+
+
+def bench_frames(n_frames: int) -> list:
+    """``(instruction, RGB image)`` of the benchmark's Go2 workload (expert rollouts on seeds no
+    training run draws): the held-out frames the acceptance bar is measured on."""
+    from bench.workloads import go2_workload
+
+    return go2_workload(n_frames, max_new_tokens=8).items
+
+
+@torch.no_grad()
+def evaluate_frames(draft, target, heads, items: Sequence[tuple], gamma: int = 4, progress: bool = True) -> dict:
+    """Speculative decoding (early-exit hints, pre-drafting) on fixed ``(instruction, image)``
+    items, each checked against the target alone, and the draft alone: how often its whole
+    greedy answer is the target's (``draft_alone_agreement``)."""
+    from tqdm import tqdm
+
+    tally, same = SpeculativeTally(), 0
+    with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8,
+                                 draft_length="fixed") as runner:
+        sent = SentBlocks(runner.edge.transport)
+        for instruction, image in tqdm(items, desc="eval frames", disable=not progress, leave=False):
+            reference = greedy_decode(target, instruction, image)
+            result = runner.generate(instruction, image, DecodingMode.SPECULATIVE_EARLY_EXIT)
+            tally.add(result.stats, list(result.tokens) == reference, sent.take())
+            same += int(greedy_decode(draft, instruction, image) == reference)
+    from training.costs import cost_ratio
+
+    return {"frames": len(items), "gamma": gamma, "draft_alone_agreement": round(same / max(1, len(items)), 4),
+            "per_token_cost": cost_ratio(draft, target, *items[0]) if items else None, **tally.summary()}
+
+
+SEARCH_TURN = "left 60"  # the expert's search turn (go2_sim.expert.ExpertConfig.search_turn_deg)
+FAILURE_KINDS = ("said done elsewhere", "never found", "back-and-forth", "at the object, no done", "other")
+
+
+def failure_kind(result) -> str:
+    """What went wrong in a failed episode (a :class:`go2_sim.closed_loop.EpisodeResult`), from its
+    end state and its actions: ``done`` said away from the object (usually at its same-colour
+    twin); still searching at the end (the search turn in most of the last ten decisions); turning
+    or strafing back and forth (at least four reversals in the last eight decisions, as in front of
+    an obstacle); at the object but never saying ``done``; anything else."""
+    last = result.actions[-10:]
+    if result.said_done:
+        return "said done elsewhere"
+    if result.reached:
+        return "at the object, no done"
+    if sum(a == SEARCH_TURN for a in last) >= 6:
+        return "never found"
+    opposite = {"left": "right", "right": "left", "strafe_left": "strafe_right", "strafe_right": "strafe_left"}
+    verbs = [a.split(" ")[0] for a in result.actions[-8:]]
+    reversals = sum(opposite.get(a) == b for a, b in zip(verbs, verbs[1:]))
+    return "back-and-forth" if reversals >= 4 else "other"
+
+
 def _summary(res: dict) -> dict:
     results = res["results"]
+    failed = [failure_kind(r) for r in results if not r.success]
     return {"episodes": res["episodes"], "success_rate": res["success_rate"], "reached_rate": res["reached_rate"],
             "mean_decisions": round(res["mean_decisions"], 2),
             "invalid_actions": sum(r.invalid for r in results),
             "said_done_elsewhere": sum(r.said_done and not r.success for r in results),
+            "failure_kinds": {kind: failed.count(kind) for kind in FAILURE_KINDS},
             "successes": [r.seed for r in results if r.success],
             # what went wrong, episode by episode: where the robot ended and its last actions
             "failures": [{"seed": r.seed, "said_done": r.said_done, "decisions": r.decisions,
@@ -108,17 +237,15 @@ def closed_loop(policy, seeds: Sequence[int], name: str, max_decisions: int = 40
 
 def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEEDS, gamma: int = 4,
                   max_decisions: int = 40, threads: int = 2, progress: bool = True, log=print,
-                  include_expert: bool = True, validation_seeds: Sequence[int] = ()) -> dict:
+                  include_expert: bool = True, validation_seeds: Sequence[int] = (),
+                  bench_frame_count: int = 0) -> dict:
     """Closed loop on seeded episodes: expert, target alone, draft alone, speculative decoding;
-    and the target alone on ``validation_seeds`` (``target_validation``), the seeds recipes are
-    chosen on.
+    the target alone on ``validation_seeds`` (``target_validation``), the seeds recipes are
+    chosen on; and :func:`evaluate_frames` on ``bench_frame_count`` benchmark frames.
 
     Speculative decoding runs with the exit heads (early-exit hints + pre-drafting) and, at every
     decision, is also checked against the target alone on the same frame (lossless check).
     """
-    from specdec.engine.local import LocalSpeculativeDecoder
-    from specdec.protocol import DecodingMode
-
     from go2_sim.expert import expert_policy
 
     old_threads = torch.get_num_threads()
@@ -160,38 +287,31 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
             report["target_validation"]["seeds"] = [val[0], val[-1]]
         report["draft"] = run("draft", greedy_policy(draft))[1]
 
-        spec = {"drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0, "hints": 0, "hints_correct": 0,
-                "decisions": 0, "mismatches": 0, "reference_decodes": 0}
-        with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8) as runner:
+        tally, reference_decodes = SpeculativeTally(), 0
+        with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8,
+                                     draft_length="fixed") as runner:
+            sent = SentBlocks(runner.edge.transport)
+
             def spec_policy(env):
+                nonlocal reference_decodes
                 image = bgr_to_rgb(env.render())
                 result = runner.generate(env.instruction, image, DecodingMode.SPECULATIVE_EARLY_EXIT)
-                st = result.stats
-                spec["drafted"] += st.drafted_tokens
-                spec["accepted"] += st.accepted_tokens
-                spec["rounds"] += st.rounds
-                spec["tokens"] += st.new_tokens
-                spec["hints"] += st.hints
-                spec["hints_correct"] += st.hints_correct
-                spec["decisions"] += 1
                 reference = target_tokens.get(frame_key(env, image))
                 if reference is None:
                     reference = greedy_decode(target, env.instruction, image)
-                    spec["reference_decodes"] += 1
-                if list(result.tokens) != reference:
-                    spec["mismatches"] += 1
+                    reference_decodes += 1
+                tally.add(result.stats, list(result.tokens) == reference, sent.take())
                 return result.text
 
             spec_res, report["speculative"] = run("speculative", spec_policy)
         same = all(a.actions == b.actions and a.success == b.success
                    for a, b in zip(target_res["results"], spec_res["results"]))
-        report["speculative"].update(
-            acceptance_rate=round(spec["accepted"] / max(1, spec["drafted"]), 4),
-            tokens_per_round=round(spec["tokens"] / max(1, spec["rounds"]), 3),
-            hint_accuracy=round(spec["hints_correct"] / max(1, spec["hints"]), 4),
-            decisions=spec["decisions"], lossless_mismatches=spec["mismatches"],
-            reference_decodes=spec["reference_decodes"],
-            same_outcomes_as_target=same, **{k: spec[k] for k in ("drafted", "accepted", "rounds")})
+        report["speculative"].update(reference_decodes=reference_decodes, same_outcomes_as_target=same,
+                                     **tally.summary())
+        if bench_frame_count:
+            report["bench_frames"] = evaluate_frames(draft, target, heads, bench_frames(bench_frame_count), gamma,
+                                                     progress)
+            log(f"go2 eval bench frames: acceptance {report['bench_frames']['acceptance_rate']:.3f}")
         return report
     finally:
         torch.set_num_threads(old_threads)
@@ -201,7 +321,8 @@ def evaluate_and_save(out_dir: Optional[str] = None, episodes: int = len(EVAL_SE
                       log=print) -> dict:
     """:func:`evaluate_pair` on seeds 0..episodes-1, written to ``path`` (default: the eval report)
     with the fingerprints of the weights it evaluated."""
-    report = evaluate_pair(out_dir, seeds=range(episodes), log=log, validation_seeds=VALIDATION_SEEDS)
+    report = evaluate_pair(out_dir, seeds=range(episodes), log=log, validation_seeds=VALIDATION_SEEDS,
+                           bench_frame_count=BENCH_FRAMES)
     paths = go2_pair_paths(out_dir)
     report["weights"] = (read_json(paths.train_report) or {}).get("fingerprints")
     with open(path or paths.eval_report, "w") as f:

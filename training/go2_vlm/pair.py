@@ -165,6 +165,36 @@ def build_model(spec: PairSpec, tok, seed: int = 0):
     return model
 
 
+def draft_from_target(target, layers: Sequence[int], tok):
+    """A draft that starts as a copy of ``target`` keeping only the decoder ``layers`` (its vision
+    tower, embeddings, final norm and head whole): the cheapest start for a draft that must say
+    what the target says, since its image features and output space begin as the target's."""
+    from dataclasses import replace
+
+    draft = build_model(replace(spec_of(target), layers=len(layers)), tok)
+    source = target.state_dict()
+    prefix = "model.language_model.layers."
+    state = {}
+    for name in draft.state_dict():
+        if name.startswith(prefix):
+            index, rest = name[len(prefix):].split(".", 1)
+            name_in_target = f"{prefix}{layers[int(index)]}.{rest}"
+        else:
+            name_in_target = name
+        state[name] = source[name_in_target].detach().clone()
+    draft.load_state_dict(state)
+    return draft
+
+
+def spec_of(model) -> PairSpec:
+    """The :class:`PairSpec` a built model has (read from its config)."""
+    text, vision = model.config.text_config, model.config.vision_config
+    return PairSpec(hidden=text.hidden_size, layers=text.num_hidden_layers, heads=text.num_attention_heads,
+                    kv_heads=text.num_key_value_heads, intermediate=text.intermediate_size,
+                    vision_dim=vision.embed_dim, vision_depth=vision.depth, vision_heads=vision.num_heads,
+                    mrope_section=tuple(text.rope_parameters["mrope_section"]))
+
+
 # -- saving / loading --------------------------------------------------------------------------
 def save_processor(processor, path: str) -> None:
     """Save the processor so :func:`specdec.models.loading.load_model` rebuilds it.

@@ -1,29 +1,17 @@
-"""Training of the Go2 VLM pair: target, DAgger round, draft (distilled), early exits."""
+"""Optimising one model of the Go2 VLM pair on :class:`~.data.Go2Data`: the answer loss (expert
+labels, ordinal smoothing, distillation), the auxiliary vision and state heads, the training loop,
+accuracy measures and the teacher pass. :mod:`.build` runs these in the recipe's order."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from specdec.models.artefacts import go2_pair_paths
-
-from .config import TrainConfig, recipe_sha
-from .data import (COMBOS, Go2Data, assemble_dataset, collect_chunks, data_jobs, expert_chunks, set_rollout_policy,
-                   training_rows)
-from .pair import (DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, artefacts_exist,
-                   build_model, build_processor, build_tokenizer, read_json, save_processor)
-
-
-def up_to_date(out_dir: Optional[str] = None) -> bool:
-    """The pair in ``out_dir`` (default: the committed one) exists and was trained with the current recipe."""
-    report = read_json(go2_pair_paths(out_dir).train_report) or {}
-    return artefacts_exist(out_dir) and report.get("recipe_sha") == recipe_sha(TrainConfig())
+from .data import COMBOS, Go2Data
+from .pair import IMAGE_H, IMAGE_W, MERGE, PATCH, build_tokenizer
 
 
 def _positions(model, data: Go2Data, batch: int) -> torch.Tensor:
@@ -35,7 +23,7 @@ def _positions(model, data: Go2Data, batch: int) -> torch.Tensor:
     return pos.expand(-1, batch, -1).contiguous()
 
 
-def _forward_answers(model, data: Go2Data, rows: torch.Tensor, pos_cache: Dict[int, torch.Tensor],
+def answer_logits(model, data: Go2Data, rows: torch.Tensor, pos_cache: Dict[int, torch.Tensor],
                      features: Optional[dict] = None):
     """Logits [B, A, V] at the answer positions of ``rows`` (one teacher-forced pass).
 
@@ -83,7 +71,7 @@ def answer_accuracy(model, data: Go2Data, rows: torch.Tensor, batch: int = 64) -
     verb_ok = all_ok = 0
     for i in range(0, len(rows), batch):
         r = rows[i:i + batch]
-        pred = _forward_answers(model, data, r, pos_cache).argmax(-1)
+        pred = answer_logits(model, data, r, pos_cache).argmax(-1)
         tgt = data.targets[r]
         mask = tgt != -100
         verb_ok += int((pred[:, 0] == tgt[:, 0]).sum())
@@ -344,7 +332,7 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
             if step >= total:
                 break
             feats: dict = {}
-            loss = _answer_loss(_forward_answers(model, data, r, pos_cache, feats), data, r, teacher_logp, kd_alpha)
+            loss = _answer_loss(answer_logits(model, data, r, pos_cache, feats), data, r, teacher_logp, kd_alpha)
             if aux is not None:
                 loss = loss + aux_weight * aux.loss(data, r, feats)
             opt.zero_grad(set_to_none=True)
@@ -394,7 +382,7 @@ def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 
     try:
         for i in tqdm(range(0, n, batch), desc="target labels", disable=not progress, leave=False):
             r = torch.arange(i, min(n, i + batch))
-            logits = _forward_answers(model, data, r, pos_cache)
+            logits = answer_logits(model, data, r, pos_cache)
             logp = torch.log_softmax(logits, -1).cpu()
             logp_all[r] = logp.half()
             mask = data.targets[r].cpu() != -100
@@ -415,159 +403,3 @@ def teacher_pass(model, data: Go2Data, exit_layers: Sequence[int], batch: int = 
                     topk_logp=torch.cat(top_logp), hidden={k: torch.cat(v) for k, v in hidden.items()},
                     kinds=[])
     return logp_all, labels
-
-
-def _labels_subset(labels, held_out: torch.Tensor):
-    rows_h = torch.nonzero(held_out[labels.seq]).flatten()
-    rows_t = torch.nonzero(~held_out[labels.seq]).flatten()
-    return labels.subset(rows_t), labels.subset(rows_h)
-
-
-def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[TrainConfig] = None,
-          progress: bool = True, log=print, device: str = "cpu", target_only: bool = False) -> dict:
-    """Train target, draft and exit adapters from scratch and save them under ``out_dir``.
-
-    Idempotent: does nothing (returns ``{"skipped": True}``) when the artefacts exist, unless
-    ``force``. Deterministic for a :class:`TrainConfig` (fixed seeds, fixed data chunks) on one
-    device; ``device="cuda"`` trains on a GPU (same recipe, not the same bits as the CPU run:
-    the committed artefacts are the CPU ones ``make models`` rebuilds). ``target_only`` stops
-    after the target (recipe experiments: no draft, no exits, only ``out_dir/target``).
-    """
-    out_dir = go2_pair_paths(out_dir).root
-    if artefacts_exist(out_dir) and not force:
-        log(f"go2 vlm pair: artefacts present in {out_dir} (force=True retrains)")
-        return {"skipped": True, "out_dir": out_dir}
-    from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
-    from training.train_exits import train_exit_heads
-
-    cfg = config or TrainConfig()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    t_start = time.time()
-    try:
-        report: Dict[str, object] = {"config": asdict(cfg)}
-        t = time.time()
-        chunks = expert_chunks(cfg, progress)
-
-        def prepare(chunks):
-            """Tensors of ``chunks`` on ``device``, with the rows to train on and the held-out rows."""
-            data = assemble_dataset(chunks, cfg, log)
-            rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat, cfg.boundary_repeat)
-            return data.to(device), rows, torch.nonzero(data.held_out).flatten()
-
-        data, train_rows, held_rows = prepare(chunks)
-        report["data"] = {"frames": len(data), "held_out": int(data.held_out.sum()), "prompt_len": data.prompt_len,
-                          "seconds": round(time.time() - t, 1)}
-        tok = build_tokenizer()
-        processor = build_processor(tok)
-
-        held_frames = torch.unique(data.frame[held_rows]).cpu()
-        target = build_model(TARGET_SPEC, tok, seed=cfg.seed).to(device)
-        if cfg.vision_warmup_steps > 0:
-            report["vision_warmup"] = warm_up_vision(
-                target, data, train_rows, steps=cfg.vision_warmup_steps, frames_per_step=cfg.vision_warmup_frames,
-                lr=cfg.vision_warmup_lr, seed=cfg.seed + 6, progress=progress)
-            report["vision_warmup"].update(held_out=shape_accuracy(target, data, held_frames))
-            log(f"go2 vision warm-up: {report['vision_warmup']}")
-        report["target"] = train_model(target, data, train_rows, steps=cfg.target_steps, batch=cfg.target_batch,
-                                       lr=cfg.target_lr, seed=cfg.seed + 1, weight_decay=cfg.weight_decay,
-                                       aux_weight=cfg.aux_weight, object_weight=cfg.object_weight,
-                                       desc="go2 target", progress=progress)
-        report["target"].update(held_out={**answer_accuracy(target, data, held_rows),
-                                          **shape_accuracy(target, data, held_frames)},
-                                params=sum(p.numel() for p in target.parameters()))
-        log(f"go2 target: {report['target']}")
-
-        if cfg.dagger_episodes > 0:
-            # DAgger: the states the trained target reaches on its own (drifted off the expert's
-            # path, pressed against an object), labelled by the expert, then fine-tune on all data.
-            t = time.time()
-            set_rollout_policy(target.cpu(), processor)
-            first = len(chunks)
-            chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, learner_driven=True), cfg.workers,
-                                             desc="go2 dagger rollouts (chunks)", progress=progress)
-            data, train_rows, held_rows = prepare(chunks)
-            target.to(device)
-            rollout_s = round(time.time() - t, 1)
-            report["dagger"] = train_model(target, data, train_rows, steps=cfg.dagger_steps, batch=cfg.target_batch,
-                                           lr=cfg.dagger_lr, seed=cfg.seed + 5, weight_decay=cfg.weight_decay,
-                                           aux_weight=0.0, desc="go2 target (dagger)", progress=progress)
-            report["dagger"].update(rollout_seconds=rollout_s, held_out=answer_accuracy(target, data, held_rows))
-            log(f"go2 dagger: {report['dagger']}")
-
-        if target_only:
-            path = go2_pair_paths(out_dir).target
-            os.makedirs(path, exist_ok=True)
-            target.cpu().save_pretrained(path)
-            save_processor(processor, path)
-            report["total_seconds"] = round(time.time() - t_start, 1)
-            return report
-
-        t = time.time()
-        teacher_logp, labels = teacher_pass(target, data, EXIT_LAYERS, progress=progress)
-        report["teacher_pass_seconds"] = round(time.time() - t, 1)
-
-        draft = build_model(DRAFT_SPEC, tok, seed=cfg.seed + 2).to(device)
-        report["draft"] = train_model(draft, data, train_rows, steps=cfg.draft_steps, batch=cfg.draft_batch,
-                                      lr=cfg.draft_lr, seed=cfg.seed + 3, weight_decay=cfg.weight_decay,
-                                      teacher_logp=teacher_logp, kd_alpha=cfg.kd_alpha, aux_weight=cfg.aux_weight,
-                                      object_weight=cfg.object_weight,
-                                      desc="go2 draft",
-                                      progress=progress)
-        report["draft"].update(held_out={**answer_accuracy(draft, data, held_rows),
-                                         **shape_accuracy(draft, data, held_frames)},
-                               params=sum(p.numel() for p in draft.parameters()))
-        log(f"go2 draft: {report['draft']}")
-
-        train_labels, held_labels = _labels_subset(labels, data.held_out)
-        heads, exit_report = train_exit_heads(
-            target, train_labels, list(EXIT_LAYERS), adapter=cfg.exit_adapter, rank=cfg.exit_rank,
-            epochs=cfg.exit_epochs, batch=512, lr=cfg.exit_lr, n_random=4096, seed=cfg.seed + 4,
-            held_out=held_labels, progress=progress, log=log)
-        report["exits"] = exit_report
-        log(f"go2 exits: {json.dumps(exit_report['per_layer'])}")
-        target.cpu(), draft.cpu(), heads.cpu()
-
-        # save (to a temporary folder first, so an interrupted run leaves no half artefacts)
-        tmp = out_dir.rstrip("/") + ".tmp"
-        if os.path.exists(tmp):
-            import shutil
-
-            shutil.rmtree(tmp)
-        p = go2_pair_paths(tmp)
-        for model, path in ((target, p.target), (draft, p.draft)):
-            os.makedirs(path, exist_ok=True)
-            model.save_pretrained(path)
-            save_processor(processor, path)
-        heads.save(p.exits, extra_metadata={"trained_on": "go2_sim expert frames (answer positions)"})
-        report["fingerprints"] = {"tokenizer": tokenizer_fingerprint(tok), "target": model_fingerprint(target),
-                                  "draft": model_fingerprint(draft)}
-        report["total_seconds"] = round(time.time() - t_start, 1)
-        report["threads"] = cfg.threads
-        report["recipe_sha"] = recipe_sha(cfg)
-        with open(p.train_report, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        _replace_dir(tmp, out_dir)
-        log(f"go2 vlm pair: trained in {report['total_seconds']} s -> {out_dir}")
-        return report
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _replace_dir(src: str, dst: str) -> None:
-    """Move the trained folders of ``src`` into ``dst`` (other files in ``dst`` are kept)."""
-    import shutil
-
-    os.makedirs(dst, exist_ok=True)
-    for name in os.listdir(src):
-        target = os.path.join(dst, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
-        shutil.move(os.path.join(src, name), target)
-    shutil.rmtree(src)
-
-
-# -- closed-loop evaluation ---------------------------------------------------------------------

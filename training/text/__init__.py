@@ -6,7 +6,7 @@ Modules (each also a ``python -m`` entry point where it makes sense):
   data          - pluggable data sources for exit training (text now, image+prompt later)
   distill_draft - build / distil / assemble the small draft that shares the target's embeddings
   exits         - the command line of exit training on text data
-  evaluate      - acceptance rate through the engine, losslessness, exit agreement vs depth
+  evaluate      - acceptance rate through the engine, losslessness, exit agreement vs depth, cost
 
 Exit training and the target labelling it shares with the Go2 pair are one level up
 (:mod:`training.train_exits`, :mod:`training.teacher`).

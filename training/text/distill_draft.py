@@ -14,6 +14,12 @@ normal HF folder under ``.cache/models/<draft>/`` by adding the target's embeddi
 tokenizer files; the trained weights are rounded to fp16 in memory before saving, so the
 assembled draft equals the trained one exactly.
 
+Reduced head (optional): the draft proposes only the ``K`` tokens the target says most often
+(:func:`frequent_tokens`) - its LM head is most of its cost - and is distilled as it will propose,
+with the target's distribution renormalised over those tokens. The committed folder then holds
+their ids (``head_token_ids.safetensors``); :func:`assemble` writes the head
+(``draft_head.safetensors``, :mod:`specdec.models.draft_head`) from the target's own rows.
+
     python -m training.text.distill_draft --target .cache/models/smollm2-135m-instruct \\
         --layers 4 --data text --out models/smollm2-135m-draft
     python -m training.text.distill_draft --assemble models/smollm2-135m-draft \\
@@ -40,6 +46,7 @@ from ..teacher import Labels
 DRAFT_CONFIG = "draft_config.json"
 DRAFT_FORMAT = "specdec-draft/1"
 SHARED_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
+HEAD_IDS = "head_token_ids.safetensors"  # the reduced head's vocabulary (committed; its rows are the target's)
 MANIFEST = "specdec_draft.json"
 
 
@@ -76,6 +83,32 @@ def build_draft(target, init_layers: Sequence[int]):
     return draft
 
 
+def frequent_tokens(labels: Labels, k: int) -> torch.Tensor:
+    """The ``k`` tokens the target says most often (its top-1 at the generated positions of
+    ``labels``; ties broken by id), ascending: the vocabulary of a reduced draft head."""
+    rows = labels.generated_rows()
+    counts = torch.bincount(labels.topk_ids[rows, 0], minlength=int(labels.topk_ids.max()) + 1)
+    order = sorted(range(len(counts)), key=lambda t: (-int(counts[t]), t))
+    return torch.tensor(sorted(order[:k]), dtype=torch.long)
+
+
+def _head_kl(hidden, weight, t_ids, t_logp, head_ids: Optional[torch.Tensor], n_random: int, gen) -> torch.Tensor:
+    """KL(target || draft) on a candidate vocabulary. With ``head_ids`` the draft can only say
+    those tokens (its reduced head): candidates are drawn from them, and the target's top-k is
+    renormalised over the ones the head has (rows where it has none are skipped)."""
+    if head_ids is None:
+        cand = candidate_set(t_ids, weight.shape[0], n_random, gen)
+        return kl_on_candidates(hidden @ weight[cand].t(), torch.searchsorted(cand, t_ids), t_logp)
+    inside = torch.isin(t_ids, head_ids)
+    keep = inside.any(-1)
+    t_ids, t_logp, inside, hidden = t_ids[keep], t_logp[keep], inside[keep], hidden[keep]
+    extra = head_ids[torch.randint(0, len(head_ids), (n_random,), generator=gen)] if n_random else head_ids[:0]
+    cand = torch.unique(torch.cat([t_ids[inside], extra.to(t_ids.device)]))
+    index = torch.searchsorted(cand, t_ids).clamp_max(len(cand) - 1)
+    masked = torch.where(inside, t_logp.float(), torch.full_like(t_logp.float(), float("-inf")))
+    return kl_on_candidates(hidden @ weight[cand].t(), index, masked)
+
+
 def own_state(draft) -> Dict[str, torch.Tensor]:
     """The draft's own (trained) tensors: everything but the shared embeddings / LM head."""
     return {k: v for k, v in draft.state_dict().items() if k not in SHARED_KEYS}
@@ -98,8 +131,11 @@ def _shards(state: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]
     return shards
 
 
-def save_committed(draft, target, tokenizer, out_dir: str, info: dict) -> List[str]:
-    """Write the small committed artefact (config + fp16 shards of the draft's own weights)."""
+def save_committed(draft, target, tokenizer, out_dir: str, info: dict,
+                   head_ids: Optional[torch.Tensor] = None) -> List[str]:
+    """Write the small committed artefact (config + fp16 shards of the draft's own weights, and
+    the token ids of its reduced head: its weights are the target's rows, rebuilt by
+    :func:`assemble`)."""
     from safetensors.torch import save_file
 
     round_to_fp16_(draft)
@@ -116,6 +152,12 @@ def save_committed(draft, target, tokenizer, out_dir: str, info: dict) -> List[s
         for key in sorted(tensors):
             digest.update(key.encode())
             digest.update(tensors[key].numpy().tobytes())
+    head = {}
+    if head_ids is not None:
+        ids = torch.as_tensor(head_ids, dtype=torch.long).contiguous()
+        save_file({"token_ids": ids}, os.path.join(out_dir, HEAD_IDS), metadata={"format": DRAFT_FORMAT})
+        digest.update(ids.numpy().tobytes())
+        head = {"head_tokens": HEAD_IDS, "head_size": len(ids)}
     meta = {
         "format": DRAFT_FORMAT,
         "config": {k: v for k, v in draft.config.to_dict().items() if k != "_name_or_path"},
@@ -124,6 +166,7 @@ def save_committed(draft, target, tokenizer, out_dir: str, info: dict) -> List[s
         "target_fingerprint": model_fingerprint(target),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "shared_from_target": list(SHARED_KEYS),
+        **head,
         **info,
     }
     with open(os.path.join(out_dir, DRAFT_CONFIG), "w") as handle:
@@ -187,6 +230,13 @@ def assemble(committed_dir: str, target_dir: str, out_dir: str, force: bool = Fa
     shutil.rmtree(tmp, ignore_errors=True)
     draft.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(target_dir).save_pretrained(tmp)
+    if meta.get("head_tokens"):
+        from safetensors.torch import load_file
+
+        from specdec.models.draft_head import make_head, save_draft_head
+
+        ids = load_file(os.path.join(committed_dir, meta["head_tokens"]))["token_ids"]
+        save_draft_head(tmp, make_head(ids, draft.lm_head.weight.detach()[ids].clone()), draft.config.vocab_size)
     with open(os.path.join(tmp, MANIFEST), "w") as handle:
         json.dump({**want, "committed_dir": os.path.basename(os.path.normpath(committed_dir))}, handle, indent=2)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -245,8 +295,10 @@ def _collate(labels: Labels, by_seq, batch: List[int], device):
 
 
 @torch.no_grad()
-def evaluate_draft(draft, labels: Labels, seq_ids: Optional[List[int]] = None, max_tokens: int = 4096) -> dict:
-    """Top-1 agreement of the draft with the target's next token, teacher-forced, full vocabulary."""
+def evaluate_draft(draft, labels: Labels, seq_ids: Optional[List[int]] = None, max_tokens: int = 4096,
+                   head_ids: Optional[torch.Tensor] = None) -> dict:
+    """Top-1 agreement of the draft with the target's next token, teacher-forced, over the full
+    vocabulary or, with ``head_ids``, over its reduced head (the rest can never be proposed)."""
     device = draft.lm_head.weight.device
     by_seq = _sequence_rows(labels)
     seq_ids = sorted(by_seq) if seq_ids is None else seq_ids
@@ -256,6 +308,10 @@ def evaluate_draft(draft, labels: Labels, seq_ids: Optional[List[int]] = None, m
         ids, mask, b_idx, p_idx, rows = _collate(labels, by_seq, batch, device)
         hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state[b_idx, p_idx]
         logits = draft.lm_head(hidden).float()
+        if head_ids is not None:
+            outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=device)
+            outside[head_ids.to(device)] = False
+            logits[:, outside] = -1e4  # never the argmax; keeps the KL finite
         a, k = full_vocab_stats(logits, labels.topk_ids[rows].to(device), labels.topk_logp[rows].to(device))
         agree, kl, n = agree + a, kl + k, n + len(rows)
         if labels.kinds:
@@ -284,10 +340,13 @@ def distill(
     n_random: int = 2048,
     seed: int = 0,
     held_out_every: int = 10,
+    head_ids: Optional[torch.Tensor] = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train the draft's own layers on ``labels``; returns stats (held-out agreement before/after)."""
+    """Train the draft's own layers on ``labels``; returns stats (held-out agreement before/after).
+    With ``head_ids`` the draft is trained and measured as it will propose: through a reduced
+    head over those tokens (:func:`_head_kl`)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -299,7 +358,7 @@ def distill(
     all_seqs = sorted(by_seq)
     held = [s for s in all_seqs if s % held_out_every == held_out_every - 1]
     train = [s for s in all_seqs if s % held_out_every != held_out_every - 1]
-    before = evaluate_draft(draft, labels, held) if held else {}
+    before = evaluate_draft(draft, labels, held, head_ids=head_ids) if held else {}
     params = [p for n, p in draft.named_parameters() if p.requires_grad and n not in SHARED_KEYS]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
@@ -321,10 +380,8 @@ def distill(
                 break
             ids, mask, b_idx, p_idx, rows = _collate(labels, by_seq, batches[bi], device)
             hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state[b_idx, p_idx]
-            t_ids = labels.topk_ids[rows].to(device)
-            t_logp = labels.topk_logp[rows].to(device)
-            cand = candidate_set(t_ids, weight.shape[0], n_random, gen)
-            loss = kl_on_candidates(hidden @ weight[cand].t(), torch.searchsorted(cand, t_ids), t_logp)
+            loss = _head_kl(hidden, weight, labels.topk_ids[rows].to(device), labels.topk_logp[rows].to(device),
+                            head_ids if head_ids is None else head_ids.to(device), n_random, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -338,8 +395,9 @@ def distill(
     draft.eval()
     elapsed = time.time() - start
     round_to_fp16_(draft)
-    after = evaluate_draft(draft, labels, held) if held else {}
+    after = evaluate_draft(draft, labels, held, head_ids=head_ids) if held else {}
     return {
+        "head_tokens": len(head_ids) if head_ids is not None else None,
         "train_seconds": round(elapsed, 1),
         "steps": total,
         "epochs": epochs,

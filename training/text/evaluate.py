@@ -70,6 +70,19 @@ def reference_decode(target, tokenizer, prompts: List[corpus.Prompt], max_new_to
     return Labels.concat(parts)
 
 
+def _per_token_cost(draft, target, tokenizer, draft_dir: str, prompt: corpus.Prompt) -> dict:
+    """:func:`training.costs.cost_ratio` of the draft as served (its reduced head) and the target."""
+    from specdec.models.adapters import wrap_model
+    from specdec.models.draft_head import use_draft_head
+
+    from ..costs import cost_ratio
+
+    template = prompt.kind == "chat"
+    d = wrap_model(draft, tokenizer, use_chat_template=template)
+    use_draft_head(d, draft_dir)
+    return cost_ratio(d, wrap_model(target, tokenizer, use_chat_template=template), prompt.text)
+
+
 def evaluate(
     target_dir: Optional[str] = None,
     draft_dir: Optional[str] = None,
@@ -86,6 +99,7 @@ def evaluate(
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from specdec.models.draft_head import use_draft_head
     from specdec.models.early_exit import EarlyExitHeads
     from ..train_exits import evaluate_exits
 
@@ -113,8 +127,10 @@ def evaluate(
         for kind in ("chat", "prose"):
             use_template = kind == "chat"
             d = wrap_model(draft, tokenizer, use_chat_template=use_template)
+            use_draft_head(d, draft_dir)  # propose as the served draft does
             t = wrap_model(target, tokenizer, use_chat_template=use_template)
-            decoders[kind] = LocalSpeculativeDecoder(d, t, gamma=gamma, max_new_tokens=max_new_tokens)
+            decoders[kind] = LocalSpeculativeDecoder(d, t, gamma=gamma, max_new_tokens=max_new_tokens,
+                                                     draft_length="fixed")
         for i, prompt in enumerate(tqdm(prompts, desc="eval: speculative", disable=not progress, leave=False)):
             result = decoders[prompt.kind].generate(prompt.text, mode=DecodingMode.SPECULATIVE)
             n_prompt = len(prompt_ids(tokenizer, prompt))
@@ -182,6 +198,7 @@ def evaluate(
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
         "seconds": {"target_alone": round(ref_seconds, 1), "speculative": round(spec_seconds, 1)},
+        "per_token_cost": _per_token_cost(draft, target, tokenizer, draft_dir, prompts[0]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "per_prompt": rows,
     }
@@ -224,6 +241,11 @@ def markdown(result: dict) -> str:
                 f"| {100 * row['lens_agreement']:.1f}% | {row['kl']:.3f} |"
                 + (f" {100 * row['agreement_all_positions']:.1f}% |" if has_all else "")
             )
+    cost = result.get("per_token_cost")
+    if cost:
+        lines += ["", f"Per-token cost (`training.costs`: one decoded token, one torch thread, thread CPU time, best of 5):"
+                  f" draft {cost['draft_ms']} ms (as it proposes, through its reduced head when it has one), target"
+                  f" {cost['target_ms']} ms: **{cost['ratio']:.2f}x**."]
     lines += ["", f"Timing: target alone {result['seconds']['target_alone']} s, "
               f"speculative {result['seconds']['speculative']} s ({result['machine']})."]
     return "\n".join(lines) + "\n"
