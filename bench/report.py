@@ -237,13 +237,15 @@ def _fleet_section(report: dict) -> List[str]:
             rows = [r for r in wl["fleet"] if r["profile"] == profile and r["verifier"] == verifier]
             lines += [f"### {wl['workload']}, EMULATED shared cloud {profile}: K robots on one GPU "
                       f"({verifier} verifier)", "",
-                      f"Each robot decides, then moves for {rows[0]['think_s']:.2f} s (the closed loop's mean motion "
-                      "time per decision) before its next decision; robots start at random offsets.", ""]
+                      (f"Each robot decides, then moves for {rows[0]['think_s']:.2f} s before its next decision; "
+                       "robots start at random offsets." if rows[0]["think_s"] > 0 else
+                       "Robots decide back to back (no motion between decisions): the verifier's capacity."), ""]
             lines += table(["emulated: robots", "mode", "latency p50 / p90 ms", "GPU busy", "cloud GPU time/decision",
-                            "target passes/decision", "valid"],
+                            "target passes/decision", "decisions/s (tokens/s)", "valid"],
                            [[r["robots"], MODE_LABEL[r["mode"]], f"{r['latency_ms_median']:.0f} / "
                              f"{r['latency_ms_p90']:.0f}", f"{r['gpu_busy']:.2f}",
                              f"{r['cloud_s_per_decision'] * 1000:.1f} ms", f"{r['target_passes_per_decision']:.2f}",
+                             f"{r.get('decisions_per_s', 0):.1f} ({r.get('tokens_per_s', 0):.0f})",
                              ("yes" if r["valid"] else INVALID) + (f" ({len(r['errors'])} errors)" if r["errors"] else "")]
                             for r in rows])
             fewest = min(x["robots"] for x in rows)
@@ -260,6 +262,29 @@ def _fleet_section(report: dict) -> List[str]:
                         f"{MODE_LABEL[m]} {ratio(r['latency_ms_p90'], at8['cloud_only']['latency_ms_p90'])}"
                         for m, r in at8.items() if m != "cloud_only") + ".")
             lines.append("")
+        lines += _batching_gain(wl["fleet"])
+    return lines
+
+
+def _batching_gain(rows: List[dict]) -> List[str]:
+    """Per profile and mode, at the largest fleet both verifiers ran: the batched verifier's
+    decisions per second over the serialized one's, and its p90 against one robot's."""
+    lines = []
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            cell = {(r["verifier"], r["robots"]): r for r in rows if r["profile"] == profile and r["mode"] == mode}
+            both = sorted(k for v, k in cell if v == "batched" and ("serialized", k) in cell)
+            if not both:
+                continue
+            k, one = both[-1], min(both)
+            batched, serialized = cell[("batched", k)], cell[("serialized", k)]
+            lines.append(f"- {profile}, {MODE_LABEL[mode]}, {k} robots: batched verifier "
+                         f"{ratio(batched.get('decisions_per_s', 0), serialized.get('decisions_per_s', 0))} the serialized one's "
+                         f"decisions/s; p90 {ratio(batched['latency_ms_p90'], cell[('batched', one)]['latency_ms_p90'])} "
+                         f"its own with {one} robot{'s' if one > 1 else ''}.")
+    if lines:
+        lines = ["Batched vs serialized verifier (throughput ratio at the largest fleet; p90 against the "
+                 "smallest fleet's):", ""] + lines + [""]
     return lines
 
 

@@ -78,6 +78,7 @@ class Settings:
     cloud_finish_tokens: Optional[int] = None
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
+    fleet_think_s: Optional[float] = None  # robot's pause between decisions (None: the Go2's motion time; 0: saturated)
     assisted: bool = True
 
 
@@ -335,7 +336,10 @@ class WorkloadBench:
     def fleet(self, bp, pair, path, k, goal_runs):
         """K robots on one emulated GPU, per verifier kind: cloud-only vs speculative."""
         cfg, w = self.cfg, self.workload
-        think_s = (time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0) * k
+        think_s = cfg.fleet_think_s
+        if think_s is None:  # the Go2's mean motion time per decision
+            think_s = time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0
+        think_s *= k
         clock = self.edge_clock(pair.edge)
         ids = [f"robot{i:02d}" for i in range(max(cfg.fleet_robots))]
         link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
@@ -359,6 +363,10 @@ class WorkloadBench:
                             row = {"profile": bp.name, "verifier": verifier, "robots": robots, "mode": mode,
                                    "think_s": think_s / k, "valid": validity.valid, "errors": run["errors"],
                                    "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
+                                   # served per emulated second (demand-limited while robots move)
+                                   "decisions_per_s": len(run["results"]) * k / run["wall_s"] if run["wall_s"] else 0.0,
+                                   "tokens_per_s": sum(r.stats.new_tokens for r in run["results"]) * k / run["wall_s"]
+                                   if run["wall_s"] else 0.0,
                                    **summarise(run["results"], 1 / k)}
                             self.out["fleet"].append(row)
                             self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={robots:<2} {mode:<16} "
@@ -419,6 +427,9 @@ def main(argv=None):
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0)
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
+    parser.add_argument("--fleet-think-s", type=float, default=None,
+                        help="seconds a robot waits between decisions in the shared cloud (default: the Go2's mean "
+                             "motion time per decision; 0: back to back, the verifier's capacity)")
     parser.add_argument("--no-merge-first-block", action="store_true",
                         help="the cloud prefills at once instead of waiting for block 0")
     parser.add_argument("--cloud-finish-tokens", type=int, default=None,
@@ -436,6 +447,7 @@ def main(argv=None):
         cfg.profiles = args.profiles
     if args.fleet is not None:
         cfg.fleet_robots = args.fleet
+    cfg.fleet_think_s = args.fleet_think_s
     cfg.merge_first_block = not args.no_merge_first_block
     cfg.cloud_finish_tokens = args.cloud_finish_tokens
     os.makedirs(args.out, exist_ok=True)

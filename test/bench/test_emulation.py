@@ -178,3 +178,18 @@ def test_capacity_counts_robots_up_to_the_first_fleet_over_the_bar():
     rows += [{"mode": "speculative", "robots": k, "latency_ms_p90": 120, "valid": k != 8, "errors": []}
              for k in (1, 4, 8, 16)]
     assert shared_cloud.capacity(rows, 150) == {"cloud_only": 4, "speculative": 4}
+
+
+def test_batching_gain_compares_the_verifiers_at_the_largest_common_fleet():
+    from bench.report import _batching_gain
+
+    def row(verifier, robots, rate, p90):
+        return {"profile": "p", "mode": "cloud_only", "verifier": verifier, "robots": robots,
+                "decisions_per_s": rate, "latency_ms_p90": p90}
+
+    rows = [row("serialized", 1, 4.0, 250), row("serialized", 8, 8.0, 1000), row("serialized", 16, 8.0, 2000),
+            row("batched", 1, 4.0, 250), row("batched", 8, 13.0, 700)]  # no batched 16: 8 is the largest common
+    lines = _batching_gain(rows)
+    assert lines[2] == ("- p, cloud-only, 8 robots: batched verifier 1.62x the serialized one's decisions/s; "
+                        "p90 2.80x its own with 1 robot.")
+    assert _batching_gain([r for r in rows if r["verifier"] == "serialized"]) == []

@@ -1,15 +1,8 @@
 """The data of the draft's on-policy distillation and of the exits' verification rows, checked
 against the real decoding path on the committed Go2 pair (a few frames: fast)."""
 
-import os
-import sys
-
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 torch.set_num_threads(1)
 
