@@ -34,6 +34,7 @@ import time
 
 import yaml
 
+log = logging.getLogger("verifier_server")
 
 TOKENS_FORMAT = """tokens file (--tokens), YAML: each robot id and the sha256 hex digest of its token
 (make one with: echo -n "$TOKEN" | verifier_server --hash-token):
@@ -112,15 +113,36 @@ def build_arg_parser():
     return parser
 
 
-def fewer_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (like MALLOC_ARENA_MAX): each connection thread would otherwise grow
-    a heap of its own, and RSS would ratchet up after every burst of large frames (test/faults/soak.py)."""
+def bounded_malloc(arenas: int = 2, mmap_threshold: int = 256 * 1024, trim_every_s: float = 10.0) -> bool:
+    """Keep glibc's heap from ratcheting RSS up after bursts of large requests (test/faults/soak.py):
+    cap the malloc arenas (like MALLOC_ARENA_MAX; each connection thread would otherwise grow a heap
+    of its own), and fix the mmap threshold, so a block of this size or more (big tensors, frames,
+    oversized prompts) is mapped on its own and returned to the OS when freed. Left dynamic, glibc
+    raises the threshold after the first large free, and later large blocks fragment the heap. A
+    daemon thread gives the heap's free pages back every ``trim_every_s`` (``malloc_trim``). Returns
+    whether glibc took the settings."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        applied = libc.mallopt(-8, arenas) == 1  # M_ARENA_MAX
+        # M_MMAP_THRESHOLD (setting it also stops the dynamic raise)
+        applied = libc.mallopt(-3, mmap_threshold) == 1 and applied
+        trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        return False
+
+    def give_back_free_pages() -> None:
+        # free pages inside the heap (what small frees leave between live blocks) go back to the OS
+        while True:
+            time.sleep(trim_every_s)
+            try:
+                trim(0)
+            except Exception:  # never ends the thread silently: logged, and it keeps trimming
+                log.exception("malloc_trim failed (continuing)")
+
+    threading.Thread(target=give_back_free_pages, name="malloc-trim", daemon=True).start()
+    return applied
 
 
 def main(argv=None) -> int:
@@ -131,7 +153,7 @@ def main(argv=None) -> int:
     if args.hash_token:
         print(hash_token(sys.stdin.readline().strip()))
         return 0
-    fewer_malloc_arenas()
+    bounded_malloc()
     if not args.model or not args.tokens:
         print("verifier_server: --model and --tokens are required", file=sys.stderr)
         return 2
