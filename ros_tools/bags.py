@@ -215,6 +215,12 @@ class BagReplay(Node):
                 self.publishers_[topic].publish(msg)
             if not self.loop:
                 break
+        # a reliable message still unacknowledged when the node goes away is lost (it was the last
+        # one of each topic, under load): wait, bounded, until every subscriber has them all
+        from rclpy.duration import Duration
+
+        for pub in self.publishers_.values():
+            pub.wait_for_all_acked(Duration(seconds=5))
 
 
 def record_main(args=None):
