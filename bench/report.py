@@ -406,6 +406,14 @@ def write(report: dict, out_dir: str) -> str:
     return markdown
 
 
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plots(report: dict, out_dir: str) -> None:
     import matplotlib
 
@@ -429,9 +437,7 @@ def _plots(report: dict, out_dir: str) -> None:
         ax.set_ylabel("median latency per decision (ms)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "latency_vs_rtt.png"), dpi=110)
-    plt.close(fig)
+    _save(fig, os.path.join(out_dir, "latency_vs_rtt.png"))
     entries = [(wl["workload"], e) for wl in workloads for e in wl["emulated"]]
     if entries:
         fig, axes = plt.subplots(1, len(entries), figsize=(5 * len(entries), 4.2), squeeze=False)
@@ -443,9 +449,7 @@ def _plots(report: dict, out_dir: str) -> None:
             ax.set_title(f"EMULATED {entry['profile']}\n({name} pair, dilation x{entry['dilation']:g})", fontsize=8)
             ax.set_ylabel("median latency per decision (emulated ms)")
             ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "emulated_latency.png"), dpi=110)
-        plt.close(fig)
+        _save(fig, os.path.join(out_dir, "emulated_latency.png"))
     fleets = [(wl["workload"], wl["fleet"]) for wl in workloads if wl.get("fleet")]
     for name, rows in fleets:
         profiles = list(dict.fromkeys(r["profile"] for r in rows))
@@ -461,6 +465,4 @@ def _plots(report: dict, out_dir: str) -> None:
             ax.set_ylabel("p90 decision latency (emulated ms)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, f"emulated_shared_cloud_{name}.png"), dpi=110)
-        plt.close(fig)
+        _save(fig, os.path.join(out_dir, f"emulated_shared_cloud_{name}.png"))
