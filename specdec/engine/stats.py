@@ -202,7 +202,7 @@ class VerifierStats:
     hints_sent: int = 0
     head_rows: int = 0  # LM-head rows computed at verification (lazily: up to the first rejection)
     continued_tokens: int = 0  # tokens the cloud decoded itself after verified blocks (cloud_finish_tokens)
-    batches: int = 0  # forward passes that verified or decoded for sessions (batched or alone)
+    batches: int = 0  # forward passes that verified, decoded or whole-prefilled for sessions (batched or alone)
     batched_rows: int = 0  # sessions served by those passes (batched_rows / batches: mean batch size)
     duplicates: int = 0  # duplicate blocks answered from the result cache
     stale: int = 0  # stale/unknown messages ignored

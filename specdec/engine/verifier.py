@@ -153,11 +153,11 @@ class _Rows:
 class _Job:
     """One sequence's share of a forward pass: a verification round or a cloud-only step."""
 
-    kind: str  # "verify" | "decode"
+    kind: str  # "verify" | "decode" | "prefill"
     sess: _Session
     msg: Optional[DraftBlock]
     received_at: float
-    feed: Optional[List[int]]  # tokens fed after the cache (None: block 0 rides with the prefill)
+    feed: Optional[List[int]]  # tokens fed after the cache (None: a prefill, with block 0 if a "verify")
     keep: int  # final hidden rows wanted
     tokens: List[int]  # the draft block
     t0: float
@@ -331,15 +331,16 @@ class Verifier:
                 if kind == "verify":
                     self._on_block(msg, emit, received_at)  # closed meanwhile: answered from the closed session
                 return True
-            if kind == "prefill":
-                self._guarded(sid, emit, self._prefill, sess, emit)
+            group = self._batch_group(item)
+            if kind == "prefill" and group is None:
+                self._guarded(sid, emit, self._prefill, sess, emit)  # a chunked (or unbatchable) prefill
                 return True
             items = [item]
-            if self._batchable(item):
+            if group is not None:
                 for robot in list(self._turns):
                     if len(items) >= self.max_batch:
                         break
-                    if self._batchable(self._queues[robot][0]):
+                    if self._batch_group(self._queues[robot][0]) == group:
                         items.append(self._pop(robot))
             self._run_batch(items, emit)
             return True
@@ -355,11 +356,25 @@ class Verifier:
             del self._queues[robot]
         return item
 
-    def _batchable(self, item) -> bool:
+    def _batch_group(self, item) -> Optional[str]:
+        """Which work can share a forward pass with ``item``: ``"cached"`` - rounds and cloud-only
+        steps of prefilled sessions; ``"prompt"`` - whole prefills, with block 0 where it waited
+        for one (only with each other: a prompt is far longer than a block); None - it runs alone."""
         kind, sid, _, _ = item
         sess = self._sessions.get(sid)
-        return (self.max_batch > 1 and self.target.can_batch and kind in ("verify", "decode") and sess is not None
-                and sess.state is not None and sess.state.length > 0)
+        if self.max_batch <= 1 or not self.target.can_batch or sess is None:
+            return None
+        if sess.state is not None:
+            return "cached" if kind in ("verify", "decode") and sess.state.length > 0 else None
+        inputs = sess.inputs
+        if kind not in ("verify", "prefill") or inputs is None or sess.prefilling is not None:
+            return None
+        if kind == "prefill" and len(inputs.input_ids) < 2:
+            return None  # nothing to feed before the last prompt token
+        if inputs.model_inputs and not self.target.batch_prefill_images:
+            return None
+        whole = self.prefill_chunk <= 0 or len(inputs.input_ids) - 1 <= self.prefill_chunk
+        return "prompt" if whole else None
 
     def _guarded(self, sid: str, emit: Emit, fn, *args) -> None:
         try:
@@ -372,7 +387,8 @@ class Verifier:
         if self.batch_window_ms <= 0 or not self._turns:
             return 0.0
         heads = [self._queues[r][0] for r in self._turns]
-        if len(heads) >= self.max_batch or not all(self._batchable(h) for h in heads):
+        if len(heads) >= self.max_batch or len({self._batch_group(h) for h in heads} - {None}) != 1 \
+                or self._batch_group(heads[0]) is None:
             return 0.0
         oldest = min(h[3] for h in heads)
         return max(0.0, oldest + self.batch_window_ms / 1000 - now)
@@ -541,6 +557,15 @@ class Verifier:
             self._queue(sess, "prefill", first=True)  # more chunks: other robots' turns come between
             return
         sess.state, sess.inputs, sess.prefilling = state, None, None
+        self._after_prefill(sess)
+
+    def _finish_prefill(self, job: "_Job", hidden, emit: Emit, rows: int) -> None:
+        """A prefill that ran in a batched pass with other sessions' prefills."""
+        self.target.settle()
+        self._spent(job.sess, job.t0, share=rows)
+        self._after_prefill(job.sess)
+
+    def _after_prefill(self, sess: _Session) -> None:
         if sess.start.mode == DecodingMode.CLOUD_ONLY:
             picker = TokenPicker.for_target(sess.params, sess.generator)
             sess.decode = TokenLoop(self.target, sess.state, [], limit=sess.start.max_new_tokens, picker=picker,
@@ -628,14 +653,15 @@ class Verifier:
             self._guarded(jobs[0].sess.sid, emit, self._decode_alone, jobs[0], emit)
             return
         t0 = time.perf_counter()
-        hooks = self._attach_hints([j for j in jobs if j.hints], emit, t0) if self.hint_layers else None
+        hooks = self._attach_hints(jobs, emit, t0) if self.hint_layers else None
         try:
-            if jobs[0].feed is None:  # block 0 arrived while the prefill waited for it: one pass for both
-                job = jobs[0]
-                job.sess.prefill_due = None
-                job.sess.state, hidden = self.target.prefill_with(job.sess.inputs, job.tokens, keep=job.keep)
-                job.sess.inputs = None
-                hiddens = [hidden]
+            if jobs[0].feed is None:  # prefills, with block 0 where it arrived while its prefill waited
+                blocks = [j.tokens if j.kind == "verify" else None for j in jobs]
+                prefilled = self.target.prefill_batch([j.sess.inputs for j in jobs], blocks, [j.keep for j in jobs])
+                hiddens = []
+                for job, (state, hidden) in zip(jobs, prefilled):
+                    job.sess.state, job.sess.inputs, job.sess.prefill_due = state, None, None
+                    hiddens.append(hidden)
             else:
                 hiddens = self.target.forward_batch([j.sess.state for j in jobs], [j.feed for j in jobs],
                                                      [j.keep for j in jobs])
@@ -651,10 +677,15 @@ class Verifier:
         self.stats.batched_rows += len(jobs)
         for job, hidden in zip(jobs, hiddens):
             job.sess.forward_passes += 1
-            finish = self._finish_verify if job.kind == "verify" else self._finish_decode
+            finish = {"verify": self._finish_verify, "decode": self._finish_decode,
+                      "prefill": self._finish_prefill}[job.kind]
             self._guarded(job.sess.sid, emit, finish, job, hidden, emit, len(jobs))
 
     def _prepare(self, kind: str, sess: _Session, msg, received_at: float, emit: Emit) -> Optional["_Job"]:
+        if kind == "prefill":
+            if sess.state is not None:
+                return None  # already prefilled (with block 0)
+            return _Job("prefill", sess, None, received_at, None, 0, [], time.perf_counter(), False)
         if kind == "decode":
             feed = sess.decode.next_feed()
             if feed is None:  # the grammar forced the token: no pass needed
@@ -796,7 +827,7 @@ class Verifier:
         """Hooks that send one hint per exit layer and session from inside the (batched)
         verification pass. Each hint walks its block's rows at that layer until the exit head
         disagrees with a draft token, so it computes exit logits for ``accepted + 1`` rows, not all."""
-        if not jobs:
+        if not any(job.hints for job in jobs):
             return None
         heads = self.exit_heads
         rows = [(row, job) for row, job in enumerate(jobs) if job.hints]

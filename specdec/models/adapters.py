@@ -119,6 +119,7 @@ class ModelAdapter:
     """A causal LM (text or VLM) plus its tokenizer/processor, with explicit decode state."""
 
     is_vlm = False
+    batch_prefill_images = False  # prompts with images can share a prefill pass (prefill_batch)
 
     def __init__(self, model: nn.Module, processor=None, *, tokenizer=None, use_chat_template: Optional[bool] = None,
                  name: str = ""):
@@ -274,6 +275,80 @@ class ModelAdapter:
         return state, hidden
 
     @torch.inference_mode()
+    def prefill_batch(self, prompts: Sequence[PromptInputs], blocks: Sequence[Optional[Sequence[int]]],
+                      keeps: Sequence[int]) -> List[Tuple[DecodeState, Optional[torch.Tensor]]]:
+        """Several prefills in ONE forward pass: ``(state, hidden)`` per prompt.
+
+        Row ``i`` feeds ``prompts[i]`` and then ``blocks[i]``, a first draft block verified with the
+        prefill as in :meth:`prefill_with` (``hidden``: its last ``keeps[i]`` rows), or, where
+        ``blocks[i]`` is None, ``prompt[:-1]`` only, as :meth:`prefill` (``hidden`` None). Rows are
+        left-padded to the longest, so each row's last token is in the last column; an attention
+        mask hides the padding and positions are each row's own, so every row computes what it
+        would alone. Each state gets its own cache. Rows with images need ``batch_prefill_images``
+        (else ValueError).
+        """
+        if len(prompts) == 1:
+            if blocks[0] is None:
+                return [(self.prefill(prompts[0]), None)]
+            return [self.prefill_with(prompts[0], blocks[0], keeps[0])]
+        states, extras, seqs = [], [], []
+        for inputs, block in zip(prompts, blocks):
+            if not inputs.input_ids:
+                raise ValueError("empty prompt")
+            state = DecodeState(cache=None, prompt_ids=list(inputs.input_ids))
+            extras.append(self._prefill_extra(inputs, state))
+            seqs.append(list(inputs.input_ids) + list(block) if block is not None else list(inputs.input_ids[:-1]))
+            states.append(state)
+        extra = self._merge_extras(extras)
+        if extra is None or not all(seqs):
+            raise ValueError("these prompts cannot share one prefill pass")
+        rows, longest = len(seqs), max(len(s) for s in seqs)
+        ids = torch.full((rows, longest), self._pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros(rows, longest, dtype=torch.long, device=self.device)
+        positions = []
+        for row, (state, seq) in enumerate(zip(states, seqs)):
+            pad = longest - len(seq)
+            ids[row, pad:] = torch.tensor(seq, device=self.device)
+            mask[row, pad:] = 1
+            own = self._positions(state, 0, len(seq))
+            own = torch.arange(len(seq), device=self.device).view(1, -1) if own is None else own
+            positions.append(torch.nn.functional.pad(own, (pad, 0)))
+        if self.clock is not None:
+            images = sum(s.count(self._image_token) for s in seqs) if extra and self._image_token is not None else 0
+            self.clock.begin(sum(len(s) for s in seqs), 0, images, rows)
+        cache = self.new_cache()
+        out = self._decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                            position_ids=torch.cat(positions, dim=-2), **extra)
+        from transformers import DynamicCache
+
+        results = []
+        for row, (state, seq, inputs, block, keep) in enumerate(zip(states, seqs, prompts, blocks, keeps)):
+            span = slice(longest - len(seq), longest)
+            state.cache = DynamicCache(ddp_cache_data=[(layer.keys[row:row + 1, :, span].clone(),
+                                                         layer.values[row:row + 1, :, span].clone())
+                                                        for layer in cache.layers])
+            state.prompt_positions = None
+            if block is None:
+                results.append((state, None))
+                continue
+            state.cached = [inputs.input_ids[-1]] + list(block)
+            hidden = out.last_hidden_state[row, span]
+            results.append((state, hidden[-keep:] if keep else hidden))
+        return results
+
+    def _merge_extras(self, extras: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """Several rows' prefill kwargs as one pass's (None: they cannot share one). Text rows
+        always can; image tensors only where the family concatenates them (Qwen2-VL)."""
+        return {} if not any(extras) else None
+
+    @property
+    def _pad_id(self) -> int:
+        """A token id for left padding that no image placeholder uses (masked out anyway)."""
+        config = getattr(self.model, "config", None)
+        taken = {self._image_token, getattr(config, "video_token_id", None)}
+        return next(t for t in range(len(taken) + 1) if t not in taken)
+
+    @torch.inference_mode()
     def forward_hidden(self, state: DecodeState, tokens: Sequence[int], keep: int = 0) -> torch.Tensor:
         """Feed ``tokens`` after the cache; final hidden states of the last ``keep`` of them. The LM
         head is left to the caller, who computes it only for the rows it reads."""
@@ -328,7 +403,7 @@ class ModelAdapter:
                              torch.arange(past[row], past[row] + longest_feed, device=self.device).view(1, -1))
         position_ids = torch.cat(positions, dim=-2)
         if self.clock is not None:
-            self.clock.begin(longest_feed, longest_past, 0, rows)
+            self.clock.begin(sum(len(f) for f in feeds), sum(past), 0, rows)
         out = self._decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                             position_ids=position_ids)
         hidden = out.last_hidden_state
@@ -453,6 +528,20 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
             state.prompt_positions = positions  # [3, 1, len(prompt)], used by the prefill only
         extra.pop("mm_token_type_ids", None)
         return extra
+
+    batch_prefill_images = True
+
+    def _merge_extras(self, extras: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        # the vision tower takes every image's patches in one sequence (cu_seqlens from the grids)
+        # and the features fill the image placeholders in row order
+        present = [{k: v for k, v in e.items() if k != "mm_token_type_ids"} for e in extras]  # used at encode
+        present = [e for e in present if e]
+        if not present:
+            return {}
+        keys = set().union(*present)
+        if not keys <= {"pixel_values", "image_grid_thw"} or any(set(e) != keys for e in present):
+            return None
+        return {k: torch.cat([e[k] for e in present]) for k in keys}
 
     def _positions(self, state: DecodeState, start: int, count: int) -> torch.Tensor:
         prompt = state.prompt_positions

@@ -147,3 +147,72 @@ def test_a_chunked_prefill_interleaves_with_other_robots_rounds(tiny_pair):
     verifier.run_next(out.append)  # the polite robot's turn: its round, not more of the long prefill
     assert [m.session_id for m in out if isinstance(m, VerifyResult)] == ["short"]
     assert verifier._sessions["long"].state is None  # still prefilling
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_batched_prefills_compute_what_each_would_alone(arch, tiny_pair, image):
+    _, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    prompts = [target.encode(PROMPTS[0], img), target.encode(PROMPTS[1]), target.encode(PROMPTS[2], img)]
+    blocks, keeps = [[5, 6, 7], None, [8]], [4, 0, 2]
+    batched = target.prefill_batch(prompts, blocks, keeps)
+    for inputs, block, keep, (state, hidden) in zip(prompts, blocks, keeps, batched):
+        if block is None:
+            alone, alone_hidden = target.prefill(inputs), None
+            assert hidden is None
+        else:
+            alone, alone_hidden = target.prefill_with(inputs, block, keep)
+            torch.testing.assert_close(hidden, alone_hidden, rtol=1e-4, atol=1e-5)
+        assert (state.length, state.cached) == (alone.length, alone.cached)
+        feed = target.sync(alone, [9, 10])  # the same next step on both caches
+        assert target.sync(state, [9, 10]) == feed
+        torch.testing.assert_close(target.forward_hidden(state, feed), target.forward_hidden(alone, feed),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_prompts_with_images_share_a_prefill_only_where_the_family_merges_them(tiny_pair, image):
+    _, target = tiny_pair("llava", noise=0.05)
+    with pytest.raises(ValueError, match="cannot share"):
+        target.prefill_batch([target.encode(p, image) for p in PROMPTS[:2]], [None, None], [0, 0])
+    assert len(target.prefill_batch([target.encode(p) for p in PROMPTS[:2]], [None, [5]], [0, 2])) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_first_blocks_and_cloud_only_prefills_of_several_robots_share_one_pass(arch, tiny_pair, image, reference):
+    """Block 0 of each robot waits with its prefill; the verifier runs all those prefills (and the
+    cloud-only robots' ones) in ONE pass, and every answer is what the serialized verifier gives."""
+    _, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    answers = {}
+    for max_batch in (1, 8):
+        verifier, out = Verifier(target, max_batch=max_batch), []
+        for i, prompt in enumerate(PROMPTS):
+            mode = DecodingMode.CLOUD_ONLY if i == 1 else DecodingMode.SPECULATIVE
+            start = SessionStart(session_id=f"s{i}", robot_id=f"robot{i}", tokenizer_fingerprint=target.fingerprint,
+                                 prompt=prompt, mode=int(mode), max_new_tokens=6, gamma=3, stop_token_ids=[],
+                                 prefill_wait_ms=1000.0)
+            if img is not None:
+                start.image_data, start.image_format = _png(img), "png"
+            verifier.admit(start, out.append)
+            if mode != DecodingMode.CLOUD_ONLY:
+                verifier.admit(DraftBlock(session_id=f"s{i}", seq=1, round=0, position=0, tokens=[5, 6, 7][:i + 1]),
+                               out.append)
+        verifier.run_next(out.append)
+        if max_batch > 1:
+            assert verifier.stats.target_forward_passes == 1 and verifier.stats.batched_rows == len(PROMPTS)
+        while verifier.run_next(out.append):
+            pass
+        answers[max_batch] = [(type(m).__name__, m.session_id, getattr(m, "accepted", None),
+                               getattr(m, "next_token", None), list(getattr(m, "tokens", []) or []))
+                              for m in out if isinstance(m, (VerifyResult, SessionEnd))]
+    assert sorted(answers[8]) == sorted(answers[1])
+    cloud_only = next(a for a in answers[8] if a[0] == "SessionEnd" and a[1] == "s1")
+    assert cloud_only[4] == reference(target, PROMPTS[1], img, max_new_tokens=6)
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
