@@ -11,7 +11,7 @@ from specdec.engine.drafter import EdgeDecoder
 from specdec.engine.sampling import SamplingParams, target_probs
 from specdec.engine.verifier import Verifier
 from specdec.models.early_exit import EarlyExitHeads
-from specdec.protocol import DecodingMode, DraftBlock, SessionEnd, SessionStart, VerifyResult
+from specdec.protocol import DecodingMode, DraftBlock, EarlyExitHint, SessionEnd, SessionStart, VerifyResult
 from specdec.transport.inprocess import InProcessHub
 
 PROMPTS = ["go forward two meters then turn left", "turn right", "find the red ball near the door and stop",
@@ -216,3 +216,24 @@ def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_hints_in_a_batched_pass_come_from_their_own_row(tiny_pair):
+    """A cloud-only step ahead of a hinted round in one pass: the hint is the one the round gets alone."""
+    _, target = tiny_pair("llama", noise=0.05)
+    hints = {}
+    for max_batch in (1, 4):
+        verifier, out = Verifier(target, EarlyExitHeads(target.model, [1, 2]), max_batch=max_batch), []
+        common = dict(tokenizer_fingerprint=target.fingerprint, stop_token_ids=[], max_new_tokens=8, gamma=3)
+        verifier.admit(SessionStart(session_id="a", robot_id="a", prompt=PROMPTS[0], mode=int(DecodingMode.CLOUD_ONLY),
+                                    **common), out.append)
+        verifier.admit(SessionStart(session_id="b", robot_id="b", prompt=PROMPTS[2],
+                                    mode=int(DecodingMode.SPECULATIVE_EARLY_EXIT), **common), out.append)
+        while verifier._sessions["b"].state is None or verifier._sessions["a"].state is None:
+            verifier.run_next(out.append)
+        verifier.admit(DraftBlock(session_id="b", seq=1, round=0, position=0, tokens=[5, 6, 7]), out.append)
+        while verifier.run_next(out.append):
+            pass
+        hints[max_batch] = [(m.exit_layer, m.predicted_accepted, m.predicted_next_token, round(m.confidence, 4))
+                            for m in out if isinstance(m, EarlyExitHint)]
+    assert len(hints[1]) == 2 and hints[4] == hints[1]
