@@ -9,14 +9,15 @@ the adapter: a pass starts where :class:`~specdec.models.compute_profile.Compute
 and ends where the engine settles it, LM head and token choice included): each prompt's prefill
 (its text and image tokens), then passes of 1 .. gamma+1 new tokens after it, in this process,
 one torch thread. The medians are fitted to the profile's cost form
-(:class:`~specdec.models.compute_profile.ForwardCost`, linear in new, cached and image tokens)
-by least squares on the *relative* error, non-negative terms only, each kind of pass weighted by
-how often a decision runs it (one prefill; many one-token passes; a block pass per round).
+(:class:`~specdec.models.compute_profile.ForwardCost`: linear in new, cached and image tokens,
+with a knee where new tokens change rate when that fits clearly better) by least squares on the
+*relative* error, non-negative terms only, each kind of pass weighted by how often a decision runs
+it (one prefill; many one-token passes; a block pass per round).
 
 The file records how well that form fits each kind of pass (``fit_error``): on this CPU a pass
 of k tokens costs far less than k one-token passes while a long prefill costs about a millisecond
-per token, which one linear form cannot both follow, so the text target's prefill is the worst
-fit. bench/run.py emulates this profile next to the real run and reports the difference.
+per token, which one straight line cannot both follow (the knee is there for that).
+bench/run.py emulates this profile next to the real run and reports the difference.
 """
 
 from __future__ import annotations
@@ -155,31 +156,50 @@ def kind_weights(gamma: int, new_tokens: int) -> Dict[str, float]:
 def fit(passes: Sequence[Pass], weights: Dict[str, float]) -> Tuple[ForwardCost, Dict[str, float]]:
     """The ForwardCost minimising the weighted relative error over the median of each distinct
     shape (non-negative terms: every subset of terms is tried), and the mean relative error of
-    each kind of pass under it."""
+    each kind of pass under it. A knee (new tokens past it cost another rate: the profile's
+    roofline form) is tried at each measured block size and kept only where it cuts the error by
+    more than a fifth: on a CPU a long prefill costs per token what a short block does not."""
     groups: Dict[Tuple[str, int, int, int], List[float]] = {}
     for p in passes:
         groups.setdefault((p.kind, p.new_tokens, p.cached_tokens, p.image_tokens), []).append(p.ms)
     shapes = list(groups)
-    x = np.array([[1.0, n, c, i] for _, n, c, i in shapes])
     y = np.array([statistics.median(groups[s]) for s in shapes])
     count = {kind: sum(1 for s in shapes if s[0] == kind) for kind in {s[0] for s in shapes}}
     w = np.sqrt(np.array([weights.get(s[0], 1.0) / count[s[0]] for s in shapes])) / y
-    best, best_err = np.zeros(4), np.inf
-    for size in range(1, 5):
-        for cols in itertools.combinations(range(4), size):
-            sol, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)
-            if (sol < 0).any():
-                continue
-            coef = np.zeros(4)
-            coef[list(cols)] = sol
-            err = float(np.sum(((x @ coef - y) * w) ** 2))
-            if err < best_err:
-                best, best_err = coef, err
-    cost = ForwardCost(**{name: round(float(v), 4) for name, v in zip(TERMS, best)})
+    new = sorted({n for _, n, _, _ in shapes})
+    linear = best = _fit_terms(shapes, y, w, 0)
+    for knee in new[:-1]:
+        candidate = _fit_terms(shapes, y, w, knee)
+        if linear[1] > 1e-9 and candidate[1] < 0.8 * linear[1] and candidate[1] < best[1]:
+            best = candidate
+    cost = best[0]
     errors: Dict[str, List[float]] = {}
     for (kind, n, c, i), measured in zip(shapes, y):
         errors.setdefault(kind, []).append((cost.ms(n, c, i) - measured) / measured)
     return cost, {kind: round(float(np.mean(v)), 3) for kind, v in sorted(errors.items())}
+
+
+def _fit_terms(shapes, y, w, knee: int) -> Tuple[ForwardCost, float]:
+    """Least squares over every subset of non-negative terms, with a knee at ``knee`` new tokens
+    (0: none): the best cost and its weighted squared error."""
+    x = np.array([[1.0, min(n, knee) if knee else n, c, i, max(0, n - knee) if knee else 0.0]
+                  for _, n, c, i in shapes])
+    columns = range(5 if knee else 4)
+    best, best_err = np.zeros(5), np.inf
+    for size in range(1, len(columns) + 1):
+        for cols in itertools.combinations(columns, size):
+            sol, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)
+            if (sol < 0).any():
+                continue
+            coef = np.zeros(5)
+            coef[list(cols)] = sol
+            err = float(np.sum(((x @ coef - y) * w) ** 2))
+            if err < best_err:
+                best, best_err = coef, err
+    terms = {name: round(float(v), 4) for name, v in zip(TERMS + ("per_token_after_knee_ms",), best)}
+    if knee:
+        terms["knee_tokens"] = float(knee)
+    return ForwardCost(**terms), best_err
 
 
 def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=print, cores=None):

@@ -11,7 +11,8 @@ the arrivals a fleet would make.
 Two verifiers, each a set of server flags (:data:`VERIFIERS`), and every row says which it
 measured: *serialized* (``--max-batch 1``: one forward pass at a time, the GPU's time is split,
 never shared) and *batched* (issue 18: blocks and cloud-only steps of several robots that are
-ready within the window go through ONE forward pass; each extra row costs the profile's
+ready within the window go through ONE forward pass, and so do their whole prefills; a batch pays
+every row's tokens, shares the fixed cost, and each extra row adds the profile's
 ``per_extra_row_ms``).
 """
 

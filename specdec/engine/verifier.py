@@ -22,6 +22,10 @@ Message handling
   and both go through the target in ONE forward pass. ``CLOUD_ONLY`` sessions are decoded
   autoregressively (a few tokens per turn of the scheduler) and answered with
   ``SessionEnd(COMPLETED, tokens=...)``.
+* Batching (``max_batch`` > 1): rounds and cloud-only steps of several robots that are ready go
+  through ONE forward pass (left-padded caches), and so do whole prefills - each with its block 0
+  where one waited - with each other (left-padded prompts; a prompt is far longer than a block, so
+  the two kinds do not mix). A chunked prefill runs alone, one chunk per turn.
 * ``DraftBlock`` for the expected round: one target forward over
   ``[last committed token] + tokens``; the LM head runs only for the rows acceptance reads (up to
   the first rejection). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
@@ -319,8 +323,8 @@ class Verifier:
             self._queues[robot].append(item)
 
     def run_next(self, emit: Emit) -> bool:
-        """Run the next robot's queued work - with verification rounds and cloud-only decode steps
-        of other robots that are ready, in ONE batched forward pass; False when there was none."""
+        """Run the next robot's queued work - with other robots' ready work of the same kind (rounds
+        and cloud-only steps, or whole prefills) in ONE batched forward pass; False when there was none."""
         with self._lock, torch.inference_mode():
             if not self._turns:
                 return False

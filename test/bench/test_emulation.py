@@ -83,6 +83,15 @@ def test_calibration_fit_recovers_a_linear_cost_and_never_goes_negative():
     for name in calibrate.TERMS:
         assert getattr(cost, name) == pytest.approx(getattr(truth, name), rel=0.02)
     assert all(abs(e) < 0.01 for e in errors.values())
+    assert cost.knee_tokens == 0  # a linear cost gets no knee
+    # a roofline (blocks ride on the weight reads, a prefill is compute-bound) gets its knee back
+    roof = ForwardCost(fixed_ms=60.0, per_token_ms=4.0, per_cached_token_ms=0.01, knee_tokens=5,
+                       per_token_after_knee_ms=1.0)
+    passes = [calibrate.Pass("prefill", n, 0, 0, roof.ms(n)) for n in (40, 60, 90)]
+    passes += [calibrate.Pass(f"k={k}", k, c, 0, roof.ms(k, c)) for k in (1, 2, 5) for c in (50, 80, 120)]
+    cost, errors = calibrate.fit(passes, calibrate.kind_weights(4, 8))
+    assert (cost.knee_tokens, cost.per_token_after_knee_ms) == (5, pytest.approx(1.0, rel=0.02))
+    assert all(abs(e) < 0.01 for e in errors.values())
     # a cost that falls with the block size cannot be followed without a negative term: refused
     falling = [calibrate.Pass(f"k={k}", k, 50, 0, 100.0 - 10 * k) for k in (1, 2, 5)]
     cost, _ = calibrate.fit(falling, {})
