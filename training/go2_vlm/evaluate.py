@@ -11,6 +11,8 @@ import torch
 # The engine is imported with the module, not when an evaluation starts: a long training run then
 # uses the engine as it was when the run began, whatever changes in the tree meanwhile.
 from specdec.engine.local import LocalSpeculativeDecoder
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.token_loop import TokenLoop, TokenPicker
 from specdec.models.artefacts import go2_pair_paths
 from specdec.protocol import DecodingMode, DraftBlock
 
@@ -35,34 +37,29 @@ BENCH_FRAMES = 200  # held-out benchmark frames (bench.workloads.go2_workload) f
 @torch.no_grad()
 def greedy_decode(adapter, prompt: str, image, max_new_tokens: int = 8, exit_heads=None,
                   exit_stats: Optional[Dict[int, List[int]]] = None) -> List[int]:
-    """The model alone, greedy, token by token through its adapter (the reference the speculative
-    output must equal). With ``exit_heads``, counts per exit layer how often the exit's top-1
-    equals the final layer's at every generated position (``exit_stats[layer] = [agree, total]``)."""
+    """The model alone, greedy, token by token (the engine's :class:`TokenLoop`, the reference the
+    speculative output must equal). With ``exit_heads``, counts per exit layer how often the exit's
+    top-1 equals the final layer's at every generated position (``exit_stats[layer] = [agree, total]``)."""
     state = adapter.prefill(adapter.encode(prompt, image))
-    pending = [state.prompt_ids[-1]]
-    stop = set(adapter.eos_token_ids)
-    out: List[int] = []
+    loop = TokenLoop(adapter, state, [], limit=max_new_tokens, picker=TokenPicker("greedy", SamplingParams()),
+                     stop=frozenset(adapter.eos_token_ids))
     exit_top: Dict[int, int] = {}
     handle = None
     if exit_heads is not None:
         handle = exit_heads.attach(lambda layer, logits: exit_top.__setitem__(layer, int(logits[0, -1].argmax())))
     try:
-        for _ in range(max_new_tokens):
+        while not loop.finished:
             exit_top.clear()
-            token = int(adapter.forward(state, pending, keep=1)[-1].argmax())
+            loop.step()
             if exit_stats is not None:
                 for layer, top in exit_top.items():
                     agree_total = exit_stats.setdefault(layer, [0, 0])
-                    agree_total[0] += int(top == token)
+                    agree_total[0] += int(top == loop.tokens[-1])
                     agree_total[1] += 1
-            out.append(token)
-            if token in stop:
-                break
-            pending = [token]
     finally:
         if handle is not None:
             handle.remove()
-    return out
+    return loop.tokens
 
 
 def greedy_policy(adapter, max_new_tokens: int = 8):
