@@ -163,6 +163,13 @@ def test_card_validation_row_comes_from_the_eval_report(tmp_path):
     (out / "eval_report.json").write_text(json.dumps(
         {"target_validation": {"episodes": 100, "successes": list(range(1000, 1087)), "said_done_elsewhere": 2}}))
     assert "| committed weights (`make models-eval`) | **87 / 100** | 2 | 123.4 |" in card.render(str(out))
+    assert "has been trained once" in card.render(str(out))
+    (tmp_path / "go2_vlm_spread").mkdir()  # another training of the recipe, beside the pair's folder
+    (tmp_path / "go2_vlm_spread" / "seed1_eval_report.json").write_text(json.dumps(
+        {"target_validation": {"success_rate": 0.91}, "speculative": {"tokens_per_round": 2.5}}))
+    spread = card.render(str(out))
+    assert "| target success, validation seeds | n/a | 91.0 % |" in spread
+    assert "| closed loop: tokens / round | n/a | 2.5 |" in spread
 
 
 def test_coarse_action_puts_magnitudes_on_the_grid(tiny_data):

@@ -10,7 +10,7 @@ committed weights.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 from specdec.models import artefacts
 
@@ -174,6 +174,53 @@ def _speculative_lines(spec: dict, frames: Optional[dict], gamma) -> list:
             " A hint is right when it names the round's exact result (accepted count and next token); a decision's"
             " last round ends it, so the rounds followed by another are the ones whose hint pre-drafting uses.", ""]
     return out
+
+
+# other trainings of the committed recipe: models/go2_vlm_spread/<name>_{eval,train}_report.json (beside the
+# pair's folder, which a retraining replaces)
+SPREAD_RUNS = {"seed 1": "seed1"}
+
+
+def _spread_lines(ev: dict, out_dir: Optional[str]) -> List[str]:
+    """The committed pair next to other trainings of its recipe (only the seed changed)."""
+    spread = os.path.join(os.path.dirname(artefacts.go2_pair_paths(out_dir).root.rstrip("/")), "go2_vlm_spread")
+    runs = [("committed (seed 0)", ev, None)]
+    for label, name in SPREAD_RUNS.items():
+        other = pair.read_json(os.path.join(spread, f"{name}_eval_report.json"))
+        if other:
+            runs.append((label, other, pair.read_json(os.path.join(spread, f"{name}_train_report.json"))))
+    if len(runs) < 2:
+        return ["", "The committed recipe has been trained once, so its spread across trainings is not measured yet."]
+
+    def row(name, get):
+        return f"| {name} | " + " | ".join(get(r) for _, r, _ in runs) + " |"
+
+    def rate(section, key):
+        return lambda r: _pct((r.get(section) or {}).get(key))
+
+    seconds = ", ".join(f"{label} {train.get('total_seconds')} s" for label, _, train in runs[1:] if train)
+    return [
+        "",
+        "Spread of the committed recipe (5 deg grid, on-policy draft, exits on verification rows): other",
+        "trainings with only the seed changed (`python -m training.go2_vlm --train --eval --force --out DIR",
+        f"--set seed=N threads=1`; {seconds} on one thread), their reports in `models/go2_vlm_spread/`:",
+        "",
+        "| | " + " | ".join(label for label, _, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+        row("target success, evaluation seeds", rate("target", "success_rate")),
+        row("target success, validation seeds", rate("target_validation", "success_rate")),
+        row("draft alone, evaluation seeds", rate("draft", "success_rate")),
+        row("closed loop: acceptance (engine)", rate("speculative", "acceptance_rate")),
+        row("closed loop: tokens / round", lambda r: str(r.get("speculative", {}).get("tokens_per_round", "n/a"))),
+        row("closed loop: hint accuracy", rate("speculative", "hint_accuracy")),
+        row("closed loop: pre-draft hit rate", rate("speculative", "predraft_hit_rate")),
+        row("bench frames: acceptance (engine)", rate("bench_frames", "acceptance_rate")),
+        row("lossless mismatches (closed loop)",
+            lambda r: str(r.get("speculative", {}).get("lossless_mismatches", "n/a"))),
+        "",
+        "Differences of a few points in these rates between two trainings are the recipe's spread, not a",
+        "change of recipe.",
+    ]
 
 
 def render(out_dir: Optional[str] = None) -> str:
@@ -372,8 +419,7 @@ def render(out_dir: Optional[str] = None) -> str:
         "run and `make models MODELS_ARGS=--force` on a fresh clone reached 94 %, 92 % and 94 % on the",
         "evaluation seeds (`--evaluate DIR --seeds 0:50`, `make_models.py --steps go2_eval`); the fresh-clone",
         "pair's draft 54 %, acceptance 43 %. On validation: 87 and 88 / 100 (the first two).",
-        "The committed recipe (5 deg grid, on-policy draft, exits on verification rows) has been trained once,",
-        "so its spread across trainings is not measured yet.",
+    ] + _spread_lines(ev, out_dir) + [
         "",
         "## Limits",
         "",
