@@ -10,8 +10,9 @@ file are for the benchmark alone: ``workload`` (the pair that stands in for the 
 ``go2`` or ``text``), ``paper`` (the paper's claims for that setting, shown next to ours) and
 ``image_tokens_per_frame`` (how many image tokens the profile's model makes of the frame its
 figures describe). The stand-in pair turns a camera frame into far fewer image tokens than a
-Qwen2-VL-2B/7B, so its per-image-token costs are rescaled (:func:`effective`) to keep a frame's
-prefill at the device's per-frame cost; text and draft-block tokens map one to one.
+Qwen2-VL-2B/7B, so its image tokens are rescaled (:func:`effective`) to keep a frame's prefill
+(language model and vision tower) at the device's per-frame cost; text and draft-block tokens map
+one to one.
 
 Time dilation
 -------------
@@ -114,14 +115,17 @@ def to_doc(pair: ProfilePair) -> dict:
 
 def effective(pair: ProfilePair, k: float = 1.0, image_scale: Optional[Dict[str, float]] = None) -> ProfilePair:
     """``pair`` as the stand-in models run it: k times slower (every forward cost and link delay
-    times k, bandwidth over k) and, per side, per-image-token costs times ``image_scale[side]``
-    (the profile's image tokens per frame over the stand-in's)."""
+    times k, bandwidth over k) and, per side, a frame's image tokens costing what the profile's
+    model's do: an image token is a new token too (``per_token_ms``, the language model's share)
+    plus ``per_image_token_ms`` (the vision tower's), and the stand-in has ``image_scale[side]``
+    times fewer of them per frame, so each of its image tokens costs that many times the whole."""
     image_scale = image_scale or {}
 
     def side(name: str) -> ComputeProfile:
         profile = getattr(pair, name)
         costs = asdict(profile.forward)
-        costs["per_image_token_ms"] *= image_scale.get(name, 1.0)
+        scale = image_scale.get(name, 1.0)
+        costs["per_image_token_ms"] = (costs["per_token_ms"] + costs["per_image_token_ms"]) * scale - costs["per_token_ms"]
         return ComputeProfile(profile.device, profile.model, ForwardCost(**{n: v * k for n, v in costs.items()}),
                               list(profile.sources))
 

@@ -35,9 +35,10 @@ class ForwardCost:
     """Milliseconds of one forward pass: ``fixed_ms + per_token_ms * new_tokens +
     per_cached_token_ms * cached_tokens + per_image_token_ms * image_tokens``, and for a batch of
     ``rows`` sequences ``+ per_extra_row_ms * (rows - 1)`` (batched decoding on a GPU costs little
-    per extra sequence). In a batch the token counts are totals over its rows: a batched prefill
-    pays for every row's tokens and shares only the fixed cost. With ``knee_tokens``, new tokens
-    past the knee cost ``per_token_after_knee_ms`` each instead (a roofline: a few tokens ride on
+    per extra sequence). Image tokens are new tokens too: ``per_image_token_ms`` is their extra
+    cost (the vision tower) on top of ``per_token_ms``. In a batch the token counts are totals over
+    its rows: a batched prefill pays for every row's tokens and shares only the fixed cost. With
+    ``knee_tokens``, new tokens past the knee cost ``per_token_after_knee_ms`` each instead (a roofline: a few tokens ride on
     the weight reads, many are compute-bound - a GPU's knee is far out, a CPU's close)."""
 
     fixed_ms: float

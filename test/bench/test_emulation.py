@@ -1,6 +1,7 @@
 """Hardware-profile emulation in the real system: the verifier_server's --compute-profile and its
 stats side channel, the profile files, time dilation, the cpu-self fit, and the report's labels."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -44,10 +45,15 @@ def test_device_profiles_load_with_their_sources():
 
 def test_effective_profile_dilates_time_and_rescales_image_tokens(tmp_path):
     pair = ProfilePair.load(_profile(tmp_path / "p.yaml", cloud_ms=25.0, edge_ms=70.0, rtt_ms=120.0))
-    pair.cloud.forward.per_image_token_ms = 0.5
+    pair.cloud.forward.per_image_token_ms = 0.5  # the vision tower's share, on top of ...
     pair.link.update(bandwidth_mbps=30.0, loss=0.01)
     eff = emulation.effective(pair, 3.0, {"cloud": 10.0})
     assert eff.cloud.forward.ms(5, 0, 4) == pytest.approx(3 * (25.0 + 10 * 0.5 * 4))
+    with_text = copy.deepcopy(pair)
+    with_text.cloud.forward.per_token_ms = 0.1  # ... what every token costs the language model
+    # 4 stand-in image tokens cost what 40 of the profile's do (both shares), 1 text token as 1
+    assert emulation.effective(with_text, 3.0, {"cloud": 10.0}).cloud.forward.ms(5, 0, 4) == \
+        pytest.approx(3 * (25.0 + 0.1 + 40 * (0.1 + 0.5)))
     assert eff.edge.forward.ms(1) == pytest.approx(210.0)
     assert eff.link == {"rtt_ms": 360.0, "bandwidth_mbps": 10.0, "loss": 0.01}
     assert pair.cloud.forward.fixed_ms == 25.0  # the original is untouched
