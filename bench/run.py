@@ -92,7 +92,7 @@ def settings(quick: bool) -> Settings:
     return Settings(False, rtts_ms=[0, 25, 50, 100], gammas=[2, 4, 8], reference_rtt_ms=50, reference_gamma=4,
                     text_prompts=4, text_tokens=16, go2_frames=16, go2_tokens=8, emulated_text_prompts=2,
                     emulated_text_tokens=12, fleet_robots=[1, 4, 8, 16], fleet_decisions=3,
-                    fleet_verifiers=list(shared_cloud.VERIFIERS), goal_seeds=10, map_rtts_ms=[30, 120, 300],
+                    fleet_verifiers=list(shared_cloud.DEFAULT_VERIFIERS), goal_seeds=10, map_rtts_ms=[30, 120, 300],
                     map_draft_speed=[0.1, 0.25, 1.0])
 
 
@@ -427,6 +427,8 @@ def main(argv=None):
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0)
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
+    parser.add_argument("--fleet-verifiers", nargs="+", choices=list(shared_cloud.VERIFIERS),
+                        help="verifier settings the shared cloud runs (default: serialized and batched)")
     parser.add_argument("--fleet-think-s", type=float, default=None,
                         help="seconds a robot waits between decisions in the shared cloud (default: the Go2's mean "
                              "motion time per decision; 0: back to back, the verifier's capacity)")
@@ -448,6 +450,8 @@ def main(argv=None):
     if args.fleet is not None:
         cfg.fleet_robots = args.fleet
     cfg.fleet_think_s = args.fleet_think_s
+    if args.fleet_verifiers:
+        cfg.fleet_verifiers = args.fleet_verifiers
     cfg.merge_first_block = not args.no_merge_first_block
     cfg.cloud_finish_tokens = args.cloud_finish_tokens
     os.makedirs(args.out, exist_ok=True)

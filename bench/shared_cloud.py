@@ -8,12 +8,13 @@ Go2's mean motion time per decision (from the closed loop, :mod:`bench.time_to_g
 next decision, and the robots start at random offsets within one such period, so the GPU sees
 the arrivals a fleet would make.
 
-Two verifiers, each a set of server flags (:data:`VERIFIERS`), and every row says which it
+Verifiers, each a set of server flags (:data:`VERIFIERS`), and every row says which it
 measured: *serialized* (``--max-batch 1``: one forward pass at a time, the GPU's time is split,
 never shared) and *batched* (issue 18: blocks and cloud-only steps of several robots that are
 ready within the window go through ONE forward pass, and so do their whole prefills; a batch pays
 every row's tokens, shares the fixed cost, and each extra row adds the profile's
-``per_extra_row_ms``).
+``per_extra_row_ms``); *batched-steps-only* batches rounds and steps but runs each prefill alone
+(``--max-prefill-batch 1``), to measure what batching the prefills adds.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ import time
 from typing import Dict, List
 
 # verifier label -> verifier_server settings (specdec.engine.verifier_settings.VerifierSettings)
-VERIFIERS: Dict[str, Dict[str, float]] = {"serialized": {"max_batch": 1},
-                                          "batched": {"max_batch": 16, "batch_window_ms": 3.0}}
+VERIFIERS: Dict[str, Dict[str, float]] = {
+    "serialized": {"max_batch": 1},
+    "batched": {"max_batch": 16, "batch_window_ms": 3.0},
+    # rounds and steps batched, each prefill alone (what batching was before prefills batched: an A/B)
+    "batched-steps-only": {"max_batch": 16, "batch_window_ms": 3.0, "max_prefill_batch": 1},
+}
+DEFAULT_VERIFIERS = ("serialized", "batched")  # make bench; --fleet-verifiers picks others
 
 
 def verifier_flags(settings: Dict[str, float], dilation: float = 1.0) -> List[str]:

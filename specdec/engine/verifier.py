@@ -341,8 +341,9 @@ class Verifier:
                 return True
             items = [item]
             if group is not None:
+                limit = self.settings.prefill_batch_limit if group == "prompt" else self.max_batch
                 for robot in list(self._turns):
-                    if len(items) >= self.max_batch:
+                    if len(items) >= limit:
                         break
                     if self._batch_group(self._queues[robot][0]) == group:
                         items.append(self._pop(robot))
@@ -371,7 +372,8 @@ class Verifier:
         if sess.state is not None:
             return "cached" if kind in ("verify", "decode") and sess.state.length > 0 else None
         inputs = sess.inputs
-        if kind not in ("verify", "prefill") or inputs is None or sess.prefilling is not None:
+        if kind not in ("verify", "prefill") or inputs is None or sess.prefilling is not None \
+                or self.settings.prefill_batch_limit <= 1:
             return None
         if kind == "prefill" and len(inputs.input_ids) < 2:
             return None  # nothing to feed before the last prompt token

@@ -29,6 +29,13 @@ class VerifierSettings:
     prefill_chunk: int = _setting(0, "prompt tokens per prefill pass, one pass per turn (0: the whole prompt)")
     max_batch: int = _setting(8, "sessions verified (or decoded) in one batched forward pass; 1 = serialized")
     batch_window_ms: float = _setting(0.0, "a batch that is not full waits this long for more blocks (0: none)")
+    max_prefill_batch: int = _setting(0, "whole prefills of several robots in one pass, at most this many "
+                                         "(0: max_batch; 1: each prefill alone)")
+
+    @property
+    def prefill_batch_limit(self) -> int:
+        return min(self.max_batch, self.max_prefill_batch or self.max_batch)
 
     def check(self) -> "VerifierSettings":
-        return check_positive(self, "verifier setting", may_be_zero=("batch_window_ms", "prefill_chunk"))
+        return check_positive(self, "verifier setting",
+                              may_be_zero=("batch_window_ms", "prefill_chunk", "max_prefill_batch"))

@@ -204,7 +204,10 @@ def test_batching_gain_compares_the_verifiers_at_the_largest_common_fleet():
 
     rows = [row("serialized", 1, 4.0, 250), row("serialized", 8, 8.0, 1000), row("serialized", 16, 8.0, 2000),
             row("batched", 1, 4.0, 250), row("batched", 8, 13.0, 700)]  # no batched 16: 8 is the largest common
+    rows += [row("batched-steps-only", 1, 4.0, 250), row("batched-steps-only", 16, 10.0, 1500)]
     lines = _batching_gain(rows)
-    assert lines[2] == ("- p, cloud-only, 8 robots: batched verifier 1.62x the serialized one's decisions/s; "
-                        "p90 2.80x its own with 1 robot.")
+    assert lines[2:4] == ["- p, cloud-only, 8 robots: batched verifier 1.62x the serialized one's decisions/s; "
+                          "p90 2.80x its own with 1 robot.",
+                          "- p, cloud-only, 16 robots: batched-steps-only verifier 1.25x the serialized one's "
+                          "decisions/s; p90 6.00x its own with 1 robot."]
     assert _batching_gain([r for r in rows if r["verifier"] == "serialized"]) == []

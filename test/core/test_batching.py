@@ -237,3 +237,23 @@ def test_hints_in_a_batched_pass_come_from_their_own_row(tiny_pair):
         hints[max_batch] = [(m.exit_layer, m.predicted_accepted, m.predicted_next_token, round(m.confidence, 4))
                             for m in out if isinstance(m, EarlyExitHint)]
     assert len(hints[1]) == 2 and hints[4] == hints[1]
+
+
+def test_max_prefill_batch_1_runs_each_prefill_alone_and_answers_the_same(tiny_pair):
+    """The A/B switch of the fleet benchmark (batched-steps-only)."""
+    _, target = tiny_pair("llama", noise=0.05)
+    passes = {}
+    for limit in (0, 1):
+        verifier, out = Verifier(target, max_batch=8, max_prefill_batch=limit), []
+        for i, prompt in enumerate(PROMPTS):
+            verifier.admit(SessionStart(session_id=f"s{i}", robot_id=f"r{i}", tokenizer_fingerprint=target.fingerprint,
+                                        prompt=prompt, mode=int(DecodingMode.CLOUD_ONLY), max_new_tokens=4,
+                                        stop_token_ids=[]), out.append)
+        verifier.run_next(out.append)  # one pass: all 4 prefills, or the first one alone
+        passes[limit] = (verifier.stats.target_forward_passes,
+                         sum(s.state is not None for s in verifier._sessions.values()))
+        while verifier.run_next(out.append):
+            pass
+        passes[limit, "tokens"] = sorted((m.session_id, tuple(m.tokens)) for m in out if isinstance(m, SessionEnd))
+    assert passes[0] == (1, 4) and passes[1] == (1, 1)
+    assert passes[0, "tokens"] == passes[1, "tokens"]
