@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -439,6 +440,8 @@ def main(argv=None):
                              "block (short answers end in one round trip); default: go2 4, text 0")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     args = parser.parse_args(argv)
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the servers and link emulators this run started stop too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     cfg = settings(args.quick)
     cfg.workloads = args.workloads or ["text", "go2"]
     if args.rtts:
