@@ -259,9 +259,12 @@ def _raise_interrupt(signum, frame):
 
 def main(args=None) -> int:
     # Own the signals so that the node can still send a stop after Ctrl-C / SIGTERM (with
-    # rclpy's handler the context would already be shut down).
+    # rclpy's handler the context would already be shut down). SIGINT is set explicitly too: a
+    # process started as a background job of a script inherits SIGINT ignored, and would then
+    # miss a launcher's SIGINT and leave the robot to the deadman.
     rclpy.init(args=sys.argv if args is None else args,
                signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     node = None
     code = 0

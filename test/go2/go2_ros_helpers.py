@@ -43,10 +43,14 @@ def random_domain() -> int:
     return random.SystemRandom().randint(1, 200)
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class NodeProcess:
     """`python -m module --ros-args -p k:=v ...` in its own process group."""
 
-    def __init__(self, module: str, domain_id: int, params: dict | None = None):
+    def __init__(self, module: str, domain_id: int, params: dict | None = None, sigint_ignored: bool = False):
         args = [sys.executable, "-m", module, "--ros-args"]
         for k, v in (params or {}).items():
             if isinstance(v, bool):
@@ -54,7 +58,9 @@ class NodeProcess:
             args += ["-p", f"{k}:={v}"]
         self.proc = subprocess.Popen(args, env=ros_env(domain_id), cwd=str(ROOT),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     # as a background job of a script starts it: SIGINT ignored
+                                     preexec_fn=_ignore_sigint if sigint_ignored else None)
         self._out = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -172,17 +178,17 @@ class ControllerRig:
         self.text_pub = listener.publisher(String, "decoded_action_text", rel)
         self.next_id = 1
 
-    def spawn(self, module, params=None):
-        p = NodeProcess(module, self.domain, params)
+    def spawn(self, module, params=None, sigint_ignored=False):
+        p = NodeProcess(module, self.domain, params, sigint_ignored)
         self.procs.append(p)
         return p
 
-    def start_controller(self, **params):
+    def start_controller(self, sigint_ignored=False, **params):
         params.setdefault("control_rate_hz", 20.0)
         params.setdefault("driver", self.driver)
         if params["driver"] == "twist_only":
             params.setdefault("publish_idle_twist", False)
-        proc = self.spawn(self.CONTROLLER, params)
+        proc = self.spawn(self.CONTROLLER, params, sigint_ignored)
         ok = self.L.wait_for(lambda: self.L.get("action_status") and all(
             p.get_subscription_count() > 0 for p in (self.estop_pub, self.action_pub)), 30.0)
         assert ok, "controller did not come up:\n" + proc.output

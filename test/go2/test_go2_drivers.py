@@ -134,6 +134,17 @@ def test_every_stop_cause_reaches_the_driver_within_one_period(rig):
           + ", ".join(f"{k} {v:.3f}" for k, v in LATENCIES[rig.driver].items()))
 
 
+@pytest.mark.parametrize("rig", ["twist_only"], indirect=True)
+def test_shutdown_stops_the_robot_even_when_sigint_was_inherited_ignored(rig):
+    """A background job of a script (``ros2 launch ... &``) starts with SIGINT ignored; the
+    launcher's SIGINT must still stop the robot at once, not leave it to the deadman."""
+    proc = rig.start_controller(sigint_ignored=True, deadman_timeout=DEADMAN, max_action_age=5.0, **LIMITS)
+    assert rig.moving(rig.send("forward 1")), proc.output
+    t = time.monotonic()
+    proc.kill()
+    assert _stop_after(rig, t, "shutdown", "shutdown") - t <= PERIOD + SLACK
+
+
 def test_missing_driver_package_refuses_to_start():
     """Without go2_interfaces the controller exits with one line instead of running with no
     way to stop the robot."""
