@@ -44,11 +44,12 @@ class Probe:
         self.received = {}
         self.errors = []  # exceptions raised by callbacks (the spin thread goes on)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self):
-        while self.context.ok():
+        while not self._stopping.is_set() and self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception as exc:  # shutdown ends the loop; anything else is a failed callback
@@ -79,6 +80,10 @@ class Probe:
         raise TimeoutError(f"{topic}: got {len(self.messages(topic))} messages, wanted {count} in {timeout} s")
 
     def close(self):
+        # the spin thread first: destroying the node or the context under an executor that is
+        # waiting on them crashes rclpy (a segfault in the test process, seen once in CI-like runs)
+        self._stopping.set()
+        self._thread.join(5)
+        self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self._thread.join(2)
