@@ -125,7 +125,8 @@ def effective(pair: ProfilePair, k: float = 1.0, image_scale: Optional[Dict[str,
         profile = getattr(pair, name)
         costs = asdict(profile.forward)
         scale = image_scale.get(name, 1.0)
-        costs["per_image_token_ms"] = (costs["per_token_ms"] + costs["per_image_token_ms"]) * scale - costs["per_token_ms"]
+        whole = costs["per_token_ms"] + costs["per_image_token_ms"]
+        costs["per_image_token_ms"] = whole * scale - costs["per_token_ms"]
         return ComputeProfile(profile.device, profile.model, ForwardCost(**{n: v * k for n, v in costs.items()}),
                               list(profile.sources))
 

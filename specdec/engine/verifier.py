@@ -393,8 +393,8 @@ class Verifier:
         if self.batch_window_ms <= 0 or not self._turns:
             return 0.0
         heads = [self._queues[r][0] for r in self._turns]
-        if len(heads) >= self.max_batch or len({self._batch_group(h) for h in heads} - {None}) != 1 \
-                or self._batch_group(heads[0]) is None:
+        groups = {self._batch_group(h) for h in heads}
+        if len(heads) >= self.max_batch or len(groups) != 1 or None in groups:  # full, mixed or unbatchable
             return 0.0
         oldest = min(h[3] for h in heads)
         return max(0.0, oldest + self.batch_window_ms / 1000 - now)

@@ -38,8 +38,9 @@ class ForwardCost:
     per extra sequence). Image tokens are new tokens too: ``per_image_token_ms`` is their extra
     cost (the vision tower) on top of ``per_token_ms``. In a batch the token counts are totals over
     its rows: a batched prefill pays for every row's tokens and shares only the fixed cost. With
-    ``knee_tokens``, new tokens past the knee cost ``per_token_after_knee_ms`` each instead (a roofline: a few tokens ride on
-    the weight reads, many are compute-bound - a GPU's knee is far out, a CPU's close)."""
+    ``knee_tokens``, new tokens past the knee cost ``per_token_after_knee_ms`` each instead (a
+    roofline: a few tokens ride on the weight reads, many are compute-bound - a GPU's knee is far
+    out, a CPU's close)."""
 
     fixed_ms: float
     per_token_ms: float = 0.0
