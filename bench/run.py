@@ -439,6 +439,8 @@ def main(argv=None):
                         help="speculative modes: the cloud decodes up to this many tokens itself after a verified "
                              "block (short answers end in one round trip); default: go2 4, text 0")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
+    parser.add_argument("--assisted-only", action="store_true",
+                        help="only section 5: transformers' assisted generation vs our engine, text pair in process")
     args = parser.parse_args(argv)
     # a kill (SIGTERM) unwinds like Ctrl-C, so the servers and link emulators this run started stop too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -475,7 +477,9 @@ def main(argv=None):
               "profiles": [p.name for p in profiles]}
     sizes = {"text": (cfg.text_prompts, cfg.text_tokens), "go2": (cfg.go2_frames, cfg.go2_tokens),
              "tiny": (cfg.go2_frames, cfg.go2_tokens)}
-    for name in list(cfg.workloads):
+    if args.assisted_only:
+        cfg.workloads, cfg.assisted = ["text"], True
+    for name in list(cfg.workloads) if not args.assisted_only else []:
         try:
             workload = workloads.build(name, *sizes[name])
             missing = workload.missing()

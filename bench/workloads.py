@@ -26,9 +26,11 @@ class Workload:
     max_new_tokens: int = 32
     description: str = ""
     prompts_file: Optional[str] = None  # where the items came from, when a file
+    feature_draft: Optional[str] = None  # a draft conditioned on the target's states (text pair)
 
     def missing(self) -> List[str]:
-        return [p for p in (self.draft, self.target, self.exits, self.prompts_file) if p and not os.path.exists(p)]
+        return [p for p in (self.draft, self.target, self.exits, self.prompts_file, self.feature_draft)
+                if p and not os.path.exists(p)]
 
 
 def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
@@ -46,7 +48,8 @@ def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
     mixed = [x for pair in zip(chat, prose) for x in pair] + chat[len(prose):] + prose[len(chat):]
     return Workload("text", artefacts.text_draft_dir(), artefacts.text_target_dir(),
                     artefacts.committed_text_exits_path(), [(p, None) for p in mixed[:n_prompts]], max_new_tokens,
-                    "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts", path)
+                    "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts", path,
+                    feature_draft=artefacts.text_feature_draft_dir())
 
 
 def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:

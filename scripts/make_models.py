@@ -7,10 +7,14 @@ Steps (each skipped when its output exists and matches its recipe; ``--force`` r
   labels    label training text with the target (cached under .cache/models/_work/; only when training)
   draft     distil the draft -> models/smollm2-135m-draft/ (committed: own layers + config)
   assemble  rebuild .cache/models/smollm2-135m-draft/ (HF folder) from the committed draft
+  feature_draft  train the draft conditioned on the target's states -> models/smollm2-135m-feature-draft/
+  feature_assemble  rebuild .cache/models/smollm2-135m-feature-draft/ from it
   exits     train early-exit adapters -> models/smollm2-135m-instruct-exits/early_exit.safetensors
   prompts   the held-out text prompts -> models/smollm2_eval_prompts.json (read by eval and bench/)
   eval      acceptance rate / losslessness / exit agreement / per-token cost -> models/eval_smollm2.json,
             docs/models/eval_smollm2.md
+  feature_eval  the same evaluation for the feature draft -> models/eval_smollm2_feature.json,
+            docs/models/eval_smollm2_feature.md
   go2_vlm   train the Go2 VLM pair on simulator data -> models/go2_vlm/{target,draft} (committed,
             target/early_exit.safetensors included; training/go2_vlm/)
   go2_eval  closed-loop evaluation of the Go2 pair (50 evaluation + 100 validation seeds)
@@ -205,6 +209,55 @@ def _assemble_run(ctx: Context) -> None:
     assemble(artefacts.committed_text_draft_dir(), artefacts.text_target_dir(), artefacts.text_draft_dir(), force=ctx.force, log=log)
 
 
+def _feature_meta() -> Optional[dict]:
+    try:
+        with open(os.path.join(artefacts.committed_text_feature_draft_dir(), "draft_config.json")) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _feature_draft_done() -> bool:
+    from training.text.feature_draft import DEFAULT_RECIPE  # the recipe lives with its trainer
+
+    meta = _feature_meta()
+    return meta is not None and meta.get("recipe") == DEFAULT_RECIPE
+
+
+def _feature_draft_run(ctx: Context) -> None:
+    from training.text.data import cached_labels, make_source
+    from training.text.feature_draft import DEFAULT_RECIPE, train_and_save
+
+    model, tokenizer = ctx.target()
+    data = DEFAULT_RECIPE["data"]
+    cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': data, 'l': []})}.pt")
+    start = time.time()
+    labels = cached_labels(make_source(data), model, tokenizer, [], cache)
+    ctx.timings["feature_labels"] = round(time.time() - start, 1)
+    stats = train_and_save(model, tokenizer, labels, artefacts.committed_text_feature_draft_dir(),
+                           dict(DEFAULT_RECIPE), log=log)
+    ctx.timings["feature_draft"] = stats["train_seconds"]
+
+
+def _feature_assemble_done() -> bool:
+    meta = _feature_meta()
+    try:
+        with open(os.path.join(artefacts.text_feature_draft_dir(), "specdec_feature_draft.json")) as handle:
+            return meta is not None and json.load(handle).get("weights_sha256") == meta["weights_sha256"]
+    except (OSError, ValueError):
+        return False
+
+
+def _feature_assemble_run(ctx: Context) -> None:
+    from training.text.feature_draft import assemble
+
+    if _feature_meta() is None:
+        raise SystemExit(f"no committed feature draft in {artefacts.committed_text_feature_draft_dir()}: run "
+                         "scripts/make_models.py --steps feature_draft")
+    assemble(artefacts.committed_text_feature_draft_dir(), artefacts.text_target_dir(),
+             artefacts.text_feature_draft_dir(), force=True)
+
+
 def _exits_meta(path: Optional[str] = None) -> Optional[dict]:
     from safetensors import safe_open
 
@@ -307,6 +360,32 @@ def _eval_run(ctx: Context) -> None:
         f"lossless {o['lossless']}/{o['prompts']}")
 
 
+def _feature_eval_sha() -> str:
+    return recipe_sha({"draft": (_feature_meta() or {}).get("weights_sha256"), "eval": EVAL_RECIPE,
+                       "source": _source_sha()})
+
+
+def _feature_eval_done() -> bool:
+    try:
+        with open(artefacts.text_feature_eval_report_path()) as handle:
+            return json.load(handle).get("inputs_sha") == _feature_eval_sha()
+    except (OSError, ValueError):
+        return False
+
+
+def _feature_eval_run(ctx: Context) -> None:
+    from training.text import evaluate
+
+    settings = {k: v for k, v in EVAL_RECIPE.items() if k not in ("version", "all_positions")}
+    result = evaluate.evaluate(draft_dir=artefacts.text_feature_draft_dir(), exits_path="", log=log, **settings)
+    result["inputs_sha"] = _feature_eval_sha()
+    evaluate.write(result, artefacts.text_feature_eval_report_path(),
+                   artefacts.repo_path("docs", "models", "eval_smollm2_feature.md"))
+    o = result["overall"]
+    log(f"feature eval: acceptance {100 * o['acceptance_rate']:.1f}%, {o['tokens_per_round']:.2f} tokens/round, "
+        f"lossless {o['lossless']}/{o['prompts']}")
+
+
 def _go2_done() -> bool:
     from training.go2_vlm.build import up_to_date
 
@@ -344,9 +423,14 @@ STEPS: List[Step] = [
     Step("target", True, _target_done, _target_run, "convert the packaged gguf target"),
     Step("draft", False, _draft_done, _draft_run, "distil the draft (committed)"),
     Step("assemble", True, _assemble_done, _assemble_run, "rebuild the HF draft folder"),
+    Step("feature_draft", False, _feature_draft_done, _feature_draft_run,
+         "train the draft conditioned on the target's states (committed)"),
+    Step("feature_assemble", True, _feature_assemble_done, _feature_assemble_run, "rebuild the feature-draft folder"),
     Step("exits", False, _exits_done, _exits_run, "train early-exit adapters (committed)"),
     Step("prompts", False, _prompts_done, _prompts_run, "held-out text prompts for eval and bench (committed)"),
     Step("eval", False, _eval_done, _eval_run, "evaluate the pair and the exits", evaluation=True),
+    Step("feature_eval", False, _feature_eval_done, _feature_eval_run, "evaluate the feature draft",
+         evaluation=True),
     Step("go2_vlm", False, _go2_done, _go2_run, "train the Go2 VLM pair + exits (committed)"),
     Step("go2_eval", False, _go2_eval_done, _go2_eval_run, "closed-loop evaluation of the Go2 pair",
          evaluation=True),

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Dict, List, Type
 
-PROTOCOL_VERSION = 2  # 2: SessionStart.prefill_wait_ms / grammar / cloud_finish_tokens, VerifyResult.continued
+PROTOCOL_VERSION = 3  # 2: SessionStart.prefill_wait_ms / grammar / cloud_finish_tokens, VerifyResult.continued;
+# 3: SessionStart.return_states, VerifyResult.target_states (feature drafts)
 
 
 class DecodingMode(IntEnum):
@@ -115,6 +116,9 @@ class SessionStart(Message):
     # After verifying a block the cloud decodes up to this many more tokens itself (fewer when the
     # answer ends): a short answer is finished without another round trip; 0 = never.
     cloud_finish_tokens: int = 0
+    # The draft is conditioned on the target's hidden state (specdec.models.feature_draft): every
+    # result carries the target's final states of the positions it committed.
+    return_states: bool = False
 
 
 @dataclass
@@ -162,6 +166,9 @@ class VerifyResult(Message):
     target_forward_passes: int = 0  # for this session so far (cost accounting)
     # tokens the cloud decoded itself after next_token (SessionStart.cloud_finish_tokens), committed too
     continued: List[int] = field(default_factory=list)
+    # SessionStart.return_states: fp16 rows [accepted + 1, hidden] - the target's final normed hidden
+    # state at the last token committed before this block and at each accepted token
+    target_states: bytes = b""
 
 
 @dataclass

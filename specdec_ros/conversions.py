@@ -51,7 +51,9 @@ def from_ros(ros) -> protocol.Message:
         if field.name in _IMAGE_FIELDS:
             continue
         value = getattr(ros, field.name)
-        if not isinstance(value, (str, bytes, bool, int, float)):
+        if isinstance(field.default, bytes):
+            value = bytes(value)  # uint8[] arrives as array.array
+        elif not isinstance(value, (str, bytes, bool, int, float)):
             value = [v.item() if hasattr(v, "item") else v for v in value]  # array.array / numpy
         values[field.name] = value
     if cls is protocol.SessionStart:

@@ -22,6 +22,7 @@ import torch
 from specdec.models.early_exit import EarlyExitHeads
 from specdec.models.layout import decoder_layout
 from .losses import candidate_set, full_vocab_stats, kl_on_candidates
+from .optim import warmup_cosine
 from .teacher import Labels
 
 
@@ -134,10 +135,7 @@ def train_exit_heads(
     total = max(0, int(round(epochs * steps_per_epoch)))
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
-    )
+    sched = warmup_cosine(opt, total)
     gen = torch.Generator().manual_seed(seed)
     start = time.time()
     losses: List[float] = []

@@ -305,6 +305,7 @@ class EdgeDecoder:
             prefill_wait_ms=wait_ms,
             grammar=cfg.grammar,
             cloud_finish_tokens=cfg.cloud_finish_tokens if mode != DecodingMode.CLOUD_ONLY else 0,
+            return_states=self._needs_states and mode != DecodingMode.CLOUD_ONLY,
         )
 
     # -- modes ------------------------------------------------------------------------------
@@ -372,6 +373,7 @@ class EdgeDecoder:
                                             proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0,
                                             block.first_confidence))
                 # 5. Commit what the cloud accepted, plus its own token(s).
+                self._take_states(proposer.state, committed, result)
                 committed = committed + block.tokens[:result.accepted] + [result.next_token] + list(result.continued)
                 if result.finished:
                     finish = FinishReason(result.finish_reason) if result.finish_reason else FinishReason.MAX_NEW_TOKENS
@@ -439,6 +441,23 @@ class EdgeDecoder:
             raise ProtocolError(f"round {round_no}: cloud continued {len(msg.continued)} tokens, more than asked")
         rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000)
         return msg, rs
+
+    @property
+    def _needs_states(self) -> bool:
+        return bool(getattr(self.draft, "needs_target_states", False))
+
+    def _take_states(self, state, committed: List[int], result: VerifyResult) -> None:
+        """A feature draft learns the target's states of the positions this round committed."""
+        if not self._needs_states:
+            return
+        try:
+            rows = self.draft.decode_states(result.target_states)
+        except ValueError as exc:
+            raise ProtocolError(f"round {result.round}: {exc}") from None
+        if rows.shape[0] != result.accepted + 1:
+            raise ProtocolError(f"round {result.round}: {rows.shape[0]} target states for "
+                                f"{result.accepted} accepted tokens (expected {result.accepted + 1})")
+        self.draft.receive_states(state, len(committed), rows)
 
     def _hinted(self, committed: List[int], block: DraftProposal, hint: EarlyExitHint,
                 stop: frozenset) -> Optional[List[int]]:

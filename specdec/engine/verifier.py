@@ -32,8 +32,10 @@ Message handling
   layer sends an ``EarlyExitHint`` (predicted accepted count and next token) as the pass reaches
   it, its rows computed lazily too. Then acceptance (greedy or rejection sampling, under the
   session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
-  ``VerifyResult``. When generation is finished the session is closed and
-  ``SessionEnd(COMPLETED)`` with the cost totals follows the final result.
+  ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
+  the target's states), the pass's final hidden states of the committed positions. When
+  generation is finished the session is closed and ``SessionEnd(COMPLETED)`` with the cost totals
+  follows the final result.
 * Duplicates - a block whose ``seq`` was already seen, or a block for an already verified round
   with the same tokens - are answered by resending the cached ``VerifyResult`` (no target
   forward), also for a while (``linger_s``) after the session closed. They do not count as
@@ -63,6 +65,7 @@ import torch
 
 from ..models.adapters import DecodeState, ModelAdapter, PromptInputs
 from ..models.early_exit import EarlyExitHeads
+from ..models.feature_draft import encode_states
 from ..models.images import decode_image
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -780,6 +783,7 @@ class Verifier:
             queue_ms=queue_ms,
             verify_ms=(time.perf_counter() - job.t0) * 1000,
             target_forward_passes=sess.forward_passes,
+            target_states=encode_states(hidden[:accepted + 1]) if sess.start.return_states else b"",
         )
         sess.blocks[msg.round] = (msg.position, tuple(tokens))
         sess.next_round = msg.round + 1

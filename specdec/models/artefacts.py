@@ -34,6 +34,7 @@ def models_root() -> str:
 # -- the SmolLM2 text pair ------------------------------------------------------------------------
 TEXT_TARGET_NAME = "smollm2-135m-instruct"
 TEXT_DRAFT_NAME = "smollm2-135m-draft"
+TEXT_FEATURE_DRAFT_NAME = "smollm2-135m-feature-draft"  # conditioned on the target's states
 
 
 def text_target_dir() -> str:
@@ -50,6 +51,15 @@ def committed_text_draft_dir() -> str:
     return os.path.join(models_root(), TEXT_DRAFT_NAME)
 
 
+def text_feature_draft_dir() -> str:
+    """The loadable feature-draft folder assembled from the committed weights and the target's embeddings."""
+    return os.path.join(cache_root(), TEXT_FEATURE_DRAFT_NAME)
+
+
+def committed_text_feature_draft_dir() -> str:
+    return os.path.join(models_root(), TEXT_FEATURE_DRAFT_NAME)
+
+
 def committed_text_exits_path() -> str:
     """The hint exit (one layer): what the verifier loads."""
     return os.path.join(models_root(), TEXT_TARGET_NAME + "-exits", "early_exit.safetensors")
@@ -62,6 +72,10 @@ def committed_text_exits_sweep_path() -> str:
 
 def text_eval_report_path() -> str:
     return os.path.join(models_root(), "eval_smollm2.json")
+
+
+def text_feature_eval_report_path() -> str:
+    return os.path.join(models_root(), "eval_smollm2_feature.json")
 
 
 def text_eval_prompts_path() -> str:

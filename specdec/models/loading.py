@@ -214,7 +214,7 @@ def load_model(
     quantization: str = "none",
     name: str = "",
     draft_head: bool = True,
-    transposed_linears: bool = True,
+    transposed_linears: Union[bool, str] = "auto",
 ) -> ModelAdapter:
     """Load a model (a folder with ``config.json`` + safetensors/bin weights + tokenizer/processor
     files, or a hub id in the local HF cache) or build a random-init model from a
@@ -224,7 +224,8 @@ def load_model(
     ``quantization`` is ``none``, ``int8`` or ``4bit`` (see the module docstring; drafts only).
     ``draft_head``: propose with the folder's reduced-vocabulary head (``draft_head.safetensors``,
     :mod:`specdec.models.draft_head`) when it has one. ``transposed_linears``: on a CPU, store linear
-    weights in the layout small batches multiply fastest (:mod:`specdec.models.kernels`).
+    weights in the layout small batches multiply fastest (:mod:`specdec.models.kernels`): True, False,
+    or ``"auto"`` (timed on this CPU for this model's shapes).
     Missing folders/files raise :class:`ModelLoadError` naming what is missing. Nothing is
     downloaded (``local_files_only``).
     """
@@ -256,6 +257,16 @@ def load_model(
     names = os.listdir(path)
     if not any(n.endswith(".safetensors") or n.startswith("pytorch_model") or n.endswith(".gguf") for n in names):
         raise ModelLoadError(f"{path}: no weights (*.safetensors or pytorch_model*.bin) in the folder")
+    from .feature_draft import is_feature_draft, load_feature_draft
+
+    if is_feature_draft(path):  # a draft conditioned on the target's states (one layer, not an HF model)
+        try:
+            tokenizer = processor or _load_processor(path, "llama")
+            return load_feature_draft(path, tokenizer, dtype=dtype, device=device, name=name, draft_head=draft_head)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load the feature draft ({exc})") from exc
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:
@@ -280,9 +291,11 @@ def load_model(
     if "device_map" not in kwargs:
         model = _place(model, device, quantization)
     default_name = label if _is_hub_id(label) and not os.path.exists(label) else os.path.basename(os.path.normpath(path))
-    if transposed_linears:
-        from .kernels import use_transposed_linears
+    from .kernels import choose_layout, use_transposed_linears
 
+    if transposed_linears == "auto":
+        choose_layout(model)  # timed on this CPU; applies the faster layout
+    elif transposed_linears:
         use_transposed_linears(model)
     adapter = wrap_model(model, processor, name=name or default_name)
     if draft_head:

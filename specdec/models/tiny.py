@@ -294,3 +294,15 @@ def tiny_pair(
     if draft_image_size is not None:
         _, draft_proc = build_tiny(arch, layers=1, seed=seed, image_size=draft_image_size, dtype=dtype)
     return wrap_model(draft, draft_proc), wrap_model(target, proc)
+
+
+def tiny_feature_draft(target, seed: int = 0):
+    """A random-init feature draft (:mod:`specdec.models.feature_draft`) over a tiny Llama target
+    adapter's embeddings and LM head."""
+    from .feature_draft import FeatureDraft, FeatureDraftAdapter
+
+    with torch.random.fork_rng(), torch.no_grad():  # seeded without touching the caller's RNG
+        torch.manual_seed(seed)
+        draft = FeatureDraft.for_target(target.model)
+        draft.fc.weight.add_(torch.randn(draft.fc.weight.shape) * 0.05)  # not the identity start: disagreements too
+    return FeatureDraftAdapter(draft, target.tokenizer, lm_head=target.model.lm_head, name="tiny-feature-draft")

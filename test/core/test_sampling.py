@@ -15,6 +15,7 @@ from specdec.models.adapters import wrap_model
 from specdec.models.draft_head import head_from_rows
 from specdec.engine.sampling import SamplingParams, draft_sample, rejection_accept, target_probs
 from specdec.models.early_exit import EarlyExitHeads
+from specdec.models.tiny import tiny_feature_draft
 from specdec.protocol import DecodingMode
 
 PROMPT = "go forward"
@@ -91,6 +92,7 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
     # a second adapter over the draft model proposing from half the vocabulary (reduced head)
     half = wrap_model(draft.model, draft.tokenizer)
     half.use_head(head_from_rows(half, set(range(0, half.vocab_size, 2)) | set(half.eos_token_ids)))
+    feature = tiny_feature_draft(target)  # conditioned on the target's states (specdec.models.feature_draft)
     pvalues = {}
     cases = (
         ("exact", rejection_accept, DecodingMode.SPECULATIVE_EARLY_EXIT, 300, dict(predraft_policy="hint"), draft),
@@ -102,6 +104,8 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
          dict(draft_length="confidence", confidence_threshold=0.3), draft),
         ("exact_cloud_finish", rejection_accept, DecodingMode.SPECULATIVE, 300,
          dict(cloud_finish_tokens=1), draft),
+        ("exact_feature_draft", rejection_accept, DecodingMode.SPECULATIVE_EARLY_EXIT, 300,
+         dict(predraft_policy="eager"), feature),
         ("broken", broken_rule, DecodingMode.SPECULATIVE, 200, dict(predraft_policy="hint"), draft),
     )
     for name, rule, mode, runs, settings, proposer in cases:

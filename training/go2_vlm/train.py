@@ -4,12 +4,12 @@ accuracy measures and the teacher pass. :mod:`.build` runs these in the recipe's
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..optim import clipped_step, warmup_cosine
 from .data import COMBOS, Go2Data
 from .pair import IMAGE_H, IMAGE_W, MERGE, PATCH, build_tokenizer
 
@@ -165,11 +165,8 @@ def warm_up_vision(model, data: Go2Data, rows: torch.Tensor, *, steps: int, fram
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         pick = frames[torch.randint(len(frames), (frames_per_step,), generator=gen)].to(data.pix.device)
         loss = object_loss(vision_features(model, data, pick), data.regions[pick], embed, colour_ids, shape_ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.model.visual.parameters(), 1.0)
-        opt.step()
-        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
+        value = clipped_step(opt, None, model.model.visual.parameters(), loss)
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
     model.eval()
     return {"steps": steps, "frames_per_step": frames_per_step, "lr": lr, "final_loss": round(ema or 0.0, 4),
             "seconds": round(time.time() - t0, 1)}
@@ -319,9 +316,7 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     total = max(1, int(steps))
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = warmup_cosine(opt, total)
     gen = torch.Generator().manual_seed(seed)
     pos_cache: Dict[int, torch.Tensor] = {}
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -335,13 +330,8 @@ def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: 
             loss = _answer_loss(answer_logits(model, data, r, pos_cache, feats), data, r, teacher_logp, kd_alpha)
             if aux is not None:
                 loss = loss + aux_weight * aux.loss(data, r, feats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            loss = clipped_step(opt, sched, model.parameters(), loss)
             step += 1
-            loss = float(loss.detach())
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -41,6 +40,7 @@ import torch
 
 from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
 from ..losses import candidate_set, full_vocab_stats, kl_on_candidates
+from ..optim import clipped_step, warmup_cosine
 from ..teacher import Labels
 
 DRAFT_CONFIG = "draft_config.json"
@@ -364,10 +364,7 @@ def distill(
     gen = torch.Generator().manual_seed(seed)
     batches = list(_batches(labels, by_seq, train, max_tokens))
     total = max(1, int(round(epochs * len(batches))))
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
-    )
+    sched = warmup_cosine(opt, total)
     draft.train()
     start = time.time()
     losses: List[float] = []
@@ -382,13 +379,8 @@ def distill(
             hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state[b_idx, p_idx]
             loss = _head_kl(hidden, weight, labels.topk_ids[rows].to(device), labels.topk_logp[rows].to(device),
                             head_ids if head_ids is None else head_ids.to(device), n_random, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            losses.append(clipped_step(opt, sched, params, loss))
             step += 1
-            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(kl=f"{losses[-1]:.3f}")
     bar.close()

@@ -70,17 +70,40 @@ def reference_decode(target, tokenizer, prompts: List[corpus.Prompt], max_new_to
     return Labels.concat(parts)
 
 
-def _per_token_cost(draft, target, tokenizer, draft_dir: str, prompt: corpus.Prompt) -> dict:
+def _per_token_cost(draft_adapter, target, tokenizer, prompt: corpus.Prompt) -> dict:
     """:func:`training.costs.cost_ratio` of the draft as served (its reduced head) and the target."""
     from specdec.models.adapters import wrap_model
-    from specdec.models.draft_head import use_draft_head
 
     from ..costs import cost_ratio
 
     template = prompt.kind == "chat"
-    d = wrap_model(draft, tokenizer, use_chat_template=template)
-    use_draft_head(d, draft_dir)
-    return cost_ratio(d, wrap_model(target, tokenizer, use_chat_template=template), prompt.text)
+    return cost_ratio(draft_adapter(template), wrap_model(target, tokenizer, use_chat_template=template), prompt.text)
+
+
+def _draft_loader(draft_dir: str, tokenizer):
+    """``use_chat_template -> draft adapter`` as served: an HF draft with its reduced head, or a
+    feature draft (:mod:`specdec.models.feature_draft`)."""
+    from transformers import AutoModelForCausalLM
+
+    from specdec.models.adapters import wrap_model
+    from specdec.models.draft_head import use_draft_head
+    from specdec.models.feature_draft import is_feature_draft, load_feature_draft
+
+    if is_feature_draft(draft_dir):
+        def feature(use_template: bool):
+            adapter = load_feature_draft(draft_dir, tokenizer, dtype=torch.float32)
+            adapter.use_chat_template = use_template
+            return adapter
+
+        return feature
+    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval().requires_grad_(False)
+
+    def plain(use_template: bool):
+        adapter = wrap_model(draft, tokenizer, use_chat_template=use_template)
+        use_draft_head(adapter, draft_dir)  # propose as the served draft does
+        return adapter
+
+    return plain
 
 
 def evaluate(
@@ -99,17 +122,16 @@ def evaluate(
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specdec.models.draft_head import use_draft_head
     from specdec.models.early_exit import EarlyExitHeads
     from ..train_exits import evaluate_exits
 
     LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
     target_dir = target_dir or artefacts.text_target_dir()
     draft_dir = draft_dir or artefacts.text_draft_dir()
-    exits_path = exits_path or artefacts.committed_text_exits_sweep_path()
+    exits_path = artefacts.committed_text_exits_sweep_path() if exits_path is None else exits_path  # "": none
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval().requires_grad_(False)
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval().requires_grad_(False)
+    draft_adapter = _draft_loader(draft_dir, tokenizer)
     heads = EarlyExitHeads.load(target, exits_path) if exits_path and os.path.exists(exits_path) else None
     prompts = corpus.eval_prompts(n_chat=n_chat, n_prose=n_prose)
 
@@ -126,8 +148,7 @@ def evaluate(
     try:
         for kind in ("chat", "prose"):
             use_template = kind == "chat"
-            d = wrap_model(draft, tokenizer, use_chat_template=use_template)
-            use_draft_head(d, draft_dir)  # propose as the served draft does
+            d = draft_adapter(use_template)
             t = wrap_model(target, tokenizer, use_chat_template=use_template)
             decoders[kind] = LocalSpeculativeDecoder(d, t, gamma=gamma, max_new_tokens=max_new_tokens,
                                                      draft_length="fixed")
@@ -198,7 +219,7 @@ def evaluate(
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
         "seconds": {"target_alone": round(ref_seconds, 1), "speculative": round(spec_seconds, 1)},
-        "per_token_cost": _per_token_cost(draft, target, tokenizer, draft_dir, prompts[0]),
+        "per_token_cost": _per_token_cost(draft_adapter, target, tokenizer, prompts[0]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "per_prompt": rows,
     }

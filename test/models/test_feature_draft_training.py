@@ -1,0 +1,99 @@
+"""The feature draft's trainer (training.text.feature_draft) on a tiny target: training raises its
+agreement with the target, the committed artefact is reassembled into exactly the trained draft,
+and the trained draft keeps speculative decoding token-identical to the target."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from specdec.models.feature_draft import FeatureDraft, FeatureDraftAdapter
+from training.text import feature_draft as fd
+
+# a tiny random target's next token is a random function of its context: a draft can fit its training
+# text but not generalise (real targets do: see models/eval_smollm2_feature.json)
+RECIPE = dict(fd.DEFAULT_RECIPE, layers=1, head_tokens=96, epochs=30.0, lr=3e-3, batch=8, held_out=8)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_target, tiny_labels, tmp_path_factory):
+    model, tok = tiny_target
+    committed = str(tmp_path_factory.mktemp("feature_committed"))
+    stats = fd.train_and_save(model, tok, tiny_labels, committed, RECIPE, log=lambda _m: None)
+    return stats, committed
+
+
+def test_states_come_from_the_labels(tiny_target, tiny_labels):
+    model, _tok = tiny_target
+    states = fd.target_states(tiny_labels, model.config.hidden_size)
+    seq = tiny_labels.sequences[0]
+    with torch.inference_mode():
+        want = model.model(seq[None]).last_hidden_state[0]
+    p = tiny_labels.prompt_lens[0]
+    assert torch.allclose(states[0][p - 1:len(seq) - 1].float(), want[p - 1:len(seq) - 1], atol=2e-2)
+
+
+def test_training_fits_the_target(trained):
+    stats, _ = trained
+    before, after = stats["train_sample_before"], stats["train_sample_after"]
+    assert after["kl"] < before["kl"] and stats["held_out_after"]["kl"] < stats["held_out_before"]["kl"]
+    assert after["agreement_exact_input"] > before["agreement_exact_input"] + 0.15, stats
+    assert after["agreement_own_input"] > before["agreement_own_input"] + 0.1, stats
+
+
+def test_committed_artefact_holds_only_the_draft_and_reassembles_exactly(tiny_target, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from specdec.models.loading import load_model
+
+    model, tok = tiny_target
+    _stats, committed = trained
+    record = json.load(open(os.path.join(committed, fd.DRAFT_CONFIG)))
+    assert record["recipe"] == RECIPE and record["config"]["num_hidden_layers"] == 1
+    weights = load_file(os.path.join(committed, "feature_draft.safetensors"))
+    assert "model.embed_tokens.weight" not in weights and all(v.dtype == torch.float16 for v in weights.values())
+    target_dir = tmp_path / "target"
+    model.save_pretrained(target_dir)
+    tok.save_pretrained(target_dir)
+    folder = fd.assemble(committed, str(target_dir), str(tmp_path / "assembled"))
+    adapter = load_model(folder)
+    assert isinstance(adapter, FeatureDraftAdapter) and adapter.head_ids is not None
+    assert len(adapter.head_ids) == RECIPE["head_tokens"]
+    # the assembled draft is the trained one: same weights as the committed fp16 ones
+    draft = FeatureDraft.for_target(model)
+    draft.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+    ids = torch.tensor([[3, 9, 14, 20]])
+    states = torch.randn(1, 4, model.config.hidden_size)
+    with torch.inference_mode():
+        assert torch.equal(adapter.model(ids, states), draft(ids, states))
+
+
+def test_trained_draft_is_lossless_and_accepted(tiny_target, tiny_labels, trained, tmp_path):
+    from specdec.engine.local import LocalSpeculativeDecoder
+    from specdec.models.adapters import wrap_model
+    from specdec.models.loading import load_model
+    from specdec.protocol import DecodingMode
+
+    model, tok = tiny_target
+    _stats, committed = trained
+    target_dir = tmp_path / "target"
+    model.save_pretrained(target_dir)
+    tok.save_pretrained(target_dir)
+    draft = load_model(fd.assemble(committed, str(target_dir), str(tmp_path / "assembled")))
+    target = wrap_model(model, tok, use_chat_template=False)
+    draft.use_chat_template = False  # the labels' prompts were raw text
+    accepted = drafted = 0
+    with LocalSpeculativeDecoder(draft, target, gamma=4, max_new_tokens=12) as runner:
+        for seq, p in list(zip(tiny_labels.sequences, tiny_labels.prompt_lens))[:12]:  # mostly training text
+            prompt = tok.decode(seq[:p].tolist())
+            inputs = target.encode(prompt)
+            with torch.inference_mode():
+                out = model.generate(**inputs.generate_kwargs(), max_new_tokens=12, do_sample=False)
+            ref = out[0, len(inputs.input_ids):].tolist()
+            for mode in (DecodingMode.SPECULATIVE, DecodingMode.SPECULATIVE_EARLY_EXIT):
+                result = runner.generate(prompt, None, mode)
+                assert result.tokens == ref
+                accepted += result.stats.accepted_tokens
+                drafted += result.stats.drafted_tokens
+    assert accepted > 0, (accepted, drafted)

@@ -1,0 +1,306 @@
+"""Train a feature draft (:mod:`specdec.models.feature_draft`) for a text target.
+
+Data: the target's own greedy answers to training prompts (:mod:`training.text.data`, labelled
+once and cached); the labelling keeps the target's final (normed) hidden state at every labelled
+position, which is all a feature draft learns from.
+
+Loss, on every position from the last prompt token on (the ones a draft is asked about):
+
+* pass 1 - inputs are the target's states (what the first drafted token of a block sees): KL from
+  the target's distribution to the draft's, both over the reduced head's tokens, plus a
+  smooth-L1 pull of the guessed state towards the target's;
+* pass 2 - inputs are the draft's own pass-1 guesses (what the second drafted token onwards
+  sees), same loss: a draft trained only on exact inputs falls apart after one step.
+
+The target's distribution is its LM head over its own state, so no top-k labels are stored.
+
+Committed artefact (``models/<name>/``): ``draft_config.json`` (the decoder layer's config,
+provenance, training stats), ``feature_draft.safetensors`` (fc, layer, norm in fp16; weights are
+rounded to fp16 in memory first, so the assembled draft is the trained one) and
+``head_token_ids.safetensors``. :func:`assemble` adds the target's embeddings, the head rows and
+the tokenizer under ``.cache/models/<name>/``.
+
+    python -m training.text.feature_draft --target .cache/models/smollm2-135m-instruct \\
+        --out models/smollm2-135m-feature-draft      # (scripts/make_models.py runs the same recipe)
+    python -m training.text.feature_draft --assemble models/smollm2-135m-feature-draft \\
+        --target .cache/models/smollm2-135m-instruct --out .cache/models/smollm2-135m-feature-draft
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from specdec.models.feature_draft import FEATURE_DRAFT_FILE, FEATURE_DRAFT_FORMAT, WEIGHTS_FILE, FeatureDraft
+from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
+from ..optim import clipped_step, warmup_cosine
+from ..teacher import Labels
+
+DRAFT_CONFIG = "draft_config.json"
+HEAD_IDS = "head_token_ids.safetensors"
+RECIPE_VERSION = 1
+
+
+# -- data -------------------------------------------------------------------------------------
+def target_states(labels: Labels, hidden_size: int) -> List[torch.Tensor]:
+    """Per sequence, the target's final normed state at every position the labels cover (the
+    prompt's tail and all generated ones - the only positions a draft reads; zeros elsewhere)."""
+    if labels.final is None:
+        raise ValueError("these labels have no final hidden states (label them again)")
+    out = [torch.zeros(len(seq), hidden_size, dtype=torch.float16) for seq in labels.sequences]
+    for row, (s, p) in enumerate(zip(labels.seq.tolist(), labels.pos.tolist())):
+        out[s][p] = labels.final[row]
+    return out
+
+
+def frequent_tokens(sequences: Sequence[torch.Tensor], prompt_lens: Sequence[int], k: int) -> torch.Tensor:
+    """The ``k`` tokens the target generated most often (ties by id), ascending."""
+    generated = torch.cat([s[p:] for s, p in zip(sequences, prompt_lens)])
+    counts = torch.bincount(generated)
+    order = sorted(range(len(counts)), key=lambda t: (-int(counts[t]), t))
+    return torch.tensor(sorted(order[:k]), dtype=torch.long)
+
+
+def _batch(seqs, states, prompt_lens, rows: Sequence[int]):
+    """Right-padded ids, input states (state[s-1] from the last prompt token on, else 0), target
+    states, and the mask of trained positions (from the last prompt token on)."""
+    width = max(len(seqs[r]) for r in rows)
+    hidden = states[rows[0]].shape[1]
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    s_in = torch.zeros(len(rows), width, hidden)
+    s_out = torch.zeros(len(rows), width, hidden)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n, p = len(seqs[r]), prompt_lens[r]
+        ids[b, :n] = seqs[r]
+        s_out[b, :n] = states[r].float()
+        s_in[b, p:n] = states[r][p - 1:n - 1].float()
+        mask[b, p - 1:n - 1] = True  # the last position predicts past the sequence: no label
+    return ids, s_in, s_out, mask
+
+
+def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -> torch.Tensor:
+    """Pass-2 inputs: the draft's own guess of state[s-1] where pass 1 had the target's."""
+    out = s_in.clone()
+    for b, r in enumerate(rows):
+        p = prompt_lens[r]
+        out[b, p:] = guess[b, p - 1:-1]
+    return out
+
+
+def _loss(draft_states, target_states_, mask, head_w):
+    h_d, h_t = draft_states[mask], target_states_[mask]
+    logp_d = F.log_softmax(h_d @ head_w.t(), dim=-1)
+    with torch.no_grad():
+        p_t = F.softmax(h_t @ head_w.t(), dim=-1)
+        agree = (logp_d.argmax(-1) == p_t.argmax(-1)).float().mean()
+    kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logp_d)).sum(-1).mean()
+    reg = F.smooth_l1_loss(h_d, h_t)
+    return kl, reg, agree
+
+
+@torch.no_grad()
+def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8) -> dict:
+    totals = {"kl1": 0.0, "agree1": 0.0, "agree2": 0.0, "n": 0}
+    for i in range(0, len(rows), batch):
+        part = rows[i:i + batch]
+        ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part)
+        g1 = draft(ids, s_in)
+        kl, _, a1 = _loss(g1, s_out, mask, head_w)
+        g2 = draft(ids, _shift_guesses(g1, s_in, prompt_lens, part))
+        _, _, a2 = _loss(g2, s_out, mask, head_w)
+        n = int(mask.sum())
+        totals["kl1"] += float(kl) * n
+        totals["agree1"] += float(a1) * n
+        totals["agree2"] += float(a2) * n
+        totals["n"] += n
+    n = max(1, totals["n"])
+    return {"kl": round(totals["kl1"] / n, 4), "agreement_exact_input": round(totals["agree1"] / n, 4),
+            "agreement_own_input": round(totals["agree2"] / n, 4), "positions": totals["n"]}
+
+
+def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
+          batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5, log=print) -> dict:
+    """``lm_head``: the target's LM head weight (its distribution is that head over its state)."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(seqs), generator=gen).tolist()
+    held, train_rows = order[:held_out], order[held_out:]
+    head_w = lm_head.detach()[head_ids]
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = max(1, int(math.ceil(len(train_rows) / batch) * epochs))
+    sched = warmup_cosine(opt, steps)
+    sample = train_rows[:held_out]  # training sequences scored like the held-out ones (fit vs generalisation)
+    before = evaluate(draft, seqs, states, prompt_lens, held, head_w)
+    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w)
+    log(f"held-out before: {before}")
+    t0 = time.time()
+    step, losses = 0, []
+    draft.train()
+    while step < steps:
+        perm = torch.randperm(len(train_rows), generator=gen).tolist()
+        for i in range(0, len(perm), batch):
+            if step >= steps:
+                break
+            rows = [train_rows[j] for j in perm[i:i + batch]]
+            ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows)
+            g1 = draft(ids, s_in)
+            kl1, reg1, a1 = _loss(g1, s_out, mask, head_w)
+            g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
+            kl2, reg2, a2 = _loss(g2, s_out, mask, head_w)
+            losses.append(clipped_step(opt, sched, params, kl1 + kl2 + reg_weight * (reg1 + reg2)))
+            step += 1
+            if step % 20 == 0 or step == steps:
+                log(f"step {step}/{steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
+                    f"agree {float(a1):.3f}/{float(a2):.3f} {time.time() - t0:.0f}s")
+    draft.eval()
+    with torch.no_grad():  # the committed weights are fp16: train-time numbers use the rounded ones
+        for p in params:
+            p.copy_(p.half().float())
+    after = evaluate(draft, seqs, states, prompt_lens, held, head_w)
+    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w)
+    log(f"held-out after: {after}; training sample after: {fit_after}")
+    return {"steps": steps, "epochs": epochs, "lr": lr, "batch": batch, "reg_weight": reg_weight,
+            "train_seconds": round(time.time() - t0, 1), "train_sequences": len(train_rows),
+            "train_positions": int(sum(len(seqs[r]) - prompt_lens[r] + 1 for r in train_rows)),
+            "held_out_sequences": len(held), "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+            "held_out_before": before, "held_out_after": after,
+            "train_sample_before": fit_before, "train_sample_after": fit_after}
+
+
+# -- artefacts --------------------------------------------------------------------------------
+def save_committed(draft: FeatureDraft, target, tokenizer, head_ids: torch.Tensor, out_dir: str, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    weights = {k: v.detach().to(torch.float16).contiguous() for k, v in draft.own_state_dict().items()}
+    save_file(weights, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": FEATURE_DRAFT_FORMAT})
+    save_file({"token_ids": head_ids.contiguous()}, os.path.join(out_dir, HEAD_IDS),
+              metadata={"format": FEATURE_DRAFT_FORMAT})
+    digest = hashlib.sha256()
+    for key in sorted(weights):
+        digest.update(key.encode())
+        digest.update(weights[key].numpy().tobytes())
+    config = draft.config.to_dict()
+    for key in ("_name_or_path", "transformers_version"):
+        config.pop(key, None)
+    record = {
+        "format": FEATURE_DRAFT_FORMAT,
+        "config": config,
+        "target": os.path.basename(os.path.normpath(getattr(target, "name_or_path", "") or "target")),
+        "target_fingerprint": model_fingerprint(target),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "weights_sha256": digest.hexdigest(),
+        "head_tokens": int(len(head_ids)),
+        **info,
+    }
+    with open(os.path.join(out_dir, DRAFT_CONFIG), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+
+
+def assemble(committed_dir: str, target_dir: str, out_dir: str, force: bool = False) -> str:
+    """A loadable folder (:func:`specdec.models.feature_draft.load_feature_draft`) from the
+    committed artefact and the target's embeddings and tokenizer."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from specdec.models.draft_head import make_head, save_draft_head
+
+    with open(os.path.join(committed_dir, DRAFT_CONFIG), encoding="utf-8") as handle:
+        record = json.load(handle)
+    marker = os.path.join(out_dir, FEATURE_DRAFT_FILE)
+    if not force and os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as handle:
+            if json.load(handle).get("weights_sha256") == record["weights_sha256"]:
+                return out_dir
+    tensors = {}
+    for name in sorted(os.listdir(target_dir)):
+        if name.endswith(".safetensors"):
+            tensors.update({k: v for k, v in load_file(os.path.join(target_dir, name)).items()
+                            if k in ("model.embed_tokens.weight", "lm_head.weight")})
+    if "model.embed_tokens.weight" not in tensors:
+        raise FileNotFoundError(f"{target_dir}: no model.embed_tokens.weight in its safetensors files")
+    embed = tensors["model.embed_tokens.weight"]
+    head = tensors.get("lm_head.weight", embed)  # absent: tied to the embeddings
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    LlamaConfig(**record["config"]).save_pretrained(tmp)
+    shutil.copy(os.path.join(committed_dir, WEIGHTS_FILE), os.path.join(tmp, WEIGHTS_FILE))
+    save_file({"weight": embed.contiguous()}, os.path.join(tmp, "embed_tokens.safetensors"))
+    if head is not embed:
+        save_file({"weight": head.contiguous()}, os.path.join(tmp, "lm_head.safetensors"))
+    ids = load_file(os.path.join(committed_dir, HEAD_IDS))["token_ids"]
+    save_draft_head(tmp, make_head(ids, head[ids].clone()), int(head.shape[0]))
+    AutoTokenizer.from_pretrained(target_dir).save_pretrained(tmp)
+    with open(os.path.join(tmp, FEATURE_DRAFT_FILE), "w", encoding="utf-8") as handle:
+        json.dump({"format": FEATURE_DRAFT_FORMAT, "weights_sha256": record["weights_sha256"],
+                   "target_fingerprint": record["target_fingerprint"]}, handle, indent=2)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+DEFAULT_RECIPE = {"data": "text:chat=1875,prose=900,new=128,seed=0", "layers": 2, "head_tokens": 16384,
+                  "epochs": 3.0, "lr": 2e-3, "batch": 8, "held_out": 48, "seed": 0, "version": RECIPE_VERSION}
+
+
+def train_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict, log=print) -> dict:
+    """Train a feature draft on ``labels`` with ``recipe`` (keys of :data:`DEFAULT_RECIPE`) and
+    commit it to ``out_dir``; returns the training stats."""
+    torch.manual_seed(recipe["seed"])
+    seqs = [s.long() for s in labels.sequences]
+    prompt_lens = list(labels.prompt_lens)
+    states = target_states(labels, target.config.hidden_size)
+    head_ids = frequent_tokens(seqs, prompt_lens, recipe["head_tokens"])
+    generated = torch.cat([s[p:] for s, p in zip(seqs, prompt_lens)])
+    coverage = float(torch.isin(generated, head_ids).float().mean())
+    log(f"{len(seqs)} sequences, {len(generated)} generated tokens, head covers {coverage:.3f}")
+    draft = FeatureDraft.for_target(target, recipe["layers"])
+    stats = train(draft, seqs, states, prompt_lens, head_ids, epochs=recipe["epochs"], lr=recipe["lr"],
+                  batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
+                  lm_head=target.lm_head.weight, log=log)
+    stats["head_coverage_train"] = round(coverage, 4)
+    save_committed(draft, target, tokenizer, head_ids, out_dir, {"recipe": recipe, "training": stats})
+    return stats
+
+
+def main(argv=None) -> int:
+    from ..train_exits import load_target, set_threads
+    from .data import cached_labels, make_source
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True, help="HF folder of the target")
+    parser.add_argument("--out", required=True, help="committed artefact folder (or HF folder with --assemble)")
+    parser.add_argument("--assemble", default=None, metavar="COMMITTED_DIR", help="only build the loadable folder")
+    parser.add_argument("--labels-cache", default=None)
+    for key, value in DEFAULT_RECIPE.items():
+        if key != "version":
+            parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    if args.assemble:
+        assemble(args.assemble, args.target, args.out, force=True)
+        return 0
+    recipe = {key: getattr(args, key) for key in DEFAULT_RECIPE if key != "version"}
+    recipe["version"] = RECIPE_VERSION
+    t0 = time.time()
+    target, tokenizer = load_target(args.target, torch.device("cpu"))
+    labels = cached_labels(make_source(recipe["data"]), target, tokenizer, [], args.labels_cache)
+    stats = train_and_save(target, tokenizer, labels, args.out, recipe, log=lambda m: print(m, flush=True))
+    print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
