@@ -239,6 +239,33 @@ def test_hints_in_a_batched_pass_come_from_their_own_row(tiny_pair):
     assert len(hints[1]) == 2 and hints[4] == hints[1]
 
 
+def test_target_states_in_a_batched_pass_come_from_their_own_row(tiny_pair):
+    """Two rounds in one pass, only the second asking for the target's states (a draft conditioned on
+    them): it gets exactly the states it gets alone; the other gets none."""
+    _, target = tiny_pair("llama", noise=0.05)
+    results = {}
+    for max_batch in (1, 4):
+        verifier, out = Verifier(target, max_batch=max_batch), []
+        common = dict(tokenizer_fingerprint=target.fingerprint, stop_token_ids=[], max_new_tokens=8, gamma=3,
+                      mode=int(DecodingMode.SPECULATIVE))
+        verifier.admit(SessionStart(session_id="a", robot_id="a", prompt=PROMPTS[0], **common), out.append)
+        verifier.admit(SessionStart(session_id="b", robot_id="b", prompt=PROMPTS[2], return_states=True, **common),
+                       out.append)
+        while verifier._sessions["b"].state is None or verifier._sessions["a"].state is None:
+            verifier.run_next(out.append)
+        passes = verifier.stats.target_forward_passes
+        verifier.admit(DraftBlock(session_id="a", seq=1, round=0, position=0, tokens=[5, 6, 7]), out.append)
+        verifier.admit(DraftBlock(session_id="b", seq=1, round=0, position=0, tokens=[8, 9]), out.append)
+        while verifier.run_next(out.append):
+            pass
+        assert verifier.stats.target_forward_passes - passes == (1 if max_batch > 1 else 2)  # one shared pass
+        got = {m.session_id: m for m in out if isinstance(m, VerifyResult)}
+        assert got["a"].target_states == b"" and len(got["b"].target_states) == (got["b"].accepted + 1) * 2 * target.model.config.hidden_size
+        results[max_batch] = (got["b"].accepted, got["b"].target_states)
+    alone, batched = (torch.frombuffer(bytearray(results[n][1]), dtype=torch.float16) for n in (1, 4))
+    assert results[1][0] == results[4][0] and torch.allclose(alone.float(), batched.float(), atol=2e-3)
+
+
 def test_max_prefill_batch_1_runs_each_prefill_alone_and_answers_the_same(tiny_pair):
     """The A/B switch of the fleet benchmark (batched-steps-only)."""
     _, target = tiny_pair("llama", noise=0.05)
