@@ -260,7 +260,8 @@ def test_target_states_in_a_batched_pass_come_from_their_own_row(tiny_pair):
             pass
         assert verifier.stats.target_forward_passes - passes == (1 if max_batch > 1 else 2)  # one shared pass
         got = {m.session_id: m for m in out if isinstance(m, VerifyResult)}
-        assert got["a"].target_states == b"" and len(got["b"].target_states) == (got["b"].accepted + 1) * 2 * target.model.config.hidden_size
+        row_bytes = 2 * target.model.config.hidden_size  # fp16
+        assert got["a"].target_states == b"" and len(got["b"].target_states) == (got["b"].accepted + 1) * row_bytes
         results[max_batch] = (got["b"].accepted, got["b"].target_states)
     alone, batched = (torch.frombuffer(bytearray(results[n][1]), dtype=torch.float16) for n in (1, 4))
     assert results[1][0] == results[4][0] and torch.allclose(alone.float(), batched.float(), atol=2e-3)
