@@ -17,6 +17,7 @@ Only rclpy APIs present in Humble and Jazzy.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Sequence
 
@@ -71,8 +72,17 @@ def declare_parameters(node: Node, table: Sequence[Param]) -> Dict[str, object]:
     return values
 
 
-def run_node(factory: Callable[[], Node], name: str, args=None, threads: int = 1) -> int:
-    """Construct the node, spin until Ctrl-C / shutdown, clean up. Returns the exit code."""
+TEARDOWN_TIMEOUT_S = 10.0
+
+
+def run_node(factory: Callable[[], Node], name: str, args=None, threads: int = 1,
+             teardown_timeout_s: float = TEARDOWN_TIMEOUT_S) -> int:
+    """Construct the node, spin until Ctrl-C / shutdown, clean up. Returns the exit code.
+
+    The clean-up is bounded: Fast DDS can busy-spin for good while deleting a participant whose
+    discovery callback is in flight (eProsima/Fast-DDS#6513; seen here as a bag recorder spinning
+    at 97 % CPU long after its bag was closed, deaf to SIGTERM). After ``teardown_timeout_s`` a
+    C-level watchdog (``faulthandler``, which needs no GIL) prints where it hung and exits with 1."""
     rclpy.init(args=args)
     try:
         node = factory()
@@ -87,8 +97,10 @@ def run_node(factory: Callable[[], Node], name: str, args=None, threads: int = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        faulthandler.dump_traceback_later(teardown_timeout_s, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return 0
 
 
