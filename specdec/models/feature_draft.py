@@ -137,11 +137,6 @@ class FeatureDraftAdapter(ModelAdapter):
         self._zero = torch.zeros(self.hidden_size, dtype=self.dtype, device=self.device)
 
     # -- state --------------------------------------------------------------------------------
-    def new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache()
-
     @torch.inference_mode()
     def prefill(self, inputs, image=None) -> FeatureState:
         if isinstance(inputs, str):
@@ -175,8 +170,7 @@ class FeatureDraftAdapter(ModelAdapter):
         if self.clock is not None:
             self.clock.begin(len(ids), state.cache.get_seq_length(), 0)
         tokens = torch.tensor([list(ids)], device=self.device)
-        out = self.model(tokens, torch.stack(inputs)[None], cache=state.cache)[0]
-        return out
+        return self.model(tokens, torch.stack(inputs)[None], cache=state.cache)[0]
 
     @torch.inference_mode()
     def forward_hidden(self, state: FeatureState, tokens: Sequence[int], keep: int = 0) -> torch.Tensor:
