@@ -32,10 +32,12 @@ process for several milliseconds: a shorter pass would overrun on noise alone); 
 needed. Every table says the k it ran with.
 
 A prefill runs once per decision, and a GPU prefills a long prompt far faster, relative to its
-decode step, than a CPU does: covering the text target's prefill would take k ~ 17, too slow to
-run. So k does not cover prefills; where a prefill is slower here than k times the device's, it
-overruns, its cell is INVALID like any other, and :func:`prefill_excess_ms` bounds what it adds to
-a decision (from the calibration), printed next to the cell.
+decode step, than a CPU does, so k covers prefills too (:func:`prefill_dilation`), with a smaller
+margin (``PREFILL_MARGIN``: one long pass, little scheduling noise). A fleet of K robots needs more
+(:func:`fleet_dilation`): here their drafts take turns on one core, and K prefills batched in one
+pass cost this CPU K times one. Where a prefill still overruns, its cell is INVALID like any
+other, and :func:`prefill_excess_ms` bounds what it adds to a decision (from the calibration),
+printed next to the cell.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ CPU_SELF_PREFIX = "cpu-self"  # measured from this machine: validation, not a de
 STAND_INS = {"tiny": "go2"}  # the tiny random Qwen2-VL pair may stand in for the Go2 pair (plumbing checks)
 DILATION_MARGIN = 1.5  # real compute may take this much longer than calibrated (a loaded machine) before overrunning
 MIN_PASS_MS = 15.0  # no emulated pass shorter than this (scheduling noise on a shared machine)
+PREFILL_MARGIN = 1.2  # the same for prefills: one long pass per decision, calibrated on its own prompts
+# a batched prefill of K prompts, estimated from the single-prompt fit: at margin 1.2 (k = 21) one batch of 8
+# text prompts per cell still overran (2026-12-02 full run): the estimate gets more room than a measured pass
+FLEET_PREFILL_MARGIN = 2.0
 
 
 @dataclass
@@ -179,6 +185,41 @@ def dilation(pair: ProfilePair, shapes: Dict[str, Sequence[tuple]],
         for values in ratios.values():
             need = max(need, margin * statistics.median(values))
     return math.ceil(2 * need - 1e-9) / 2
+
+
+def prefill_dilation(pair: ProfilePair, prefills: Dict[str, Sequence[tuple]], margin: float = PREFILL_MARGIN) -> float:
+    """The time dilation that keeps every calibrated prefill (``prefills[side]``: (new, cached,
+    image, measured ms, kind)) ``margin`` times inside the dilated profile: a decision has one
+    prefill, and each prompt's must fit."""
+    need = 1.0
+    for side, shapes in prefills.items():
+        theirs = getattr(pair, side).forward
+        for new, cached, image, ms, _ in shapes:
+            need = max(need, margin * ms / max(theirs.ms(new, cached, image), 1e-9))
+    return math.ceil(2 * need - 1e-9) / 2
+
+
+def fleet_dilation(pair: ProfilePair, here: ProfilePair, shapes: Dict[str, Dict[str, Sequence[tuple]]],
+                   robots: int) -> float:
+    """The dilation for ``robots`` robots deciding at once (``shapes[side][kind]`` as calibrated,
+    ``here`` the cpu-self fit). In the emulation each robot has its own edge device; here their drafts
+    take turns on one core, so a draft or prefill pass may wait behind ``robots - 1`` others: the
+    edge's calibrated times count ``robots`` times. The cloud's repeated passes run in the verifier
+    one (batched) pass at a time; a batched prefill of ``robots`` copies of a calibrated prompt costs
+    this CPU what the cpu-self fit says for all their tokens, kept ``FLEET_PREFILL_MARGIN`` inside.
+    (Prompts of different lengths would cost more here: the batch pads every row to the longest,
+    while the device is charged the rows' own tokens - the text fleet gives every robot one prompt.)"""
+    crowded = {side: [(n, c, i, ms * (robots if side == "edge" else 1), kind) for n, c, i, ms, kind in kinds["repeated"]]
+               for side, kinds in shapes.items()}
+    need = dilation(pair, crowded)
+    edge_prefills = [(n, c, i, ms * robots, kind) for n, c, i, ms, kind in shapes.get("edge", {}).get("prefill", ())]
+    need = max(need, prefill_dilation(pair, {"edge": edge_prefills}))
+    cloud = shapes.get("cloud", {}).get("prefill", ())
+    for new, cached, image, _, _ in cloud:
+        real = here.cloud.forward.ms(robots * new, robots * cached, robots * image)
+        device = pair.cloud.forward.ms(robots * new, robots * cached, robots * image, rows=robots)
+        need = max(need, math.ceil(2 * FLEET_PREFILL_MARGIN * real / max(device, 1e-9) - 1e-9) / 2)
+    return need
 
 
 def prefill_excess_ms(pair: ProfilePair, prefills: Dict[str, Sequence[tuple]], k: float) -> float:

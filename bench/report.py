@@ -239,15 +239,23 @@ def _fleet_section(report: dict) -> List[str]:
                       f"({verifier} verifier)", "",
                       (f"Each robot decides, then moves for {rows[0]['think_s']:.2f} s before its next decision; "
                        "robots start at random offsets." if rows[0]["think_s"] > 0 else
-                       "Robots decide back to back (no motion between decisions): the verifier's capacity."), ""]
-            lines += table(["emulated: robots", "mode", "latency p50 / p90 ms", "GPU busy", "cloud GPU time/decision",
-                            "target passes/decision", "decisions/s (tokens/s)", "valid"],
-                           [[r["robots"], MODE_LABEL[r["mode"]], f"{r['latency_ms_median']:.0f} / "
-                             f"{r['latency_ms_p90']:.0f}", f"{r['gpu_busy']:.2f}",
-                             f"{r['cloud_s_per_decision'] * 1000:.1f} ms", f"{r['target_passes_per_decision']:.2f}",
-                             f"{r.get('decisions_per_s', 0):.1f} ({r.get('tokens_per_s', 0):.0f})",
-                             ("yes" if r["valid"] else INVALID) + (f" ({len(r['errors'])} errors)" if r["errors"] else "")]
-                            for r in rows])
+                       "Robots decide back to back (no motion between decisions): the verifier's capacity.")
+                      + (f" Time dilation x{rows[0]['dilation']:g}." if "dilation" in rows[0] else ""), ""]
+            # columns a run recorded (older results.json files lack the newer ones)
+            columns = [("emulated: robots", lambda r: f"{r['robots']} (the {r['same_as']} run)" if r.get("same_as")
+                        else r["robots"]),
+                       ("mode", lambda r: MODE_LABEL[r["mode"]]),
+                       ("latency p50 / p90 ms", lambda r: f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}"),
+                       ("GPU busy", lambda r: f"{r['gpu_busy']:.2f}"),
+                       ("cloud GPU time/decision", lambda r: f"{r['cloud_s_per_decision'] * 1000:.1f} ms"),
+                       ("target passes/decision", lambda r: f"{r['target_passes_per_decision']:.2f}"),
+                       ("mean batch", lambda r: f"{r['mean_batch']:.2f}" if r.get("mean_batch") else "-", "mean_batch"),
+                       ("target passes/s", lambda r: f"{r['target_passes_per_s']:.1f}", "target_passes_per_s"),
+                       ("decisions/s (tokens/s)", lambda r: f"{r.get('decisions_per_s', 0):.1f} ({r.get('tokens_per_s', 0):.0f})"),
+                       ("valid", lambda r: ("yes" if r["valid"] else INVALID)
+                        + (f" ({len(r['errors'])} errors)" if r["errors"] else ""))]
+            columns = [c for c in columns if len(c) == 2 or all(c[2] in r for r in rows)]
+            lines += table([c[0] for c in columns], [[c[1](r) for c in columns] for r in rows])
             fewest = min(x["robots"] for x in rows)
             single = [r for r in rows if r["mode"] == "cloud_only" and r["robots"] == fewest]
             if single:

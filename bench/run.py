@@ -31,7 +31,7 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,9 @@ class Settings:
     emulated_text_prompts: int  # emulated text runs are dilated (several times slower than real time)
     emulated_text_tokens: int
     fleet_robots: List[int]
-    fleet_decisions: int
+    text_fleet_robots: List[int]  # text fleets run far more dilated (their drafts share one core here)
+    fleet_decisions: int  # per robot per cell (text: text_fleet_decisions)
+    text_fleet_decisions: int
     fleet_verifiers: List[str]  # keys of shared_cloud.VERIFIERS
     goal_seeds: int
     map_rtts_ms: List[float]  # the map of where each side wins (Go2, first profile; empty: skipped)
@@ -87,12 +89,14 @@ def settings(quick: bool) -> Settings:
     if quick:
         return Settings(True, rtts_ms=[50], gammas=[], reference_rtt_ms=50, reference_gamma=4,
                         text_prompts=2, text_tokens=8, go2_frames=4, go2_tokens=8, emulated_text_prompts=1,
-                        emulated_text_tokens=8, fleet_robots=[4], fleet_decisions=2, fleet_verifiers=["serialized"],
+                        emulated_text_tokens=8, fleet_robots=[4], text_fleet_robots=[], fleet_decisions=2,
+                        text_fleet_decisions=2, fleet_verifiers=["serialized"],
                         goal_seeds=1, map_rtts_ms=[], map_draft_speed=[], profiles=QUICK_PROFILES, assisted=False)
     # sized for < 30 minutes on 2 cores (~20 minutes when nothing else runs)
     return Settings(False, rtts_ms=[0, 25, 50, 100], gammas=[2, 4, 8], reference_rtt_ms=50, reference_gamma=4,
                     text_prompts=4, text_tokens=16, go2_frames=16, go2_tokens=8, emulated_text_prompts=2,
-                    emulated_text_tokens=12, fleet_robots=[1, 4, 8, 16], fleet_decisions=3,
+                    emulated_text_tokens=12, fleet_robots=[1, 4, 8, 16], text_fleet_robots=[1, 8], fleet_decisions=3,
+                    text_fleet_decisions=2,
                     fleet_verifiers=list(shared_cloud.DEFAULT_VERIFIERS), goal_seeds=10, map_rtts_ms=[30, 120, 300],
                     map_draft_speed=[0.1, 0.25, 1.0])
 
@@ -275,7 +279,8 @@ class WorkloadBench:
         for bp in profiles:
             scale = emulation.image_scale(bp, stand_in_image_tokens(self.shapes))
             device = emulation.effective(bp.pair, 1.0, scale)
-            k = emulation.dilation(device, by_kind(self.shapes, "repeated"))
+            k = max(emulation.dilation(device, by_kind(self.shapes, "repeated")),
+                    emulation.prefill_dilation(device, by_kind(self.shapes, "prefill")))
             pair = emulation.effective(bp.pair, k, scale)
             path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}.yaml"))
             self.log(f"  {w.name} emulated {bp.name}: time dilation x{k:g}, link RTT {bp.rtt_ms:g} ms")
@@ -312,8 +317,12 @@ class WorkloadBench:
             if goal_runs is not None:
                 entry["time_to_goal"] = time_to_goal.time_to_goal(goal_runs, {r["mode"]: r for r in entry["rows"]})
             self.out["emulated"].append(entry)
-            if w.name != "text" and cfg.fleet_robots:
-                self.fleet(bp, pair, path, k, goal_runs)
+            robots = cfg.text_fleet_robots if w.name == "text" else cfg.fleet_robots
+            if robots:
+                # text robots all decode one prompt: a batched prefill pads every row to the longest, which
+                # costs this CPU what the device is not charged (and would take a far larger dilation)
+                fleet_w = replace(emulated_w, items=emulated_w.items[:1]) if w.name == "text" else emulated_w
+                self.fleet(bp, fleet_w, robots, scale, k, goal_runs)
             if w.name != "text" and cfg.map_rtts_ms and bp is profiles[0]:  # the paper's setup
                 self.win_map(bp, pair, path, k, emulated_w)
 
@@ -334,15 +343,21 @@ class WorkloadBench:
         return {"label": "STATIC FORMULA cross-check (bench/projection.py), not a measurement",
                 "latency_ms": formula, "by_acceptance": acceptance}
 
-    def fleet(self, bp, pair, path, k, goal_runs):
-        """K robots on one emulated GPU, per verifier kind: cloud-only vs speculative."""
-        cfg, w = self.cfg, self.workload
+    def fleet(self, bp, w, robots, scale, k, goal_runs):
+        """``robots`` robots (each K) on one emulated GPU, per verifier kind: cloud-only vs speculative."""
+        cfg = self.cfg
         think_s = cfg.fleet_think_s
-        if think_s is None:  # the Go2's mean motion time per decision
-            think_s = time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0
+        if think_s is None:  # a Go2 moves for its mean motion time per decision; text decides back to back
+            think_s = 0.0 if w.name == "text" else (
+                time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0)
+        device = emulation.effective(bp.pair, 1.0, scale)
+        k = max(k, emulation.fleet_dilation(device, self.cpu_self, self.shapes, max(robots)))
+        pair = emulation.effective(bp.pair, k, scale)
+        path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}-fleet.yaml"))
+        self.log(f"  {w.name} shared cloud {bp.name}: time dilation x{k:g}")
         think_s *= k
         clock = self.edge_clock(pair.edge)
-        ids = [f"robot{i:02d}" for i in range(max(cfg.fleet_robots))]
+        ids = [f"robot{i:02d}" for i in range(max(robots))]
         link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
                      pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
         for verifier in cfg.fleet_verifiers:
@@ -350,29 +365,47 @@ class WorkloadBench:
             with cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=path, robot_ids=ids,
                                       extra_args=shared_cloud.verifier_flags(settings, k)) as cloud, \
                     Edge(self.draft, clock):
-                for robots in cfg.fleet_robots:
-                    with self.link(cloud, *link_args, robot_ids=ids[:robots]) as clients:
+                for count in robots:
+                    alone = [r for r in self.out["fleet"] if r["profile"] == bp.name and r["robots"] == 1
+                             and r["verifier"] == "serialized"]
+                    if count == 1 and alone and verifier != "serialized":
+                        # one robot's passes are batches of one under any verifier: measured once
+                        self.out["fleet"] += [dict(r, verifier=verifier, same_as="serialized") for r in alone]
+                        continue
+                    with self.link(cloud, *link_args, robot_ids=ids[:count]) as clients:
                         decoders = [decoder_for(self.draft, c, c.robot_id) for c in clients]
                         shared_cloud.warm_up(decoders, w)
                         watch = emulation.ClockWatch(clock, cloud)
                         for mode in FLEET_MODES:
-                            busy0 = cloud.snapshot()["verifier"]["compute_ms"]
-                            run = shared_cloud.run_fleet(decoders, w, mode, cfg.fleet_decisions, think_s,
-                                                         cfg.reference_gamma, seed=robots, **self.decide)
-                            busy = cloud.snapshot()["verifier"]["compute_ms"] - busy0
+                            before = cloud.snapshot()["verifier"]
+                            decisions = cfg.text_fleet_decisions if w.name == "text" else cfg.fleet_decisions
+                            run = shared_cloud.run_fleet(decoders, w, mode, decisions, think_s,
+                                                         cfg.reference_gamma, seed=count, **self.decide)
+                            after_doc = cloud.snapshot()
+                            after = after_doc["verifier"]
+                            busy = after["compute_ms"] - before["compute_ms"]
+                            batches = after["batches"] - before["batches"]
                             validity = watch.lap()
-                            row = {"profile": bp.name, "verifier": verifier, "robots": robots, "mode": mode,
-                                   "think_s": think_s / k, "valid": validity.valid, "errors": run["errors"],
+                            row = {"profile": bp.name, "verifier": verifier, "robots": count, "mode": mode,
+                                   "think_s": think_s / k, "dilation": k, "valid": validity.valid, "errors": run["errors"],
+                                   "overruns": {"edge": validity.edge_overruns, "cloud": validity.cloud_overruns,
+                                                "cloud_so_far_by_kind": (after_doc.get("clock") or {}).get("overruns_by_kind")},
                                    "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
+                                   # sessions per batched pass (0: none ran batched - a lone cloud-only decode)
+                                   "mean_batch": (after["batched_rows"] - before["batched_rows"]) / batches
+                                   if batches else 0.0,
                                    # served per emulated second (demand-limited while robots move)
                                    "decisions_per_s": len(run["results"]) * k / run["wall_s"] if run["wall_s"] else 0.0,
+                                   # forward passes of the target (a batched pass counts once), per emulated second
+                                   "target_passes_per_s": (after["target_forward_passes"] - before["target_forward_passes"])
+                                   * k / run["wall_s"] if run["wall_s"] else 0.0,
                                    "tokens_per_s": sum(r.stats.new_tokens for r in run["results"]) * k / run["wall_s"]
                                    if run["wall_s"] else 0.0,
                                    **summarise(run["results"], 1 / k)}
                             self.out["fleet"].append(row)
-                            self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={robots:<2} {mode:<16} "
+                            self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={count:<2} {mode:<16} "
                                      f"p50 {row['latency_ms_median']:.0f} ms p90 {row['latency_ms_p90']:.0f} ms "
-                                     f"GPU busy {row['gpu_busy']:.2f} ({run['wall_s']:.0f} s)"
+                                     f"GPU busy {row['gpu_busy']:.2f} mean batch {row['mean_batch']:.2f} ({run['wall_s']:.0f} s)"
                                      f"{'' if validity.valid else '  INVALID (overruns)'}"
                                      f"{'  ERRORS ' + '; '.join(run['errors'][:2]) if run['errors'] else ''}")
 
@@ -427,7 +460,7 @@ def main(argv=None):
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--bandwidth-mbps", type=float, default=0.0)
     parser.add_argument("--loss", type=float, default=0.0)
-    parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU (default per settings; none: skip)")
+    parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU, both workloads (default per settings; none: skip)")
     parser.add_argument("--fleet-verifiers", nargs="+", choices=list(shared_cloud.VERIFIERS),
                         help="verifier settings the shared cloud runs (default: serialized and batched)")
     parser.add_argument("--fleet-think-s", type=float, default=None,
@@ -453,7 +486,7 @@ def main(argv=None):
     if args.profiles is not None:
         cfg.profiles = args.profiles
     if args.fleet is not None:
-        cfg.fleet_robots = args.fleet
+        cfg.fleet_robots = cfg.text_fleet_robots = args.fleet
     cfg.fleet_think_s = args.fleet_think_s
     if args.fleet_verifiers:
         cfg.fleet_verifiers = args.fleet_verifiers

@@ -3,10 +3,10 @@
 Each robot is a thread of this process with its own WebSocket connection (its own robot id and
 token) through the link emulator to ONE ``verifier_server`` that emulates the profile's GPU. The
 robots share the draft model's weights and the edge compute clock (each thread's passes take the
-edge device's time: every robot has its own Jetson). A robot decides, then moves: it waits the
-Go2's mean motion time per decision (from the closed loop, :mod:`bench.time_to_goal`) before its
-next decision, and the robots start at random offsets within one such period, so the GPU sees
-the arrivals a fleet would make.
+edge device's time: every robot has its own Jetson). A Go2 robot decides, then moves: it waits
+the Go2's mean motion time per decision (from the closed loop, :mod:`bench.time_to_goal`) before
+its next decision, and the robots start at random offsets within one such period, so the GPU sees
+the arrivals a fleet would make. Text robots decide back to back (the verifier's capacity).
 
 Verifiers, each a set of server flags (:data:`VERIFIERS`), and every row says which it
 measured: *serialized* (``--max-batch 1``: one forward pass at a time, the GPU's time is split,

@@ -244,15 +244,24 @@ class Verifier:
             with self._lock:
                 now = self.clock()
                 wait = self._next_batch_wait(now) if self.queued else min(poll_s, self._next_due(now))
-            if timed:
-                msg, arrived = transport.recv_with_time(wait)
-            else:
-                msg, arrived = transport.recv(wait), None
-            with self._lock:
-                if msg is not None:
+            received = 0
+            while True:
+                # after the first, only what is already here: e.g. the blocks that arrived during the last
+                # pass, which then share the next one (taken one per pass, they never would)
+                if timed:
+                    msg, arrived = transport.recv_with_time(wait if received == 0 else 0.0)
+                else:
+                    msg, arrived = transport.recv(wait if received == 0 else 0.0), None
+                if msg is None:
+                    break
+                received += 1
+                with self._lock:
                     self.admit(msg, emit, received_at=arrived)
-                    if self._next_batch_wait(self.clock()) > 0:
-                        continue  # a batch that is not full yet: wait for more blocks
+                    if self.queued >= 2 * self.max_batch:
+                        break  # the rest waits in the transport's inbox, bounded per robot (backpressure)
+            with self._lock:
+                if received and self._next_batch_wait(self.clock()) > 0:
+                    continue  # a batch that is not full yet: wait for more blocks
                 self._queue_due_prefills(self.clock())
                 self.run_next(emit)
             now = self.clock()
@@ -399,6 +408,8 @@ class Verifier:
         groups = {self._batch_group(h) for h in heads}
         if len(heads) >= self.max_batch or len(groups) != 1 or None in groups:  # full, mixed or unbatchable
             return 0.0
+        if len(heads) >= len({s.robot for s in self._sessions.values()}):
+            return 0.0  # every robot with an open session is in already: nobody else can join
         oldest = min(h[3] for h in heads)
         return max(0.0, oldest + self.batch_window_ms / 1000 - now)
 

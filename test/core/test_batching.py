@@ -285,3 +285,62 @@ def test_max_prefill_batch_1_runs_each_prefill_alone_and_answers_the_same(tiny_p
         passes[limit, "tokens"] = sorted((m.session_id, tuple(m.tokens)) for m in out if isinstance(m, SessionEnd))
     assert passes[0] == (1, 4) and passes[1] == (1, 1)
     assert passes[0, "tokens"] == passes[1, "tokens"]
+
+
+class _Inbox:
+    """A cloud transport whose messages are all already there (arrived during the last pass)."""
+
+    def __init__(self, messages, stop):
+        self.messages, self.stop, self.sent = list(messages), stop, []
+
+    def recv(self, timeout):
+        if not self.messages:
+            self.stop.set()
+            return None
+        return self.messages.pop(0)
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+
+def test_blocks_that_arrived_during_a_pass_share_the_next_one(tiny_pair):
+    """The serve loop takes in everything already waiting before it runs a pass: blocks of four
+    robots that arrived while the last pass ran go through ONE pass (taken one message per pass,
+    each ran alone), and each answer is the one it gets alone."""
+    _, target = tiny_pair("llama", noise=0.05)
+    answers = {}
+    for max_batch in (1, 8):
+        verifier, out = Verifier(target, max_batch=max_batch), []
+        for i, prompt in enumerate(PROMPTS):
+            verifier.admit(SessionStart(session_id=f"s{i}", robot_id=f"r{i}", tokenizer_fingerprint=target.fingerprint,
+                                        prompt=prompt, mode=int(DecodingMode.SPECULATIVE), max_new_tokens=6, gamma=3,
+                                        stop_token_ids=[]), out.append)
+        while verifier.run_next(out.append):  # the prefills
+            pass
+        before = verifier.stats.target_forward_passes
+        stop = threading.Event()
+        inbox = _Inbox([DraftBlock(session_id=f"s{i}", seq=1, round=0, position=0, tokens=[5, 6, 7][:i % 3 + 1])
+                        for i in range(len(PROMPTS))], stop)
+        verifier.serve(inbox, stop, poll_s=0.01)
+        while verifier.run_next(inbox.send):
+            pass
+        answers[max_batch] = sorted((m.session_id, m.accepted, m.next_token) for m in inbox.sent
+                                    if isinstance(m, VerifyResult))
+        assert len(answers[max_batch]) == len(PROMPTS)
+        assert verifier.stats.target_forward_passes - before == (len(PROMPTS) if max_batch == 1 else 1)
+    assert answers[8] == answers[1]
+
+
+def test_the_batch_window_waits_only_while_another_robot_could_join(tiny_pair):
+    _, target = tiny_pair("llama", noise=0.05)
+    verifier, out = Verifier(target, max_batch=8, batch_window_ms=1000.0), []
+    for i in range(2):
+        verifier.admit(SessionStart(session_id=f"s{i}", robot_id=f"r{i}", tokenizer_fingerprint=target.fingerprint,
+                                    prompt=PROMPTS[i], mode=int(DecodingMode.SPECULATIVE), max_new_tokens=6, gamma=3,
+                                    stop_token_ids=[]), out.append)
+    while verifier.run_next(out.append):  # the prefills
+        pass
+    verifier.admit(DraftBlock(session_id="s0", seq=1, round=0, position=0, tokens=[5, 6]), out.append)
+    assert verifier._next_batch_wait(verifier.clock()) > 0.5  # robot r1 may still send its block
+    verifier.admit(SessionEnd(session_id="s1", seq=1), out.append)
+    assert verifier._next_batch_wait(verifier.clock()) == 0.0  # r0 is alone now: no one to wait for
