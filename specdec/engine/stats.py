@@ -204,7 +204,7 @@ class VerifierStats:
     continued_tokens: int = 0  # tokens the cloud decoded itself after verified blocks (cloud_finish_tokens)
     batches: int = 0  # forward passes that verified, decoded or whole-prefilled for sessions (batched or alone)
     batched_rows: int = 0  # sessions served by those passes (batched_rows / batches: mean batch size)
-    duplicates: int = 0  # duplicate blocks answered from the result cache
+    duplicates: int = 0  # duplicate blocks: answered from the result cache, or dropped while the original is queued
     stale: int = 0  # stale/unknown messages ignored
     errors: int = 0  # protocol errors answered with SessionEnd
     last_error: Optional[str] = None

@@ -613,7 +613,7 @@ class Verifier:
             self._answer_old_round(sess, msg, emit)  # a duplicate: not activity
             return
         if msg.seq in sess.seen_seq:
-            self.stats.stale += 1  # same seq as another message: a duplicate of a queued block
+            self.stats.duplicates += 1  # a copy of a block still queued: the original's result answers both
             return
         sess.seen_seq.add(msg.seq)
         sess.last_active = self.clock()
