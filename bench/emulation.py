@@ -35,7 +35,7 @@ A prefill runs once per decision, and a GPU prefills a long prompt far faster, r
 decode step, than a CPU does, so k covers prefills too (:func:`prefill_dilation`), with a smaller
 margin (``PREFILL_MARGIN``: one long pass, little scheduling noise). A fleet of K robots needs more
 (:func:`fleet_dilation`): here their drafts take turns on one core, and K prefills batched in one
-pass cost this CPU K times one. Where a prefill still overruns, its cell is INVALID like any
+pass cost this CPU all their tokens, where the device shares its fixed cost. Where a prefill still overruns, its cell is INVALID like any
 other, and :func:`prefill_excess_ms` bounds what it adds to a decision (from the calibration),
 printed next to the cell.
 """

@@ -338,12 +338,17 @@ def _eval_inputs_sha() -> str:
                        "eval": EVAL_RECIPE, "source": _source_sha()})
 
 
-def _eval_done() -> bool:
+def _report_current(path: str, inputs_sha) -> bool:
+    """Whether the evaluation report at ``path`` was made from the inputs whose hash ``inputs_sha()`` gives."""
     try:
-        with open(artefacts.text_eval_report_path()) as handle:
-            return json.load(handle).get("inputs_sha") == _eval_inputs_sha()
+        with open(path) as handle:
+            return json.load(handle).get("inputs_sha") == inputs_sha()
     except (OSError, ValueError):
         return False
+
+
+def _eval_done() -> bool:
+    return _report_current(artefacts.text_eval_report_path(), _eval_inputs_sha)
 
 
 def _eval_run(ctx: Context) -> None:
@@ -366,11 +371,7 @@ def _feature_eval_sha() -> str:
 
 
 def _feature_eval_done() -> bool:
-    try:
-        with open(artefacts.text_feature_eval_report_path()) as handle:
-            return json.load(handle).get("inputs_sha") == _feature_eval_sha()
-    except (OSError, ValueError):
-        return False
+    return _report_current(artefacts.text_feature_eval_report_path(), _feature_eval_sha)
 
 
 def _feature_eval_run(ctx: Context) -> None:
