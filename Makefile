@@ -12,6 +12,7 @@ help:
 	@echo "make models-eval - evaluate the artefacts (reports + model cards in docs/models)"
 	@echo "make demo    - the simulated Go2 closed loop through the real nodes (DEMO_ARGS=...)"
 	@echo "make bench   - every decoding mode side by side (make bench-quick: smoke settings)"
+	@echo "make bench-fleet - the shared-cloud sweep alone: 1-16 robots on one emulated GPU, text and Go2"
 	@echo "make lock    - re-pin requirements/constraints.txt from the current .venv"
 
 setup:
@@ -45,12 +46,22 @@ lock: setup
 clean:
 	rm -rf build install log .venv .cache results
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-fleet
 bench: models-ensure
 	$(RUN) python -m bench.run $(BENCH_ARGS)
 
 bench-quick: models-ensure
 	$(RUN) python -m bench.run --quick $(BENCH_ARGS)
+
+# The verifier's capacity (robots deciding back to back) at 1, 2, 4, 8 and 16 robots per emulated
+# GPU; reports in results/bench-fleet/{go2,text}/ (~30 min on 2 cores). Text runs the serialized and
+# the batched verifier only: its robots share one core for their drafts, so it runs far more dilated.
+FLEET := --fleet-only --fleet 1 2 4 8 16 --fleet-think-s 0
+bench-fleet: models-ensure
+	$(RUN) python -m bench.run $(FLEET) --workloads go2 --profiles paper-go2-orin-nx-a100 \
+	  --fleet-verifiers serialized batched batched-unmixed batched-steps-only --out results/bench-fleet/go2 $(BENCH_ARGS)
+	$(RUN) python -m bench.run $(FLEET) --workloads text --profiles paper-text-nano-a100 \
+	  --fleet-verifiers serialized batched --out results/bench-fleet/text $(BENCH_ARGS)
 
 .PHONY: demo
 # The simulated Go2 closed loop: DEMO_ARGS="--episodes 5 --rtt-ms 50 --mode speculative_early_exit"

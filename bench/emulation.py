@@ -200,13 +200,16 @@ def prefill_dilation(pair: ProfilePair, prefills: Dict[str, Sequence[tuple]], ma
 
 
 def fleet_dilation(pair: ProfilePair, here: ProfilePair, shapes: Dict[str, Dict[str, Sequence[tuple]]],
-                   robots: int) -> float:
+                   robots: int, mixed: bool = False, prompt_tokens: Optional[int] = None) -> float:
     """The dilation for ``robots`` robots deciding at once (``shapes[side][kind]`` as calibrated,
     ``here`` the cpu-self fit). In the emulation each robot has its own edge device; here their drafts
     take turns on one core, so a draft or prefill pass may wait behind ``robots - 1`` others: the
     edge's calibrated times count ``robots`` times. The cloud's repeated passes run in the verifier
     one (batched) pass at a time; a batched prefill of ``robots`` copies of a calibrated prompt costs
-    this CPU what the cpu-self fit says for all their tokens, kept ``FLEET_PREFILL_MARGIN`` inside.
+    this CPU what the cpu-self fit says for all their tokens, kept ``FLEET_PREFILL_MARGIN`` inside;
+    ``mixed`` (a verifier with ``mix_prefills``): so does one prompt mixed into ``robots - 1``
+    others' steps (every row padded to the prompt), which the device is charged far less for.
+    ``prompt_tokens``: the one prompt every robot sends (text fleets), instead of every calibrated one.
     (Prompts of different lengths would cost more here: the batch pads every row to the longest,
     while the device is charged the rows' own tokens - the text fleet gives every robot one prompt.)"""
     crowded = {side: [(n, c, i, ms * (robots if side == "edge" else 1), kind) for n, c, i, ms, kind in kinds["repeated"]]
@@ -215,9 +218,15 @@ def fleet_dilation(pair: ProfilePair, here: ProfilePair, shapes: Dict[str, Dict[
     edge_prefills = [(n, c, i, ms * robots, kind) for n, c, i, ms, kind in shapes.get("edge", {}).get("prefill", ())]
     need = max(need, prefill_dilation(pair, {"edge": edge_prefills}))
     cloud = shapes.get("cloud", {}).get("prefill", ())
+    if prompt_tokens:  # every robot sends this prompt (with block 0): the calibration's other prompts do not occur
+        cloud = [(prompt_tokens, 0, 0, None, "prefill")]
     for new, cached, image, _, _ in cloud:
         real = here.cloud.forward.ms(robots * new, robots * cached, robots * image)
         device = pair.cloud.forward.ms(robots * new, robots * cached, robots * image, rows=robots)
+        if mixed and robots > 1:
+            # a prompt mixed into the others' steps (mix_prefills): here every row is padded to the
+            # prompt's length, while the device is charged the prompt and one token per other row
+            device = min(device, pair.cloud.forward.ms(new + robots - 1, robots * (cached + new), image, rows=robots))
         need = max(need, math.ceil(2 * FLEET_PREFILL_MARGIN * real / max(device, 1e-9) - 1e-9) / 2)
     return need
 

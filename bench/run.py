@@ -82,6 +82,7 @@ class Settings:
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
     fleet_think_s: Optional[float] = None  # robot's pause between decisions (None: the Go2's motion time; 0: saturated)
+    fleet_only: bool = False  # calibration and the shared cloud only (a separate fleet sweep)
     assisted: bool = True
 
 
@@ -128,10 +129,11 @@ class Edge:
         self.draft.use_clock(None)
 
 
-def decoder_for(draft, link, robot_id: str):
+def decoder_for(draft, link, robot_id: str, dilation: float = 1.0):
+    """An edge decoder; its wait for the cloud is dilated with the run (a dilated fleet queues long)."""
     from specdec.engine.drafter import EdgeDecoder
 
-    return EdgeDecoder(draft, link, robot_id=robot_id, timeout_s=120)
+    return EdgeDecoder(draft, link, robot_id=robot_id, timeout_s=120 * dilation)
 
 
 def warm_up(decoder, workload) -> None:
@@ -281,6 +283,12 @@ class WorkloadBench:
             device = emulation.effective(bp.pair, 1.0, scale)
             k = max(emulation.dilation(device, by_kind(self.shapes, "repeated")),
                     emulation.prefill_dilation(device, by_kind(self.shapes, "prefill")))
+            emulated_w = workloads.Workload(w.name, w.draft, w.target, w.exits, items,
+                                            min(w.max_new_tokens, cfg.emulated_text_tokens) if w.name == "text"
+                                            else w.max_new_tokens, w.description)
+            if cfg.fleet_only:
+                self._fleet_of(bp, emulated_w, scale, k, goal_runs)
+                continue
             pair = emulation.effective(bp.pair, k, scale)
             path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}.yaml"))
             self.log(f"  {w.name} emulated {bp.name}: time dilation x{k:g}, link RTT {bp.rtt_ms:g} ms")
@@ -290,9 +298,6 @@ class WorkloadBench:
                      "cloud": {"device": bp.pair.cloud.device, "model": bp.pair.cloud.model},
                      "image_scale": scale, "rows": [],
                      "prefill_excess_ms": emulation.prefill_excess_ms(device, by_kind(self.shapes, "prefill"), k)}
-            emulated_w = workloads.Workload(w.name, w.draft, w.target, w.exits, items,
-                                            min(w.max_new_tokens, cfg.emulated_text_tokens) if w.name == "text"
-                                            else w.max_new_tokens, w.description)
             clock = self.edge_clock(pair.edge)
             link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
                          pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
@@ -317,14 +322,17 @@ class WorkloadBench:
             if goal_runs is not None:
                 entry["time_to_goal"] = time_to_goal.time_to_goal(goal_runs, {r["mode"]: r for r in entry["rows"]})
             self.out["emulated"].append(entry)
-            robots = cfg.text_fleet_robots if w.name == "text" else cfg.fleet_robots
-            if robots:
-                # text robots all decode one prompt: a batched prefill pads every row to the longest, which
-                # costs this CPU what the device is not charged (and would take a far larger dilation)
-                fleet_w = replace(emulated_w, items=emulated_w.items[:1]) if w.name == "text" else emulated_w
-                self.fleet(bp, fleet_w, robots, scale, k, goal_runs)
+            self._fleet_of(bp, emulated_w, scale, k, goal_runs)
             if w.name != "text" and cfg.map_rtts_ms and bp is profiles[0]:  # the paper's setup
                 self.win_map(bp, pair, path, k, emulated_w)
+
+    def _fleet_of(self, bp, w, scale, k, goal_runs):
+        robots = self.cfg.text_fleet_robots if w.name == "text" else self.cfg.fleet_robots
+        if robots:
+            # text robots all decode one prompt: a batched prefill pads every row to the longest, which
+            # costs this CPU what the device is not charged (and would take a far larger dilation)
+            fleet_w = replace(w, items=w.items[:1]) if w.name == "text" else w
+            self.fleet(bp, fleet_w, robots, scale, k, goal_runs)
 
     def _formula(self, bp, pair, rows, w) -> dict:
         """The static formula at the profile's RTT with the measured rates (labelled cross-check)."""
@@ -344,70 +352,83 @@ class WorkloadBench:
                 "latency_ms": formula, "by_acceptance": acceptance}
 
     def fleet(self, bp, w, robots, scale, k, goal_runs):
-        """``robots`` robots (each K) on one emulated GPU, per verifier kind: cloud-only vs speculative."""
+        """``robots`` robots (each K) on one emulated GPU, per verifier kind: cloud-only vs speculative.
+        Each K runs at its own dilation (at least the single robot's ``k``): K robots' drafts take
+        turns on one core here, so a large fleet needs far more than a small one."""
         cfg = self.cfg
         think_s = cfg.fleet_think_s
         if think_s is None:  # a Go2 moves for its mean motion time per decision; text decides back to back
             think_s = 0.0 if w.name == "text" else (
                 time_to_goal.motion_per_decision_s(goal_runs) if goal_runs else 1.0)
         device = emulation.effective(bp.pair, 1.0, scale)
-        k = max(k, emulation.fleet_dilation(device, self.cpu_self, self.shapes, max(robots)))
-        pair = emulation.effective(bp.pair, k, scale)
-        path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}-fleet.yaml"))
-        self.log(f"  {w.name} shared cloud {bp.name}: time dilation x{k:g}")
-        think_s *= k
-        clock = self.edge_clock(pair.edge)
         ids = [f"robot{i:02d}" for i in range(max(robots))]
-        link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
-                     pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
+        prompt = None  # text robots all send one prompt, block 0 with it (see _fleet_of)
+        if w.name == "text":
+            prompt = len(self.draft.encode(*w.items[0]).input_ids) + cfg.reference_gamma + 1
         for verifier in cfg.fleet_verifiers:
             settings = shared_cloud.VERIFIERS[verifier]
-            with cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=path, robot_ids=ids,
-                                      extra_args=shared_cloud.verifier_flags(settings, k)) as cloud, \
-                    Edge(self.draft, clock):
-                for count in robots:
-                    alone = [r for r in self.out["fleet"] if r["profile"] == bp.name and r["robots"] == 1
-                             and r["verifier"] == "serialized"]
-                    if count == 1 and alone and verifier != "serialized":
-                        # one robot's passes are batches of one under any verifier: measured once
-                        self.out["fleet"] += [dict(r, verifier=verifier, same_as="serialized") for r in alone]
-                        continue
-                    with self.link(cloud, *link_args, robot_ids=ids[:count]) as clients:
-                        decoders = [decoder_for(self.draft, c, c.robot_id) for c in clients]
-                        shared_cloud.warm_up(decoders, w)
-                        watch = emulation.ClockWatch(clock, cloud)
-                        for mode in FLEET_MODES:
-                            before = cloud.snapshot()["verifier"]
-                            decisions = cfg.text_fleet_decisions if w.name == "text" else cfg.fleet_decisions
-                            run = shared_cloud.run_fleet(decoders, w, mode, decisions, think_s,
-                                                         cfg.reference_gamma, seed=count, **self.decide)
-                            after_doc = cloud.snapshot()
-                            after = after_doc["verifier"]
-                            busy = after["compute_ms"] - before["compute_ms"]
-                            batches = after["batches"] - before["batches"]
-                            validity = watch.lap()
-                            row = {"profile": bp.name, "verifier": verifier, "robots": count, "mode": mode,
-                                   "think_s": think_s / k, "dilation": k, "valid": validity.valid, "errors": run["errors"],
-                                   "overruns": {"edge": validity.edge_overruns, "cloud": validity.cloud_overruns,
-                                                "cloud_so_far_by_kind": (after_doc.get("clock") or {}).get("overruns_by_kind")},
-                                   "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
-                                   # sessions per batched pass (0: none ran batched - a lone cloud-only decode)
-                                   "mean_batch": (after["batched_rows"] - before["batched_rows"]) / batches
-                                   if batches else 0.0,
-                                   # served per emulated second (demand-limited while robots move)
-                                   "decisions_per_s": len(run["results"]) * k / run["wall_s"] if run["wall_s"] else 0.0,
-                                   # forward passes of the target (a batched pass counts once), per emulated second
-                                   "target_passes_per_s": (after["target_forward_passes"] - before["target_forward_passes"])
-                                   * k / run["wall_s"] if run["wall_s"] else 0.0,
-                                   "tokens_per_s": sum(r.stats.new_tokens for r in run["results"]) * k / run["wall_s"]
-                                   if run["wall_s"] else 0.0,
-                                   **summarise(run["results"], 1 / k)}
-                            self.out["fleet"].append(row)
-                            self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={count:<2} {mode:<16} "
-                                     f"p50 {row['latency_ms_median']:.0f} ms p90 {row['latency_ms_p90']:.0f} ms "
-                                     f"GPU busy {row['gpu_busy']:.2f} mean batch {row['mean_batch']:.2f} ({run['wall_s']:.0f} s)"
-                                     f"{'' if validity.valid else '  INVALID (overruns)'}"
-                                     f"{'  ERRORS ' + '; '.join(run['errors'][:2]) if run['errors'] else ''}")
+            by_k: Dict[float, List[int]] = {}  # fleet sizes that share a dilation share a server
+            for count in robots:
+                need = emulation.fleet_dilation(device, self.cpu_self, self.shapes, count, shared_cloud.mixes(settings),
+                                                prompt)
+                by_k.setdefault(max(k, need), []).append(count)
+            for k_count, counts in by_k.items():
+                alone = [r for r in self.out["fleet"] if r["profile"] == bp.name and r["robots"] == 1
+                         and r["verifier"] == "serialized"]
+                if verifier != "serialized" and alone and 1 in counts:
+                    # one robot's passes are batches of one under any verifier: measured once
+                    self.out["fleet"] += [dict(r, verifier=verifier, same_as="serialized") for r in alone]
+                    counts = [c for c in counts if c != 1]
+                if not counts:
+                    continue
+                pair = emulation.effective(bp.pair, k_count, scale)
+                path = emulation.write(pair, os.path.join(self.out_dir, f"emulated-{bp.name}-fleet-x{k_count:g}.yaml"))
+                clock = self.edge_clock(pair.edge)
+                link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
+                             pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
+                with cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=path, robot_ids=ids,
+                                          extra_args=shared_cloud.verifier_flags(settings, k_count)) as cloud, \
+                        Edge(self.draft, clock):
+                    for count in counts:
+                        with self.link(cloud, *link_args, robot_ids=ids[:count]) as clients:
+                            decoders = [decoder_for(self.draft, c, c.robot_id, k_count) for c in clients]
+                            shared_cloud.warm_up(decoders, w)
+                            watch = emulation.ClockWatch(clock, cloud)
+                            for mode in FLEET_MODES:
+                                self._fleet_cell(bp, w, verifier, count, mode, decoders, cloud, watch, think_s, k_count)
+
+    def _fleet_cell(self, bp, w, verifier, count, mode, decoders, cloud, watch, think_s, k):
+        """One shared-cloud cell: ``count`` robots deciding in ``mode``, at dilation ``k``."""
+        cfg = self.cfg
+        before = cloud.snapshot()["verifier"]
+        decisions = cfg.text_fleet_decisions if w.name == "text" else cfg.fleet_decisions
+        run = shared_cloud.run_fleet(decoders, w, mode, decisions, think_s * k,
+                                     cfg.reference_gamma, seed=count, **self.decide)
+        after_doc = cloud.snapshot()
+        after = after_doc["verifier"]
+        busy = after["compute_ms"] - before["compute_ms"]
+        batches = after["batches"] - before["batches"]
+        validity = watch.lap()
+        per_s = k / run["wall_s"] if run["wall_s"] else 0.0  # per emulated second
+        row = {"profile": bp.name, "verifier": verifier, "robots": count, "mode": mode,
+               "think_s": think_s, "dilation": k, "valid": validity.valid, "errors": run["errors"],
+               "overruns": {"edge": validity.edge_overruns, "cloud": validity.cloud_overruns,
+                            "cloud_so_far_by_kind": (after_doc.get("clock") or {}).get("overruns_by_kind")},
+               "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
+               # sessions per batched pass (0: none ran batched - a lone cloud-only decode)
+               "mean_batch": (after["batched_rows"] - before["batched_rows"]) / batches if batches else 0.0,
+               # served per emulated second (demand-limited while robots move)
+               "decisions_per_s": len(run["results"]) * per_s,
+               # forward passes of the target (a batched pass counts once), per emulated second
+               "target_passes_per_s": (after["target_forward_passes"] - before["target_forward_passes"]) * per_s,
+               "tokens_per_s": sum(r.stats.new_tokens for r in run["results"]) * per_s,
+               **summarise(run["results"], 1 / k)}
+        self.out["fleet"].append(row)
+        self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={count:<2} x{k:<4g} {mode:<16} "
+                 f"p50 {row['latency_ms_median']:.0f} ms p90 {row['latency_ms_p90']:.0f} ms "
+                 f"GPU busy {row['gpu_busy']:.2f} mean batch {row['mean_batch']:.2f} ({run['wall_s']:.0f} s)"
+                 f"{'' if validity.valid else '  INVALID (overruns)'}"
+                 f"{'  ERRORS ' + '; '.join(run['errors'][:2]) if run['errors'] else ''}")
 
     def win_map(self, bp, pair, path, k, w):
         """Cloud-only vs the paper's method over link RTT x draft speed (one robot); cloud-only does
@@ -463,6 +484,9 @@ def main(argv=None):
     parser.add_argument("--fleet", nargs="*", type=int, help="robots per shared GPU, both workloads (default per settings; none: skip)")
     parser.add_argument("--fleet-verifiers", nargs="+", choices=list(shared_cloud.VERIFIERS),
                         help="verifier settings the shared cloud runs (default: serialized and batched)")
+    parser.add_argument("--fleet-only", action="store_true",
+                        help="calibrate, then only the shared cloud of each profile (no sweeps, no headline)")
+    parser.add_argument("--fleet-decisions", type=int, default=None, help="decisions per robot per shared-cloud cell")
     parser.add_argument("--fleet-think-s", type=float, default=None,
                         help="seconds a robot waits between decisions in the shared cloud (default: the Go2's mean "
                              "motion time per decision; 0: back to back, the verifier's capacity)")
@@ -488,6 +512,9 @@ def main(argv=None):
     if args.fleet is not None:
         cfg.fleet_robots = cfg.text_fleet_robots = args.fleet
     cfg.fleet_think_s = args.fleet_think_s
+    cfg.fleet_only = args.fleet_only
+    if args.fleet_decisions:
+        cfg.fleet_decisions = cfg.text_fleet_decisions = args.fleet_decisions
     if args.fleet_verifiers:
         cfg.fleet_verifiers = args.fleet_verifiers
     cfg.merge_first_block = not args.no_merge_first_block
@@ -528,9 +555,10 @@ def main(argv=None):
         log(f"workload {name}: {len(workload.items)} inputs, {workload.max_new_tokens} new tokens each")
         bench = WorkloadBench(workload, cfg, cores, args.out, log)
         bench.calibrate()
-        bench.measured()
         goal_runs = None
-        if name != "text" and cfg.goal_seeds:
+        if not cfg.fleet_only:
+            bench.measured()
+        if name != "text" and cfg.goal_seeds and not cfg.fleet_only:
             from specdec.models.loading import load_model
 
             goal_runs = time_to_goal.episodes(bench.draft, load_model(workload.target, name="target"),
@@ -542,7 +570,7 @@ def main(argv=None):
             log(f"  {name} closed loop: {bench.out['closed_loop']}")
         bench.emulated([p for p in profiles if p.applies_to(name)], goal_runs)
         report["workloads"].append(bench.out)
-    if cfg.assisted and not args.skip_assisted and "text" in cfg.workloads:
+    if cfg.assisted and not args.skip_assisted and not cfg.fleet_only and "text" in cfg.workloads:
         from bench import assisted
 
         cluster.pin_self(set().union(cores[0] or set(), cores[1] or set()) or None)

@@ -11,10 +11,11 @@ the arrivals a fleet would make. Text robots decide back to back (the verifier's
 Verifiers, each a set of server flags (:data:`VERIFIERS`), and every row says which it
 measured: *serialized* (``--max-batch 1``: one forward pass at a time, the GPU's time is split,
 never shared) and *batched* (issue 18: blocks and cloud-only steps of several robots that are
-ready within the window go through ONE forward pass, and so do their whole prefills; a batch pays
-every row's tokens, shares the fixed cost, and each extra row adds the profile's
-``per_extra_row_ms``); *batched-steps-only* batches rounds and steps but runs each prefill alone
-(``--max-prefill-batch 1``), to measure what batching the prefills adds.
+ready within the window go through ONE forward pass, and a new session's whole prompt rides in
+that pass too; a batch pays every row's tokens, shares the fixed cost, and each extra row adds the
+profile's ``per_extra_row_ms``); *batched-unmixed* batches prompts only with each other
+(``--mix-prefills 0``), *batched-steps-only* runs each prefill alone (``--max-prefill-batch 1``),
+to measure what mixing and batching the prefills add.
 """
 
 from __future__ import annotations
@@ -28,17 +29,31 @@ from typing import Dict, List
 VERIFIERS: Dict[str, Dict[str, float]] = {
     "serialized": {"max_batch": 1},
     "batched": {"max_batch": 16, "batch_window_ms": 3.0},
+    # prompts batched with each other only, never with the others' rounds and steps (before mix_prefills: an A/B)
+    "batched-unmixed": {"max_batch": 16, "batch_window_ms": 3.0, "mix_prefills": 0},
     # rounds and steps batched, each prefill alone (what batching was before prefills batched: an A/B)
     "batched-steps-only": {"max_batch": 16, "batch_window_ms": 3.0, "max_prefill_batch": 1},
 }
 DEFAULT_VERIFIERS = ("serialized", "batched")  # make bench; --fleet-verifiers picks others
 
 
+def mixes(settings: Dict[str, float]) -> bool:
+    """Whether a verifier with these flags feeds new prompts in the same pass as other robots' steps."""
+    return settings.get("max_batch", 8) > 1 and settings.get("mix_prefills", 1) != 0 \
+        and settings.get("max_prefill_batch", 0) != 1
+
+
 def verifier_flags(settings: Dict[str, float], dilation: float = 1.0) -> List[str]:
-    """``settings`` as verifier_server flags; the batch window is a wait, so it is dilated too."""
+    """``settings`` as verifier_server flags; waits (the batch window, the idle-session timeout) are
+    dilated too: a robot queued behind a dilated fleet is not idle."""
+    from specdec.engine.verifier_settings import VerifierSettings
+
+    settings = dict(settings)
+    settings.setdefault("session_timeout_s", VerifierSettings().session_timeout_s)
     flags = []
     for name, value in settings.items():
-        flags += ["--" + name.replace("_", "-"), str(value * dilation if name.endswith("_ms") else value)]
+        waits = name.endswith("_ms") or name == "session_timeout_s"
+        flags += ["--" + name.replace("_", "-"), str(value * dilation if waits else value)]
     return flags
 
 

@@ -354,10 +354,16 @@ class Verifier:
             items = [item]
             if group is not None:
                 limit = self.settings.prefill_batch_limit if group == "prompt" else self.max_batch
+                prompts = int(self._is_prompt(item))  # whole prefills in the pass: at most prefill_batch_limit
                 for robot in list(self._turns):
                     if len(items) >= limit:
                         break
-                    if self._batch_group(self._queues[robot][0]) == group:
+                    head = self._queues[robot][0]
+                    if self._batch_group(head) == group:
+                        if self._is_prompt(head):
+                            if prompts >= self.settings.prefill_batch_limit:
+                                continue
+                            prompts += 1
                         items.append(self._pop(robot))
             self._run_batch(items, emit)
             return True
@@ -373,10 +379,16 @@ class Verifier:
             del self._queues[robot]
         return item
 
+    def _is_prompt(self, item) -> bool:
+        """A whole prefill (with block 0 where it waited for one)."""
+        sess = self._sessions.get(item[1])
+        return sess is not None and sess.state is None and item[0] in ("prefill", "verify")
+
     def _batch_group(self, item) -> Optional[str]:
         """Which work can share a forward pass with ``item``: ``"cached"`` - rounds and cloud-only
-        steps of prefilled sessions; ``"prompt"`` - whole prefills, with block 0 where it waited
-        for one (only with each other: a prompt is far longer than a block); None - it runs alone."""
+        steps of prefilled sessions, and whole prefills (with block 0 where it waited for one) when
+        ``mix_prefills`` is on; ``"prompt"`` - whole prefills, only with each other, when it is off;
+        None - it runs alone."""
         kind, sid, _, _ = item
         sess = self._sessions.get(sid)
         if self.max_batch <= 1 or not self.target.can_batch or sess is None:
@@ -391,8 +403,11 @@ class Verifier:
             return None  # nothing to feed before the last prompt token
         if inputs.model_inputs and not self.target.batch_prefill_images:
             return None
-        whole = self.prefill_chunk <= 0 or len(inputs.input_ids) - 1 <= self.prefill_chunk
-        return "prompt" if whole else None
+        if self.prefill_chunk > 0 and len(inputs.input_ids) - 1 > self.prefill_chunk:
+            return None  # chunked: one chunk per turn, alone
+        # mixed: the prompt rides in the pass of the others' rounds and steps, which then do not
+        # wait a whole pass for it (its rows cost the pass their tokens, padded to the longest feed)
+        return "cached" if self.settings.mix_prefills else "prompt"
 
     def _guarded(self, sid: str, emit: Emit, fn, *args) -> None:
         try:
@@ -675,16 +690,29 @@ class Verifier:
         t0 = time.perf_counter()
         hooks = self._attach_hints(jobs, emit, t0) if self.hint_layers else None
         try:
-            if jobs[0].feed is None:  # prefills, with block 0 where it arrived while its prefill waited
+            if all(j.feed is None for j in jobs):  # prefills, with block 0 where it arrived while its prefill waited
                 blocks = [j.tokens if j.kind == "verify" else None for j in jobs]
                 prefilled = self.target.prefill_batch([j.sess.inputs for j in jobs], blocks, [j.keep for j in jobs])
                 hiddens = []
                 for job, (state, hidden) in zip(jobs, prefilled):
                     job.sess.state, job.sess.inputs, job.sess.prefill_due = state, None, None
                     hiddens.append(hidden)
-            else:
-                hiddens = self.target.forward_batch([j.sess.state for j in jobs], [j.feed for j in jobs],
-                                                     [j.keep for j in jobs])
+            else:  # rounds and steps, with any prompts mixed in (fed from position 0)
+                states, extras, prompt = [], [], []
+                for job in jobs:
+                    prompt.append(job.feed is None)
+                    if job.feed is None:
+                        state, extra = self.target.fresh_state(job.sess.inputs)
+                        ids = list(job.sess.inputs.input_ids)
+                        job.feed = ids + job.tokens if job.kind == "verify" else ids[:-1]
+                    else:
+                        state, extra = job.sess.state, {}
+                    states.append(state)
+                    extras.append(extra)
+                hiddens = self.target.forward_batch(states, [j.feed for j in jobs], [j.keep for j in jobs], extras)
+                for job, state, new in zip(jobs, states, prompt):
+                    if new:
+                        job.sess.state, job.sess.inputs, job.sess.prefill_due = state, None, None
         except Exception as exc:
             for job in jobs:
                 self._failed(job.sess.sid, emit, exc)

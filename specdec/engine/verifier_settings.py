@@ -31,6 +31,8 @@ class VerifierSettings:
     batch_window_ms: float = _setting(0.0, "a batch that is not full waits this long for more blocks (0: none)")
     max_prefill_batch: int = _setting(0, "whole prefills of several robots in one pass, at most this many "
                                          "(0: max_batch; 1: each prefill alone)")
+    mix_prefills: int = _setting(1, "whole prefills ride in the batched pass of other robots' rounds and steps (1) "
+                                    "or run in passes of their own (0)")
 
     @property
     def prefill_batch_limit(self) -> int:
@@ -38,4 +40,4 @@ class VerifierSettings:
 
     def check(self) -> "VerifierSettings":
         return check_positive(self, "verifier setting",
-                              may_be_zero=("batch_window_ms", "prefill_chunk", "max_prefill_batch"))
+                              may_be_zero=("batch_window_ms", "prefill_chunk", "max_prefill_batch", "mix_prefills"))

@@ -228,6 +228,14 @@ class ModelAdapter:
         hidden = out.last_hidden_state[0]
         return hidden[-keep:] if keep else hidden
 
+    def fresh_state(self, inputs: PromptInputs) -> Tuple[DecodeState, Dict[str, Any]]:
+        """A state whose prompt has not been fed yet, and its prefill's model kwargs (vision
+        tensors): a row that :meth:`forward_batch` can prefill next to other sequences' rounds."""
+        if not inputs.input_ids:
+            raise ValueError("empty prompt")
+        state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
+        return state, self._prefill_extra(inputs, state)
+
     @torch.inference_mode()
     def prefill(self, inputs: Union[PromptInputs, str], image: ImageLike = None) -> DecodeState:
         """Run ``prompt[:-1]`` through the model; the last prompt token stays pending."""
@@ -241,10 +249,7 @@ class ModelAdapter:
         """:meth:`prefill` in forward passes of at most ``chunk`` prompt tokens (0: one pass), so
         a scheduler can run other work between them. Yields ``(state, done)`` after each pass. The
         first pass holds every image token (the image enters only there)."""
-        if not inputs.input_ids:
-            raise ValueError("empty prompt")
-        state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
-        extra = self._prefill_extra(inputs, state)
+        state, extra = self.fresh_state(inputs)
         head = inputs.input_ids[:-1]
         if not head and extra:
             raise ValueError("a prompt with an image needs text after the image")
@@ -265,10 +270,7 @@ class ModelAdapter:
     def prefill_with(self, inputs: PromptInputs, tokens: Sequence[int], keep: int):
         """The whole prompt plus ``tokens`` in ONE forward pass (a first draft block verified
         together with the prefill): ``(state, hidden [keep, hidden])``."""
-        if not inputs.input_ids:
-            raise ValueError("empty prompt")
-        state = DecodeState(cache=self.new_cache(), prompt_ids=list(inputs.input_ids))
-        extra = self._prefill_extra(inputs, state)
+        state, extra = self.fresh_state(inputs)
         hidden = self._run(state, list(inputs.input_ids) + list(tokens), 0, keep, **extra)
         state.prompt_positions = None
         state.cached = [inputs.input_ids[-1]] + list(tokens)
@@ -293,10 +295,8 @@ class ModelAdapter:
             return [self.prefill_with(prompts[0], blocks[0], keeps[0])]
         states, extras, seqs = [], [], []
         for inputs, block in zip(prompts, blocks):
-            if not inputs.input_ids:
-                raise ValueError("empty prompt")
-            state = DecodeState(cache=None, prompt_ids=list(inputs.input_ids))
-            extras.append(self._prefill_extra(inputs, state))
+            state, extra = self.fresh_state(inputs)
+            extras.append(extra)
             seqs.append(list(inputs.input_ids) + list(block) if block is not None else list(inputs.input_ids[:-1]))
             states.append(state)
         extra = self._merge_extras(extras)
@@ -366,7 +366,7 @@ class ModelAdapter:
 
     @torch.inference_mode()
     def forward_batch(self, states: Sequence[DecodeState], feeds: Sequence[Sequence[int]],
-                      keeps: Sequence[int]) -> List[torch.Tensor]:
+                      keeps: Sequence[int], extras: Optional[Sequence[Dict[str, Any]]] = None) -> List[torch.Tensor]:
         """:meth:`forward_hidden` for several sequences in ONE forward pass.
 
         Each sequence's cache is left-padded to the longest and its new tokens right-padded to the
@@ -374,17 +374,34 @@ class ModelAdapter:
         own length, so every row computes what it would alone. Afterwards each state's cache gets
         its own new keys and values. Returns the final hidden states of the last ``keeps[i]`` fed
         tokens of each sequence.
+
+        A state from :meth:`fresh_state` (nothing cached yet) is a prefill: its feed is the prompt
+        - ``prompt[:-1]``, or the whole prompt and block 0 as in :meth:`prefill_with` - and
+        ``extras[i]`` its vision tensors. A prompt thus shares the pass with other sequences'
+        rounds instead of holding them up for a pass of its own. At least one state must have a
+        cache (else :meth:`prefill_batch`).
         """
-        if len(states) == 1:
+        fresh = [not s.cached and s.cache.get_seq_length() == 0 for s in states]
+        if len(states) == 1 and not fresh[0]:
             return [self.forward_hidden(states[0], feeds[0], keeps[0])]
+        extra = self._merge_extras([e for e, new in zip(extras or [{}] * len(states), fresh) if new] or [{}])
+        if extra is None:
+            raise ValueError("these prompts cannot share one pass")
+        ref = next((s for s, new in zip(states, fresh) if not new), None)
+        if ref is None:
+            raise ValueError("forward_batch needs at least one prefilled sequence (prefill_batch: only prompts)")
         rows = len(states)
-        past = [s.length for s in states]
+        past = [0 if new else s.length for s, new in zip(states, fresh)]
         longest_past, longest_feed = max(past), max(len(f) for f in feeds)
         layers = []
-        for layer in range(len(states[0].cache.layers)):
+        for layer in range(len(ref.cache.layers)):
             keys, values = [], []
-            for state in states:
-                k, v = state.cache.layers[layer].keys, state.cache.layers[layer].values
+            template = ref.cache.layers[layer].keys
+            for state, new in zip(states, fresh):
+                if new:
+                    k = v = template.new_zeros(1, template.shape[1], 0, template.shape[3])
+                else:
+                    k, v = state.cache.layers[layer].keys, state.cache.layers[layer].values
                 pad = longest_past - k.shape[-2]
                 keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
                 values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
@@ -392,7 +409,7 @@ class ModelAdapter:
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=layers)
-        ids = torch.zeros(rows, longest_feed, dtype=torch.long, device=self.device)
+        ids = torch.full((rows, longest_feed), self._pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros(rows, longest_past + longest_feed, dtype=torch.long, device=self.device)
         positions = []
         for row, (state, feed) in enumerate(zip(states, feeds)):
@@ -403,17 +420,26 @@ class ModelAdapter:
                              torch.arange(past[row], past[row] + longest_feed, device=self.device).view(1, -1))
         position_ids = torch.cat(positions, dim=-2)
         if self.clock is not None:
-            self.clock.begin(sum(len(f) for f in feeds), sum(past), 0, rows)
+            images = sum(list(f).count(self._image_token) for f, new in zip(feeds, fresh) if new) \
+                if extra and self._image_token is not None else 0
+            self.clock.begin(sum(len(f) for f in feeds), sum(past), images, rows)
         out = self._decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                            position_ids=position_ids)
+                            position_ids=position_ids, **extra)
         hidden = out.last_hidden_state
         results = []
-        for row, (state, feed, keep) in enumerate(zip(states, feeds, keeps)):
+        for row, (state, feed, keep, new) in enumerate(zip(states, feeds, keeps, fresh)):
             span = slice(longest_past, longest_past + len(feed))
-            for layer, own in zip(cache.layers, state.cache.layers):
-                own.keys = torch.cat([own.keys, layer.keys[row:row + 1, :, span]], dim=-2)
-                own.values = torch.cat([own.values, layer.values[row:row + 1, :, span]], dim=-2)
-            state.cached.extend(feed)
+            if new:
+                state.cache = DynamicCache(ddp_cache_data=[(layer.keys[row:row + 1, :, span].clone(),
+                                                             layer.values[row:row + 1, :, span].clone())
+                                                            for layer in cache.layers])
+                state.prompt_positions = None
+                state.cached = list(feed[state.base:])  # the last prompt token and block 0, when fed
+            else:
+                for layer, own in zip(cache.layers, state.cache.layers):
+                    own.keys = torch.cat([own.keys, layer.keys[row:row + 1, :, span]], dim=-2)
+                    own.values = torch.cat([own.values, layer.values[row:row + 1, :, span]], dim=-2)
+                state.cached.extend(feed)
             rows_out = hidden[row, :len(feed)]
             results.append(rows_out[-keep:] if keep else rows_out)
         return results

@@ -77,6 +77,22 @@ def test_effective_profile_dilates_time_and_rescales_image_tokens(tmp_path):
     assert emulation.prefill_excess_ms(pair, prefills, 4.0) == pytest.approx((300.0 - 4 * 25.0) / 4)
 
 
+def test_fleet_dilation_covers_crowded_drafts_and_a_prompt_mixed_into_the_steps(tmp_path):
+    device = ProfilePair.load(_profile(tmp_path / "d.yaml", cloud_ms=25.0, edge_ms=12.0))
+    device.cloud.forward.per_token_ms = 0.1  # a GPU: a 40-token prompt costs about one step
+    here = ProfilePair.load(_profile(tmp_path / "here.yaml", cloud_ms=40.0, edge_ms=5.0))
+    here.cloud.forward.per_token_ms = 1.0  # a CPU: every token costs
+    shapes = {"edge": {"repeated": [(1, 40, 0, 5.0, "k=1")], "prefill": [(40, 0, 0, 20.0, "prefill")]},
+              "cloud": {"repeated": [(1, 40, 0, 41.0, "k=1")], "prefill": [(40, 0, 0, 80.0, "prefill")]}}
+    one, eight = (emulation.fleet_dilation(device, here, shapes, k, mixed=True) for k in (1, 8))
+    assert one < eight and emulation.fleet_dilation(device, here, shapes, 8) < eight
+    # 8 rows padded to the prompt cost here what 8 prompts do; the device is charged 40 + 7 tokens
+    mixed = here.cloud.forward.ms(8 * 40) / device.cloud.forward.ms(47, rows=8)
+    assert eight >= emulation.FLEET_PREFILL_MARGIN * mixed
+    # 8 robots' drafts take turns on one core: the edge's times count 8 times
+    assert eight * device.edge.forward.ms(1) >= 8 * 5.0
+
+
 def test_calibration_fit_recovers_a_linear_cost_and_never_goes_negative():
     truth = ForwardCost(fixed_ms=20.0, per_token_ms=1.5, per_cached_token_ms=0.01, per_image_token_ms=0.3)
     passes = [calibrate.Pass("prefill", n, 0, i, truth.ms(n, 0, i)) for n, i in ((40, 0), (60, 24), (90, 24))]

@@ -344,3 +344,66 @@ def test_the_batch_window_waits_only_while_another_robot_could_join(tiny_pair):
     assert verifier._next_batch_wait(verifier.clock()) > 0.5  # robot r1 may still send its block
     verifier.admit(SessionEnd(session_id="s1", seq=1), out.append)
     assert verifier._next_batch_wait(verifier.clock()) == 0.0  # r0 is alone now: no one to wait for
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_a_prompt_fed_in_a_pass_of_rounds_computes_what_it_would_alone(arch, tiny_pair, image):
+    """forward_batch with fresh states: a prompt (alone, or with block 0) shares the pass of a
+    prefilled sequence's round, and each row - and each cache afterwards - is what it is alone."""
+    _, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    running, running_alone = (target.prefill(target.encode(PROMPTS[0], img)) for _ in range(2))
+    with_block, bare = target.encode(PROMPTS[2], img), target.encode(PROMPTS[1])
+    fresh_block, extra_block = target.fresh_state(with_block)
+    fresh_bare, extra_bare = target.fresh_state(bare)
+    feeds = [target.sync(running, []) + [5, 6], list(with_block.input_ids) + [7, 8], list(bare.input_ids[:-1])]
+    hidden = target.forward_batch([running, fresh_block, fresh_bare], feeds, [3, 3, 0], [{}, extra_block, extra_bare])
+    torch.testing.assert_close(hidden[0], target.forward_hidden(running_alone, feeds[0], 3), rtol=1e-4, atol=1e-5)
+    alone_block, alone_hidden = target.prefill_with(with_block, [7, 8], 3)
+    torch.testing.assert_close(hidden[1], alone_hidden, rtol=1e-4, atol=1e-5)
+    alone_bare = target.prefill(bare)
+    for state, alone in ((running, running_alone), (fresh_block, alone_block), (fresh_bare, alone_bare)):
+        assert (state.length, state.cached) == (alone.length, alone.cached)
+        feed = target.sync(alone, [9, 10])  # the same next step on both caches
+        assert target.sync(state, [9, 10]) == feed
+        torch.testing.assert_close(target.forward_hidden(state, feed), target.forward_hidden(alone, feed),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_vl"])
+def test_a_new_robots_prefill_rides_in_the_pass_of_the_others_rounds(arch, tiny_pair, image):
+    """With mix_prefills (the default) a robot's session start does not cost the others a pass of
+    its own: its prompt and their blocks go through ONE pass (its prompt waits for a pass of its
+    own when mixing is off), and every answer is the serialized verifier's."""
+    _, target = tiny_pair(arch, noise=0.05)
+    img = None if arch == "llama" else image
+    answers, passes = {}, {}
+    for max_batch, mix in ((1, 1), (8, 1), (8, 0)):
+        verifier, out = Verifier(target, max_batch=max_batch, mix_prefills=mix), []
+
+        def start(i, mode):
+            msg = SessionStart(session_id=f"s{i}", robot_id=f"r{i}", tokenizer_fingerprint=target.fingerprint,
+                               prompt=PROMPTS[i], mode=int(mode), max_new_tokens=6, gamma=3, stop_token_ids=[])
+            if img is not None:
+                msg.image_data, msg.image_format = _png(img), "png"
+            verifier.admit(msg, out.append)
+
+        for i in range(3):
+            start(i, DecodingMode.SPECULATIVE)
+        while verifier.run_next(out.append):  # the three prefills
+            pass
+        before = verifier.stats.target_forward_passes, verifier.stats.batched_rows
+        for i in range(3):
+            verifier.admit(DraftBlock(session_id=f"s{i}", seq=1, round=0, position=0, tokens=[5, 6, 7][:i + 1]),
+                           out.append)
+        start(3, DecodingMode.CLOUD_ONLY)
+        verifier.run_next(out.append)
+        if max_batch > 1:  # the first pass: how many passes, with how many rows
+            passes[mix] = (verifier.stats.target_forward_passes - before[0], verifier.stats.batched_rows - before[1])
+        while verifier.run_next(out.append):
+            pass
+        answers[max_batch, mix] = sorted((type(m).__name__, m.session_id, getattr(m, "accepted", None),
+                                          getattr(m, "next_token", None), tuple(getattr(m, "tokens", []) or []))
+                                         for m in out if isinstance(m, (VerifyResult, SessionEnd)))
+    assert passes == {1: (1, 4), 0: (1, 3)}  # all four rows mixed / the three rounds only
+    assert answers[8, 1] == answers[1, 1] == answers[8, 0]
