@@ -682,6 +682,21 @@ class Verifier:
                     self._failed(sid, emit, exc)
                 if job is not None:
                     jobs.append(job)
+        for group in self._image_safe(jobs):
+            self._run_jobs(group, emit)
+
+    def _image_safe(self, jobs: List["_Job"]) -> List[List["_Job"]]:
+        """Split off the rows that would break a pass carrying a prompt's image: a pass fills every
+        image placeholder token in it with image features, so a row that feeds one as text (a draft
+        or a generated token) runs in a pass of its own, not in - and not failing - the others'."""
+        if len(jobs) < 2 or not any(j.feed is None and j.sess.inputs.model_inputs for j in jobs):
+            return [jobs] if jobs else []
+        ids = self.target.placeholder_ids
+        clash = [any(t in ids for t in (j.tokens if j.feed is None else j.feed)) for j in jobs]
+        return [[j for j, c in zip(jobs, clash) if not c]] + [[j] for j, c in zip(jobs, clash) if c]
+
+    def _run_jobs(self, jobs: List["_Job"], emit: Emit) -> None:
+        """ONE forward pass for ``jobs``, then finish each."""
         if not jobs:
             return
         if len(jobs) == 1 and jobs[0].kind == "decode":

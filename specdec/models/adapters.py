@@ -342,10 +342,15 @@ class ModelAdapter:
         return {} if not any(extras) else None
 
     @property
+    def placeholder_ids(self) -> frozenset:
+        """Token ids the model fills with image / video features where they appear in a pass."""
+        config = getattr(self.model, "config", None)
+        return frozenset(t for t in (self._image_token, getattr(config, "video_token_id", None)) if t is not None)
+
+    @property
     def _pad_id(self) -> int:
         """A token id for left padding that no image placeholder uses (masked out anyway)."""
-        config = getattr(self.model, "config", None)
-        taken = {self._image_token, getattr(config, "video_token_id", None)}
+        taken = self.placeholder_ids
         return next(t for t in range(len(taken) + 1) if t not in taken)
 
     @torch.inference_mode()

@@ -407,3 +407,36 @@ def test_a_new_robots_prefill_rides_in_the_pass_of_the_others_rounds(arch, tiny_
                                          for m in out if isinstance(m, (VerifyResult, SessionEnd)))
     assert passes == {1: (1, 4), 0: (1, 3)}  # all four rows mixed / the three rounds only
     assert answers[8, 1] == answers[1, 1] == answers[8, 0]
+
+
+def test_a_draft_token_that_is_an_image_placeholder_does_not_break_a_pass_with_an_image_prompt(tiny_pair, image):
+    """A pass that carries a prompt's image fills every image placeholder in it with features: a
+    block that feeds the placeholder id as a token (a random or abusive draft) runs in a pass of its
+    own, and every robot - that one included - gets the serialized verifier's answer."""
+    _, target = tiny_pair("qwen2_vl", noise=0.05)
+    placeholder = min(target.placeholder_ids)
+    answers = {}
+    for max_batch in (1, 8):
+        verifier, out = Verifier(target, max_batch=max_batch), []
+
+        def start(i, mode):
+            msg = SessionStart(session_id=f"s{i}", robot_id=f"r{i}", tokenizer_fingerprint=target.fingerprint,
+                               prompt=PROMPTS[i], mode=int(mode), max_new_tokens=6, gamma=3, stop_token_ids=[],
+                               image_data=_png(image), image_format="png")
+            verifier.admit(msg, out.append)
+
+        for i in range(3):
+            start(i, DecodingMode.SPECULATIVE)
+        while verifier.run_next(out.append):
+            pass
+        blocks = [[placeholder, 6], [5, 6], [5, placeholder, 7]]
+        for i, block in enumerate(blocks):
+            verifier.admit(DraftBlock(session_id=f"s{i}", seq=1, round=0, position=0, tokens=block), out.append)
+        start(3, DecodingMode.CLOUD_ONLY)
+        while verifier.run_next(out.append):
+            pass
+        assert verifier.stats.errors == 0, verifier.stats.last_error
+        answers[max_batch] = sorted((type(m).__name__, m.session_id, getattr(m, "accepted", None),
+                                     getattr(m, "next_token", None), tuple(getattr(m, "tokens", []) or []))
+                                    for m in out if isinstance(m, (VerifyResult, SessionEnd)))
+    assert answers[8] == answers[1]
