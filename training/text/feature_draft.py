@@ -129,11 +129,15 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8) -> 
 
 
 def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
-          batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5, log=print) -> dict:
-    """``lm_head``: the target's LM head weight (its distribution is that head over its state)."""
+          batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
+          train_fraction: float = 1.0, log=print) -> dict:
+    """``lm_head``: the target's LM head weight (its distribution is that head over its state).
+    ``train_fraction``: train on that share of the training sequences only, the held-out ones
+    unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py)."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(seqs), generator=gen).tolist()
     held, train_rows = order[:held_out], order[held_out:]
+    train_rows = train_rows[:max(1, int(len(train_rows) * train_fraction))]
     head_w = lm_head.detach()[head_ids]
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
