@@ -38,9 +38,12 @@ DEFAULT_VERIFIERS = ("serialized", "batched")  # make bench; --fleet-verifiers p
 
 
 def mixes(settings: Dict[str, float]) -> bool:
-    """Whether a verifier with these flags feeds new prompts in the same pass as other robots' steps."""
-    return settings.get("max_batch", 8) > 1 and settings.get("mix_prefills", 1) != 0 \
-        and settings.get("max_prefill_batch", 0) != 1
+    """Whether a verifier with these flags feeds new prompts in the same pass as other robots' steps
+    (read through the verifier's own settings table, defaults included)."""
+    from specdec.engine.verifier_settings import VerifierSettings
+
+    verifier = VerifierSettings(**settings)
+    return verifier.max_batch > 1 and bool(verifier.mix_prefills) and verifier.prefill_batch_limit > 1
 
 
 def verifier_flags(settings: Dict[str, float], dilation: float = 1.0) -> List[str]:
