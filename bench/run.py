@@ -422,7 +422,9 @@ class WorkloadBench:
                # forward passes of the target (a batched pass counts once), per emulated second
                "target_passes_per_s": (after["target_forward_passes"] - before["target_forward_passes"]) * per_s,
                "tokens_per_s": sum(r.stats.new_tokens for r in run["results"]) * per_s,
-               **summarise(run["results"], 1 / k)}
+               **summarise(run["results"], 1 / k),
+               # each decision's latency, in order of completion: where a p90 comes from
+               "latencies_ms": [round(r.stats.latency_ms / k, 1) for r in run["results"]]}
         self.out["fleet"].append(row)
         self.log(f"  {w.name} shared cloud {bp.name} {verifier} K={count:<2} x{k:<4g} {mode:<16} "
                  f"p50 {row['latency_ms_median']:.0f} ms p90 {row['latency_ms_p90']:.0f} ms "

@@ -112,3 +112,6 @@ class RosCloudTransport(_RosEnd, CloudTransport):
 
     def recv(self, timeout: float) -> Optional[Message]:
         return self._get(timeout)
+
+    def waiting(self) -> bool:
+        return not self._inbox.empty()

@@ -223,6 +223,9 @@ class Verifier:
         self._queues: Dict[str, Deque[Tuple[str, str, Optional[Message], float]]] = {}
         self._turns: Deque[str] = collections.deque()
         self._lock = threading.RLock()
+        # whether an edge's message waits at the transport (set by serve): a lone cloud-only turn
+        # of a batching verifier ends early for it
+        self._waiting: Callable[[], bool] = lambda: False
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -240,6 +243,7 @@ class Verifier:
         last_expire = self.clock()
         timed = hasattr(transport, "recv_with_time")
         emit = transport.send
+        self._waiting = getattr(transport, "waiting", self._waiting)
         while not stop_event.is_set():
             with self._lock:
                 now = self.clock()
@@ -768,14 +772,18 @@ class Verifier:
                     sess.hints and bool(tokens))
 
     def _decode_alone(self, job: "_Job", emit: Emit) -> None:
-        """A cloud-only session with nothing to batch with: ``decode_chunk`` tokens this turn."""
+        """A cloud-only session with nothing to batch with: up to ``decode_chunk`` tokens this turn.
+        A batching verifier ends the turn early when an edge's message is waiting: the newcomer's
+        work then joins this session's next step in one pass, instead of waiting out the chunk
+        (a serialized verifier keeps the chunk: the newcomer could not share the pass anyway)."""
         sess, loop = job.sess, job.sess.decode
         t0 = time.perf_counter()
         hidden = self.target.forward_hidden(sess.state, job.feed, keep=1)
         self._count_forward(sess)
         loop.take(hidden)
+        batching = self.max_batch > 1 and self.target.can_batch
         for _ in range(self.decode_chunk - 1):
-            if loop.finished:
+            if loop.finished or (batching and self._waiting()):
                 break
             passes = loop.forward_passes
             loop.step()

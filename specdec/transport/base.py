@@ -78,5 +78,11 @@ class CloudTransport(ABC):
     def send(self, msg: Message) -> None:
         """Send a message to the edge of ``msg.session_id``. Thread-safe, non-blocking."""
 
+    def waiting(self) -> bool:
+        """Whether a message from an edge is waiting to be received (a batching verifier ends a
+        lone session's multi-token turn early for it, so the newcomer joins the next pass). A
+        transport that cannot tell says False: the turn then runs whole."""
+        return False
+
     def close(self) -> None:
         """Release the link (idempotent)."""

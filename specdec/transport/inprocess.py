@@ -54,6 +54,10 @@ class _Pipe:
         self._held = None
         return sent_at, msg
 
+    def waiting(self) -> bool:
+        """Something was sent (it may still be on its way through the delay)."""
+        return self._held is not None or not self._queue.empty()
+
 
 class InProcessCloudEnd(CloudTransport):
     """The verifier's end of an in-process link."""
@@ -72,6 +76,9 @@ class InProcessCloudEnd(CloudTransport):
         if msg is None:
             return None, None
         return msg, sent_at + self._in.latency_s
+
+    def waiting(self) -> bool:
+        return self._in.waiting()
 
     def send(self, msg: Message) -> None:
         if self._owner.closed:
@@ -203,6 +210,9 @@ class _HubCloudEnd(CloudTransport):
         if msg is None:
             return None, None
         return msg, sent_at + self.hub.latency_s
+
+    def waiting(self) -> bool:
+        return self.hub._to_cloud.waiting()
 
     def send(self, msg: Message) -> None:
         with self.hub._routes_lock:

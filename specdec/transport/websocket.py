@@ -510,6 +510,9 @@ class VerifierServer(CloudTransport):
     def recv(self, timeout: float) -> Optional[Message]:
         return self.recv_with_time(timeout)[0]
 
+    def waiting(self) -> bool:
+        return len(self._inbox) > 0
+
     def send(self, msg: Message) -> None:
         """Route ``msg`` to its session's robot. Never blocks, never raises."""
         try:

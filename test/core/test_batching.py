@@ -440,3 +440,35 @@ def test_a_draft_token_that_is_an_image_placeholder_does_not_break_a_pass_with_a
                                      getattr(m, "next_token", None), tuple(getattr(m, "tokens", []) or []))
                                     for m in out if isinstance(m, (VerifyResult, SessionEnd)))
     assert answers[8] == answers[1]
+
+
+@pytest.mark.parametrize("max_batch", [4, 1])
+def test_a_lone_cloud_only_turn_yields_to_a_newcomer_only_where_they_can_share_passes(max_batch, tiny_pair,
+                                                                                       reference):
+    """A batching verifier ends a lone session's multi-token turn when another robot's message waits,
+    so the newcomer rides in the next pass; a serialized one runs the turn whole (no pass to share)."""
+    draft, target = tiny_pair("llama", noise=0.05)
+    refs = {p: reference(target, p, None, max_new_tokens=n) for p, n in ((PROMPTS[0], 160), (PROMPTS[1], 4))}
+    verifier = Verifier(target, decode_chunk=1000, max_batch=max_batch)
+    finished, results = {}, {}
+    with InProcessHub(verifier, latency_s=0.0) as hub:
+        def robot(name, prompt, tokens):
+            edge = EdgeDecoder(draft, hub.connect(), robot_id=name, timeout_s=60)
+            results[name] = edge.decode(prompt, mode=DecodingMode.CLOUD_ONLY, max_new_tokens=tokens)
+            finished[name] = len(finished)
+
+        hog = threading.Thread(target=robot, args=("hog", PROMPTS[0], 160))
+        hog.start()
+        while verifier.stats.target_forward_passes < 3:  # its prefill and first step ran: its turn is on
+            threading.Event().wait(0.0005)
+        newcomer = threading.Thread(target=robot, args=("newcomer", PROMPTS[1], 4))
+        newcomer.start()
+        for t in (hog, newcomer):
+            t.join(120)
+    assert results["hog"].tokens == refs[PROMPTS[0]] and results["newcomer"].tokens == refs[PROMPTS[1]]
+    assert len(results["hog"].tokens) == 160
+    if max_batch > 1:
+        assert finished["newcomer"] < finished["hog"]  # it did not wait out the hog's 160-token turn
+        assert verifier.stats.batched_rows > verifier.stats.batches
+    else:
+        assert finished["hog"] < finished["newcomer"]
