@@ -59,7 +59,7 @@ bench-quick: models-ensure
 FLEET := --fleet-only --fleet 1 2 4 8 16 --fleet-think-s 0
 bench-fleet: models-ensure
 	$(RUN) python -m bench.run $(FLEET) --workloads go2 --profiles paper-go2-orin-nx-a100 \
-	  --fleet-verifiers serialized batched batched-unmixed batched-steps-only --out results/bench-fleet/go2 $(BENCH_ARGS)
+	  --fleet-verifiers serialized batched batched-unmixed batched-steps-only batched-chunked --out results/bench-fleet/go2 $(BENCH_ARGS)
 	$(RUN) python -m bench.run $(FLEET) --workloads text --profiles paper-text-nano-a100 \
 	  --fleet-verifiers serialized batched --out results/bench-fleet/text $(BENCH_ARGS)
 

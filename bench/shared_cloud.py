@@ -15,7 +15,8 @@ ready within the window go through ONE forward pass, and a new session's whole p
 that pass too; a batch pays every row's tokens, shares the fixed cost, and each extra row adds the
 profile's ``per_extra_row_ms``); *batched-unmixed* batches prompts only with each other
 (``--mix-prefills 0``), *batched-steps-only* runs each prefill alone (``--max-prefill-batch 1``),
-to measure what mixing and batching the prefills add.
+*batched-chunked* prefills a prompt 32 tokens per pass, alone, with the others' passes between
+(``--prefill-chunk 32``): to measure what mixing, batching and chunking the prefills do.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ VERIFIERS: Dict[str, Dict[str, float]] = {
     "batched-unmixed": {"max_batch": 16, "batch_window_ms": 3.0, "mix_prefills": 0},
     # rounds and steps batched, each prefill alone (what batching was before prefills batched: an A/B)
     "batched-steps-only": {"max_batch": 16, "batch_window_ms": 3.0, "max_prefill_batch": 1},
+    # a prompt longer than 32 tokens is prefilled 32 tokens per pass, alone, other robots' passes between
+    # (chunked against mixed: issue 18 asks which schedules prefills better)
+    "batched-chunked": {"max_batch": 16, "batch_window_ms": 3.0, "prefill_chunk": 32},
 }
 DEFAULT_VERIFIERS = ("serialized", "batched")  # make bench; --fleet-verifiers picks others
 
