@@ -54,7 +54,7 @@ bench-quick: models-ensure
 	$(RUN) python -m bench.run --quick $(BENCH_ARGS)
 
 # The verifier's capacity (robots deciding back to back) at 1, 2, 4, 8 and 16 robots per emulated
-# GPU; reports in results/bench-fleet/{go2,text}/ (~30 min on 2 cores). Text runs the serialized and
+# GPU; reports in results/bench-fleet/{go2,text}/ (~31 min on 2 cores). Text runs the serialized and
 # the batched verifier only: its robots share one core for their drafts, so it runs far more dilated.
 FLEET := --fleet-only --fleet 1 2 4 8 16 --fleet-think-s 0
 bench-fleet: models-ensure

@@ -25,7 +25,8 @@ class VerifierSettings:
     max_new_tokens_limit: int = _setting(4096, "largest max_new_tokens accepted")
     max_prompt_tokens: int = _setting(8192, "longest encoded prompt (image tokens included)")
     max_prefill_wait_ms: float = _setting(1000.0, "longest a prefill waits for block 0 (merge_first_block)")
-    decode_chunk: int = _setting(8, "cloud-only tokens per turn when a session is alone")
+    decode_chunk: int = _setting(8, "cloud-only tokens per turn when a session is alone (batched: "
+                                   "until another robot's message waits)")
     prefill_chunk: int = _setting(0, "prompt tokens per prefill pass, one pass per turn (0: the whole prompt)")
     max_batch: int = _setting(8, "sessions verified (or decoded) in one batched forward pass; 1 = serialized")
     batch_window_ms: float = _setting(0.0, "a batch that is not full waits this long for more blocks (0: none)")

@@ -638,8 +638,12 @@ def test_server_threads_and_descriptors_are_released(server):
         client.send(cloud_only(f"c{i}"))
         client.recv(5)
         client.close()
+    def released():  # handler threads, their sockets and the server's count of connections
+        return (threading.active_count() <= before + 2 and len(os.listdir("/proc/self/fd")) <= fds + 4
+                and server.stats()["connections"] == 0)
+
     deadline = time.monotonic() + 10
-    while threading.active_count() > before + 2 and time.monotonic() < deadline:
+    while not released() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert threading.active_count() <= before + 2
     assert len(os.listdir("/proc/self/fd")) <= fds + 4
