@@ -413,7 +413,9 @@ class WorkloadBench:
         row = {"profile": bp.name, "verifier": verifier, "robots": count, "mode": mode,
                "think_s": think_s, "dilation": k, "valid": validity.valid, "errors": run["errors"],
                "overruns": {"edge": validity.edge_overruns, "cloud": validity.cloud_overruns,
-                            "cloud_so_far_by_kind": (after_doc.get("clock") or {}).get("overruns_by_kind")},
+                            "cloud_so_far_by_kind": (after_doc.get("clock") or {}).get("overruns_by_kind"),
+                            # the server's slowest pass against its emulated time so far: what an overrun was
+                            "cloud_worst_pass_so_far": (after_doc.get("clock") or {}).get("worst_pass")},
                "gpu_busy": busy / 1000 / run["wall_s"] if run["wall_s"] else 0.0,
                # sessions per batched pass (0: none ran batched - a lone cloud-only decode)
                "mean_batch": (after["batched_rows"] - before["batched_rows"]) / batches if batches else 0.0,

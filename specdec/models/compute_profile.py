@@ -128,6 +128,7 @@ class ComputeClock:
         self.overruns = 0
         self.overruns_by_kind: Dict[str, int] = {}  # "prefill" (an empty cache) | "step"
         self.worst_ratio = 0.0  # max real / emulated
+        self.worst_pass: Dict[str, float] = {}  # that pass's shape and times: what an overrun was
         self.emulated_ms = 0.0
         self.real_ms = 0.0
 
@@ -137,6 +138,8 @@ class ComputeClock:
         start = time.perf_counter()
         self._local.span = (start, start + duration)
         self._local.kind = "prefill" if cached_tokens == 0 else "step"
+        self._local.shape = {"new_tokens": new_tokens, "cached_tokens": cached_tokens, "image_tokens": image_tokens,
+                             "rows": rows}
         with self._lock:
             self.passes += 1
             self.emulated_ms += duration * 1000
@@ -158,8 +161,10 @@ class ComputeClock:
         emulated = end - start
         with self._lock:
             self.real_ms += (now - start) * 1000
-            if emulated > 0:
-                self.worst_ratio = max(self.worst_ratio, (now - start) / emulated)
+            if emulated > 0 and (now - start) / emulated > self.worst_ratio:
+                self.worst_ratio = (now - start) / emulated
+                self.worst_pass = dict(getattr(self._local, "shape", {}), real_ms=(now - start) * 1000,
+                                       emulated_ms=emulated * 1000)
             if now - start > emulated * (1 + self.tolerance):
                 self.overruns += 1
                 kind = getattr(self._local, "kind", "step")
@@ -173,7 +178,8 @@ class ComputeClock:
 
     def summary(self) -> Dict[str, float]:
         return {"passes": self.passes, "overruns": self.overruns, "overruns_by_kind": dict(self.overruns_by_kind),
-                "worst_real_over_emulated": self.worst_ratio, "emulated_ms": self.emulated_ms, "real_ms": self.real_ms}
+                "worst_real_over_emulated": self.worst_ratio, "worst_pass": dict(self.worst_pass),
+                "emulated_ms": self.emulated_ms, "real_ms": self.real_ms}
 
 
 def _sleep_until(deadline: float) -> None:

@@ -69,6 +69,9 @@ def test_a_profile_faster_than_this_machine_is_reported_as_overrun(tiny_pair, pr
     finally:
         draft.use_clock(None)
     assert clock.overruns == clock.passes > 0 and not clock.valid and clock.worst_ratio > 1.0
+    worst = clock.summary()["worst_pass"]  # the slowest pass, by shape: what an overrun was
+    assert worst["real_ms"] > worst["emulated_ms"] and worst["rows"] == 1 and worst["new_tokens"] >= 1
+    assert worst["real_ms"] / worst["emulated_ms"] == pytest.approx(clock.worst_ratio)
 
 
 def test_profile_files_name_their_sources(tmp_path):
