@@ -229,6 +229,11 @@ class Verifier:
 
     # -- public -----------------------------------------------------------------------------
     @property
+    def batches(self) -> bool:
+        """Whether a forward pass may carry several sessions' work (else: serialized)."""
+        return self.max_batch > 1 and self.target.can_batch
+
+    @property
     def open_sessions(self) -> List[str]:
         with self._lock:
             return list(self._sessions)
@@ -395,7 +400,7 @@ class Verifier:
         None - it runs alone."""
         kind, sid, _, _ = item
         sess = self._sessions.get(sid)
-        if self.max_batch <= 1 or not self.target.can_batch or sess is None:
+        if not self.batches or sess is None:
             return None
         if sess.state is not None:
             return "cached" if kind in ("verify", "decode") and sess.state.length > 0 else None
@@ -781,9 +786,8 @@ class Verifier:
         hidden = self.target.forward_hidden(sess.state, job.feed, keep=1)
         self._count_forward(sess)
         loop.take(hidden)
-        batching = self.max_batch > 1 and self.target.can_batch
         for _ in range(self.decode_chunk - 1):
-            if loop.finished or (batching and self._waiting()):
+            if loop.finished or (self.batches and self._waiting()):
                 break
             passes = loop.forward_passes
             loop.step()
