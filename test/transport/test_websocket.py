@@ -127,11 +127,19 @@ def test_hint_arrives_before_result(server):
 
 
 def test_wrong_token_and_unknown_robot_are_refused(server):
-    with pytest.raises(AuthenticationError):
-        WebSocketClient(f"ws://127.0.0.1:{server.port}", "go2-a", "secret-b").send(DraftBlock())
-    with pytest.raises(AuthenticationError):
-        WebSocketClient(f"ws://127.0.0.1:{server.port}", "intruder", "secret-a").send(DraftBlock())
-    assert server.refused == 2
+    # a refused client keeps retrying with backoff (a token may be rotated on the server): each is
+    # closed once refused, and the server counts at least one refusal per client
+    counted = server.refused
+    for robot, token in (("go2-a", "secret-b"), ("intruder", "secret-a")):
+        client = WebSocketClient(f"ws://127.0.0.1:{server.port}", robot, token)
+        try:
+            with pytest.raises(AuthenticationError):
+                client.send(DraftBlock())
+        finally:
+            client.close()
+        assert server.refused >= counted + 1
+        counted = server.refused
+    assert server.stats()["connections"] == 0
 
 
 def test_session_for_another_robot_is_refused(server):
