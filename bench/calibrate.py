@@ -239,7 +239,7 @@ def calibrate(workload, gamma: int = 4, steps: int = 6, repeats: int = 3, log=pr
         os.sched_setaffinity(0, home)
         shapes[side] = measured_shapes(passes)
         # the profile form has no term for exit heads: fitted without them (the emulated verifier
-        # holds hints to their layer's share of the pass); the dilation sees their real cost
+        # sends hints at their layer's share of the pass); the dilation sees their real cost
         cost, errors = fit([p for p in passes if "+exits" not in p.kind], weights)
         doc[side] = {"device": f"this CPU ({threads} torch thread)", "model": os.path.basename(path.rstrip("/")),
                      "sources": ["self"], "forward": {k: v for k, v in vars(cost).items() if v}}

@@ -104,6 +104,7 @@ class _Session:
     prefilling: Optional[Iterator[Tuple[DecodeState, bool]]] = None  # a chunked prefill in progress
     decode: Optional[TokenLoop] = None  # a cloud-only decode (or a continuation) in progress
     held: Optional[Tuple[VerifyResult, float]] = None  # a result waiting for its continuation to end
+    pending_hints: List[Tuple[float, EarlyExitHint]] = field(default_factory=list)  # (send at, hint)
     committed: List[int] = field(default_factory=list)
     next_round: int = 0
     results: Dict[int, VerifyResult] = field(default_factory=dict)
@@ -223,6 +224,7 @@ class Verifier:
         self._queues: Dict[str, Deque[Tuple[str, str, Optional[Message], float]]] = {}
         self._turns: Deque[str] = collections.deque()
         self._lock = threading.RLock()
+        self._send_lock = threading.RLock()  # not _lock: a hint's timer must not wait out a forward pass
         # whether an edge's message waits at the transport (set by serve): a lone cloud-only turn
         # of a batching verifier ends early for it
         self._waiting: Callable[[], bool] = lambda: False
@@ -450,10 +452,40 @@ class Verifier:
 
     # -- sessions ---------------------------------------------------------------------------
     def _send(self, sess: Optional[_Session], emit: Emit, msg: Message) -> None:
-        if sess is not None:
-            msg.seq = sess.out_seq
-            sess.out_seq += 1
-        emit(msg)
+        with self._send_lock:  # hint timers send too
+            if sess is not None:
+                if not isinstance(msg, EarlyExitHint):
+                    self._flush_hints(sess, emit, float("inf"))  # nothing overtakes a round's hints
+                msg.seq = sess.out_seq
+                sess.out_seq += 1
+            emit(msg)
+
+    def _post_hint(self, sess: _Session, emit: Emit, hint: EarlyExitHint, at: Optional[float]) -> None:
+        """Send ``hint`` at ``at`` (``time.perf_counter``; None or past: now) without holding the
+        pass: an emulated device's hint leaves when the pass reaches its layer, while the real
+        compute runs on."""
+        if at is None or at <= time.perf_counter():
+            self._send(sess, emit, hint)
+            return
+        with self._send_lock:
+            sess.pending_hints.append((at, hint))
+        timer = threading.Timer(at - time.perf_counter(), self._hints_due, (sess, emit, at))
+        timer.daemon = True
+        timer.start()
+
+    def _hints_due(self, sess: _Session, emit: Emit, at: float) -> None:
+        try:
+            if sess.end is None:
+                self._flush_hints(sess, emit, at)
+        except Exception:  # a one-shot timer thread: say why the hint was lost
+            log.exception("session %s: early-exit hint not sent", sess.sid)
+
+    def _flush_hints(self, sess: _Session, emit: Emit, until: float) -> None:
+        with self._send_lock:
+            due = [hint for at, hint in sess.pending_hints if at <= until]
+            sess.pending_hints = [(at, hint) for at, hint in sess.pending_hints if at > until]
+            for hint in due:
+                self._send(sess, emit, hint)
 
     def _refuse(self, msg: Message, emit: Emit, reason: EndReason, detail: str) -> None:
         self.stats.errors += 1
@@ -927,10 +959,10 @@ class Verifier:
                 hints.append((job, EarlyExitHint(
                     session_id=job.sess.sid, round=job.msg.round, position=job.msg.position, exit_layer=layer,
                     predicted_accepted=accepted, predicted_next_token=guess, confidence=confidence)))
-            self.target.hold_at_layer(layer)  # an emulated device reaches this layer only now
+            at = self.target.layer_time(layer)  # an emulated device reaches this layer only then
             for job, hint in hints:
-                hint.exit_ms = (time.perf_counter() - t0) * 1000
+                hint.exit_ms = (max(at or 0.0, time.perf_counter()) - t0) * 1000
                 self.stats.hints_sent += 1
-                self._send(job.sess, emit, hint)
+                self._post_hint(job.sess, emit, hint, at)
 
         return heads.attach(on_exit, layers=self.hint_layers, hidden=True)

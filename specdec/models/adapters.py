@@ -470,10 +470,12 @@ class ModelAdapter:
         if self.clock is not None:
             self.clock.settle()
 
-    def hold_at_layer(self, layer: int) -> None:
-        """Inside a pass, at the output of decoder ``layer``: wait for that layer's share of it."""
-        if self.clock is not None:
-            self.clock.hold((layer + 1) / self.num_layers)
+    def layer_time(self, layer: int) -> Optional[float]:
+        """Inside a pass: when an emulated device reaches the output of decoder ``layer``
+        (``time.perf_counter``); None in real time (it is reached now)."""
+        if self.clock is None:
+            return None
+        return self.clock.time_at((layer + 1) / self.num_layers)
 
     @property
     def head_ids(self) -> Optional[torch.Tensor]:

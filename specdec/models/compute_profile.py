@@ -6,8 +6,9 @@ Attached to an adapter (:meth:`ModelAdapter.use_clock`), a :class:`ComputeClock`
 forward pass's emulated duration when the pass starts; the real model still runs and produces the
 real tokens, hints and acceptance, and the caller *settles* (waits until the emulated duration
 has passed) at the point where the pass's result leaves it: a verification result is sent, a
-draft token is chosen, a prefill ends. An early-exit hook *holds* until its layer's share of the
-pass has elapsed, so hints leave when they would on the emulated device.
+draft token is chosen, a prefill ends. An early-exit hint is sent when its layer's share of the
+pass has elapsed (:meth:`ComputeClock.time_at`), so hints leave when they would on the emulated
+device, while the real compute runs on (holding it there would eat the pass's slack).
 
 When the real compute takes longer than the profile allows, the clock counts an *overrun*: the
 emulation cannot show that device's speed on this machine, and a benchmark must mark the setting
@@ -144,11 +145,13 @@ class ComputeClock:
             self.passes += 1
             self.emulated_ms += duration * 1000
 
-    def hold(self, fraction: float) -> None:
-        """Wait until ``fraction`` of the current pass's emulated time has passed (an exit layer)."""
+    def time_at(self, fraction: float) -> Optional[float]:
+        """When (``time.perf_counter``) ``fraction`` of the current pass's emulated time has passed
+        (an exit layer's output); None outside a pass."""
         span = getattr(self._local, "span", None)
-        if span is not None:
-            _sleep_until(span[0] + (span[1] - span[0]) * min(max(fraction, 0.0), 1.0))
+        if span is None:
+            return None
+        return span[0] + (span[1] - span[0]) * min(max(fraction, 0.0), 1.0)
 
     def settle(self) -> None:
         """The pass's result leaves now: wait out the rest of its emulated time (once)."""

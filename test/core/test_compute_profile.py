@@ -40,23 +40,36 @@ def test_forward_passes_take_the_emulated_time_and_outputs_stay_exact(tiny_pair,
 
 
 def test_hints_leave_at_their_layers_share_of_the_pass(tiny_pair, prompt):
+    """...without holding the pass there: the real compute runs on (a hold would eat the pass's
+    slack, and a pass whose real compute fits its emulated time would overrun)."""
     _, target = tiny_pair("llama", noise=0.05)
     clock = _clock(200.0)
     target.use_clock(clock)
-    out = []
+    out, arrived = [], {}
+
+    def emit(msg):
+        arrived[id(msg)] = time.perf_counter()
+        out.append(msg)
+
     try:
         verifier = Verifier(target, EarlyExitHeads(target.model, [0, 2]))
         verifier.handle(SessionStart(session_id="s", robot_id="r", prompt=prompt, max_new_tokens=8, gamma=4,
-                                     tokenizer_fingerprint=target.fingerprint), out.append)
-        verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6, 7]), out.append)
+                                     tokenizer_fingerprint=target.fingerprint), emit)
+        clock.worst_ratio = 0.0  # the prefill's
+        t_sent = time.perf_counter()
+        verifier.handle(DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6, 7]), emit)
     finally:
         target.use_clock(None)
     hints = [m for m in out if isinstance(m, EarlyExitHint)]
     result = next(m for m in out if isinstance(m, VerifyResult))
     layers = target.num_layers  # 4: layer 0 ends a quarter of the way through, layer 2 three quarters
     assert [h.exit_layer for h in hints] == [0, 2]
+    assert out.index(hints[1]) < out.index(result) and hints[0].seq < hints[1].seq < result.seq
     assert 200.0 * 1 / layers <= hints[0].exit_ms < 200.0 * 3 / layers <= hints[1].exit_ms < result.verify_ms
+    since = [(arrived[id(m)] - t_sent) * 1000 for m in (hints[0], hints[1], result)]
+    assert 200.0 * 1 / layers - 1 <= since[0] < 200.0 * 3 / layers - 1 <= since[1] < since[2]
     assert result.verify_ms >= 200.0
+    assert clock.worst_ratio < 0.5  # the pass's real compute did not wait for its hints
 
 
 def test_a_profile_faster_than_this_machine_is_reported_as_overrun(tiny_pair, prompt):
