@@ -46,7 +46,7 @@ from . import sport_api
 from .action_language import ActionLimits
 from .controller import EXECUTING, ControllerConfig, ControllerCore, Decision
 from .drivers import make_driver
-from .motion import MotionLimits, Pose2D, Velocity, clamp_velocity
+from .motion import MotionLimits, Pose2D, clamp_velocity
 
 NODE_NAME = "go2_vlm_control"
 PATH_MAX_POSES = 2000

@@ -193,6 +193,53 @@ _ROBOT_TEMPLATES = (
     "Write instructions for a robot to {a}.",
 )
 
+# The second pool: more ways of asking, and more things to ask about (issue 14: the draft's
+# agreement grows with its data, and the first pool is used up by the feature draft's recipe).
+_TEMPLATES_2 = (
+    "Explain {t} using an everyday analogy.",
+    "What is a fun fact about {t} that most people do not know?",
+    "Write a haiku about {t}.",
+    "Describe {t} in five sentences.",
+    "Write a short dialogue between two friends talking about {t}.",
+    "How has {t} changed over the last hundred years?",
+    "What jobs are connected to {t}?",
+    "Create a short quiz with answers about {t}.",
+    "Why do people find {t} interesting?",
+    "What are the key words someone should learn about {t}?",
+    "Give me a one-week plan to learn the basics of {t}.",
+    "Suggest a name for a club about {t} and explain your choice.",
+    "What questions would a curious child ask about {t}? Answer them.",
+    "Write a limerick about {t}.",
+    "How is {t} related to {u}?",
+    "Which is more useful to know about, {t} or {u}, and why?",
+    "Write a short news headline and summary about {t}.",
+    "What are the first steps to get started with {t}?",
+)
+
+_TOPICS_2 = (
+    "the rain cycle in cities", "owls", "honey", "the Amazon river", "glaciers", "tornadoes",
+    "coral reefs", "the Sahara", "giraffes", "octopuses", "ants", "butterflies", "wolves",
+    "sharks", "frogs", "mushrooms", "sunflowers", "oak trees", "bamboo", "cactus plants",
+    "the lungs", "the brain", "bones", "teeth", "vitamins", "a balanced diet", "running",
+    "swimming", "yoga", "basketball", "tennis", "skiing", "board games", "card tricks",
+    "origami", "knitting", "pottery", "sculpture", "opera", "the piano", "drums", "hip hop",
+    "poetry", "novels", "fairy tales", "comic books", "theatre", "cinema", "radio", "newspapers",
+    "the telephone", "the steam engine", "the light bulb", "the wheel", "bridges", "skyscrapers",
+    "tunnels", "dams", "lighthouses", "submarines", "rockets", "the International Space Station",
+    "telescopes", "microscopes", "thermometers", "clocks", "calendars", "the metric system",
+    "fractions", "geometry", "probability", "statistics", "graphs", "logic puzzles",
+    "recipes for soup", "chocolate", "cheese", "rice", "spices", "street food", "picnics",
+    "camping", "hiking boots", "maps of the stars", "compasses", "sailing", "hot air balloons",
+    "the post office", "fire fighters", "hospitals", "schools", "homework", "exams",
+    "learning to read", "public speaking", "saving money", "budgeting", "small businesses",
+    "advertising", "social media", "email etiquette", "passwords", "computer viruses",
+    "cloud computing", "artificial intelligence", "drones", "3D printing", "solar panels",
+    "wind turbines", "electric cars", "traffic lights", "road safety", "robot vacuum cleaners",
+    "robot arms in factories", "a robot that guards a building", "a robot dog in a park",
+    "depth cameras", "path planning", "speech recognition", "recycling plastic", "composting",
+    "air pollution", "noise", "friendship between animals", "habits", "motivation", "patience",
+)
+
 # Held-out chat prompts: hand-written, not produced by the templates above.
 EVAL_CHAT = (
     "What are the main causes of ocean pollution?",
@@ -230,21 +277,32 @@ EVAL_CHAT = (
 )
 
 
-def chat_train_prompts(n: int, seed: int = 0) -> List[str]:
-    """``n`` distinct training chat prompts from templates x topics, in a fixed shuffled order."""
-    pool = []
-    for template in _TEMPLATES:
-        for i, topic in enumerate(_TOPICS):
-            other = _TOPICS[(i * 7 + 3) % len(_TOPICS)]
+def _pairs(templates, topics) -> List[str]:
+    out = []
+    for template in templates:
+        for i, topic in enumerate(topics):
+            other = topics[(i * 7 + 3) % len(topics)]
             if other == topic:
-                other = _TOPICS[(i + 1) % len(_TOPICS)]
-            pool.append(template.format(t=topic, u=other))
-    for template in _ROBOT_TEMPLATES:
-        for task in _ROBOT_TASKS:
-            pool.append(template.format(a=task))
-    pool = sorted(set(pool) - set(EVAL_CHAT))
-    random.Random(seed).shuffle(pool)
-    return pool[:n]
+                other = topics[(i + 1) % len(topics)]
+            out.append(template.format(t=topic, u=other))
+    return out
+
+
+def chat_train_prompts(n: int, seed: int = 0) -> List[str]:
+    """``n`` distinct training chat prompts from templates x topics, in a fixed shuffled order.
+
+    The first pool (the original templates x topics and the robot tasks, 1,875 prompts) comes
+    first, so every recipe that asks for at most that many gets the same prompts as before; the
+    second pool (new templates and topics, crossed with the old ones) follows it."""
+    first = _pairs(_TEMPLATES, _TOPICS)
+    first += [template.format(a=task) for template in _ROBOT_TEMPLATES for task in _ROBOT_TASKS]
+    first = sorted(set(first) - set(EVAL_CHAT))
+    second = _pairs(_TEMPLATES_2, _TOPICS_2) + _pairs(_TEMPLATES, _TOPICS_2) + _pairs(_TEMPLATES_2, _TOPICS)
+    second = sorted(set(second) - set(first) - set(EVAL_CHAT))
+    rng = random.Random(seed)
+    rng.shuffle(first)
+    rng.shuffle(second)
+    return (first + second)[:n]
 
 
 def prose_train_passages(n: int, seed: int = 0) -> List[str]:
