@@ -439,7 +439,7 @@ class EdgeDecoder:
             raise ProtocolError(f"round {round_no}: cloud accepted {msg.accepted} of {len(block.tokens)} tokens")
         if len(msg.continued) > cfg.cloud_finish_tokens:
             raise ProtocolError(f"round {round_no}: cloud continued {len(msg.continued)} tokens, more than asked")
-        rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000)
+        rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000, block.tokens)
         return msg, rs
 
     @property

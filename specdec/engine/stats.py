@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # Field names of msg/msg/DecisionStats.msg, in order.
 MSG_FIELDS = (
@@ -41,7 +41,8 @@ class RoundStats:
     round: int
     position: int  # generated tokens committed before the block
     drafted: int  # draft tokens in the block
-    accepted: int = 0
+    accepted: int = 0  # as the result says it (the protocol's count)
+    kept: int = 0  # drafted tokens the answer keeps (below)
     next_token: int = -1
     predrafted: bool = False  # the block was drafted on the previous round's hint
     draft_ms: float = 0.0  # edge time drafting this block (0 extra when pre-drafted)
@@ -74,9 +75,15 @@ class RoundStats:
         self.predraft_ms += predraft_ms
         self.layer_hints.append((hint.exit_layer, hint.predicted_accepted, hint.predicted_next_token, False))
 
-    def set_result(self, result, blocked_ms: float, elapsed_ms: float) -> None:
-        """The round's ``VerifyResult``; scores the hints against it."""
+    def set_result(self, result, blocked_ms: float, elapsed_ms: float, block: Sequence[int] = ()) -> None:
+        """The round's ``VerifyResult`` for the drafted ``block``; scores the hints against it.
+
+        ``kept`` counts the drafted tokens the target agreed with. It is ``accepted``, plus one when
+        the result's own token is the block's next drafted token: a block cut at its stop token or
+        at ``max_new_tokens`` names its last kept token as ``next_token`` (the protocol always
+        names one), so a perfect draft of ``left 30 <|im_end|>`` has accepted 2 and kept 3."""
         self.accepted = result.accepted
+        self.kept = result.accepted + int(result.accepted < len(block) and block[result.accepted] == result.next_token)
         self.next_token = result.next_token
         self.continued = len(result.continued)
         self.queue_ms = result.queue_ms
@@ -91,11 +98,11 @@ class RoundStats:
 
     @property
     def full_accept(self) -> bool:
-        return self.drafted > 0 and self.accepted == self.drafted
+        return self.drafted > 0 and self.kept == self.drafted
 
     @property
     def first_rejected(self) -> bool:
-        return self.drafted > 0 and self.accepted == 0
+        return self.drafted > 0 and self.kept == 0
 
 
 @dataclass
@@ -132,7 +139,7 @@ class DecisionStats:
         self.rounds = len(self.round_log) if self.round_log else self.rounds
         if self.round_log:
             self.drafted_tokens = sum(r.drafted for r in self.round_log)
-            self.accepted_tokens = sum(r.accepted for r in self.round_log)
+            self.accepted_tokens = sum(r.kept for r in self.round_log)
             self.hints = sum(r.hint for r in self.round_log)
             self.hints_correct = sum(r.hint_correct for r in self.round_log)
             self.verify_ms = sum(r.verify_ms for r in self.round_log)
@@ -157,7 +164,7 @@ class DecisionStats:
 
     @property
     def partial_accept_rounds(self) -> int:
-        return sum(0 < r.accepted < r.drafted for r in self.round_log)
+        return sum(0 < r.kept < r.drafted for r in self.round_log)
 
     @property
     def first_reject_rounds(self) -> int:

@@ -237,3 +237,25 @@ def test_a_hint_predicts_the_result_as_it_is_cut_at_the_stop_token(tiny_pair, re
     result = next(m for m in out if isinstance(m, VerifyResult))
     assert result.finished and (result.accepted, result.next_token) == (j, stop)
     assert (hint.predicted_accepted, hint.predicted_next_token) == (result.accepted, result.next_token)
+
+
+@pytest.mark.parametrize("cut", ["stop token", "max_new_tokens"])
+def test_acceptance_counts_the_drafted_token_a_cut_result_names(cut, tiny_pair, reference, prompt):
+    """A draft equal to the target: every drafted token is the target's, including a drafted stop
+    token, which the result names as its next token (the protocol's ``accepted`` leaves it out;
+    the edge's acceptance must not)."""
+    _, target = tiny_pair("llama", noise=0.05)
+    ref = reference(target, prompt, None, max_new_tokens=12)
+    j = next(i for i in range(3, 12) if ref[i] not in ref[:i])
+    limit, stop = (12, [ref[j]]) if cut == "stop token" else (j + 1, [])
+    with LocalSpeculativeDecoder(target, target, gamma=4, max_new_tokens=limit, stop_token_ids=stop,
+                                 draft_length="fixed") as runner:
+        result = runner.generate(prompt, None, DecodingMode.SPECULATIVE)
+    stats = result.stats
+    assert result.tokens == ref[:j + 1]
+    assert stats.acceptance_rate == 1.0 and stats.accepted_tokens == stats.drafted_tokens > 0
+    last = stats.round_log[-1]
+    if cut == "stop token":  # the drafted stop token comes back as the result's next token
+        assert last.kept == last.accepted + 1 and last.next_token == ref[j]
+    else:  # the edge drafts no further than the room left: the last token is the target's own
+        assert last.kept == last.accepted == last.drafted

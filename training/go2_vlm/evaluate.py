@@ -14,7 +14,7 @@ from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.token_loop import TokenLoop, TokenPicker
 from specdec.models.artefacts import go2_pair_paths
-from specdec.protocol import DecodingMode, DraftBlock
+from specdec.protocol import DecodingMode
 
 from .pair import bgr_to_rgb, load_pair, read_json
 
@@ -71,54 +71,28 @@ def greedy_policy(adapter, max_new_tokens: int = 8):
     return policy
 
 
-class SentBlocks:
-    """Taps an edge transport: the tokens of every ``DraftBlock`` the edge sends, by round (the
-    blocks as the verifier saw them; a resent block replaces itself)."""
-
-    def __init__(self, transport):
-        self._send = transport.send
-        transport.send = self
-        self.blocks: Dict[int, List[int]] = {}
-
-    def __call__(self, msg) -> None:
-        if isinstance(msg, DraftBlock):
-            self.blocks[msg.round] = list(msg.tokens)
-        self._send(msg)
-
-    def take(self) -> Dict[int, List[int]]:
-        blocks, self.blocks = self.blocks, {}
-        return blocks
-
-
 class SpeculativeTally:
     """Sums the engine's statistics (:class:`specdec.engine.stats.DecisionStats`) over decisions.
 
-    ``acceptance_rate`` is the engine's: accepted draft tokens / drafted tokens, where a drafted
-    stop token the target agrees with is not counted (the result names it as the target's next
-    token, the block being cut there). ``agreement_rate`` counts it: drafted tokens that the
-    target committed as they were drafted / drafted tokens (needs the sent blocks). With answers
-    of 2-3 tokens the difference is large: a perfect draft of ``left 30 <|im_end|>`` has an
-    acceptance of 2/3 and an agreement of 3/3.
+    ``acceptance_rate`` is the engine's: drafted tokens the target agreed with / drafted tokens (a
+    drafted end token the target agrees with counts, :attr:`RoundStats.kept`).
 
     ``hint_accuracy`` is the engine's (the first hint of every round named the exact result);
     ``open_hint_accuracy`` counts only rounds that were followed by another round - the ones whose
     hint can save a drafting pass (a decision's last round ends it, nothing is pre-drafted).
     """
 
-    FIELDS = ("decisions", "drafted", "accepted", "agreed", "rounds", "tokens", "hints", "hints_correct",
+    FIELDS = ("decisions", "drafted", "accepted", "rounds", "tokens", "hints", "hints_correct",
               "open_hints", "open_hints_correct", "predrafts", "predraft_hits", "lossless_mismatches")
 
     def __init__(self):
         self.counts = dict.fromkeys(self.FIELDS, 0)
 
-    def add(self, stats, lossless: bool = True, blocks: Optional[Dict[int, List[int]]] = None) -> None:
+    def add(self, stats, lossless: bool = True) -> None:
         c = self.counts
         c["decisions"] += 1
         c["drafted"] += stats.drafted_tokens
         c["accepted"] += stats.accepted_tokens
-        for rs in stats.round_log:
-            block = (blocks or {}).get(rs.round, [])
-            c["agreed"] += rs.accepted + int(rs.accepted < len(block) and block[rs.accepted] == rs.next_token)
         c["rounds"] += stats.rounds
         c["tokens"] += stats.new_tokens
         c["hints"] += stats.hints
@@ -133,7 +107,6 @@ class SpeculativeTally:
     def summary(self) -> dict:
         c = self.counts
         return {"acceptance_rate": round(c["accepted"] / max(1, c["drafted"]), 4),
-                "agreement_rate": round(c["agreed"] / max(1, c["drafted"]), 4),
                 "tokens_per_round": round(c["tokens"] / max(1, c["rounds"]), 3),
                 "hint_accuracy": round(c["hints_correct"] / max(1, c["hints"]), 4),
                 "open_hint_accuracy": round(c["open_hints_correct"] / max(1, c["open_hints"]), 4),
@@ -158,11 +131,10 @@ def evaluate_frames(draft, target, heads, items: Sequence[tuple], gamma: int = 4
     tally, same = SpeculativeTally(), 0
     with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8,
                                  draft_length="fixed") as runner:
-        sent = SentBlocks(runner.edge.transport)
         for instruction, image in tqdm(items, desc="eval frames", disable=not progress, leave=False):
             reference = greedy_decode(target, instruction, image)
             result = runner.generate(instruction, image, DecodingMode.SPECULATIVE_EARLY_EXIT)
-            tally.add(result.stats, list(result.tokens) == reference, sent.take())
+            tally.add(result.stats, list(result.tokens) == reference)
             same += int(greedy_decode(draft, instruction, image) == reference)
     from training.costs import cost_ratio
 
@@ -287,8 +259,7 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
         tally, reference_decodes = SpeculativeTally(), 0
         with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8,
                                      draft_length="fixed") as runner:
-            sent = SentBlocks(runner.edge.transport)
-
+    
             def spec_policy(env):
                 nonlocal reference_decodes
                 image = bgr_to_rgb(env.render())
@@ -297,7 +268,7 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
                 if reference is None:
                     reference = greedy_decode(target, env.instruction, image)
                     reference_decodes += 1
-                tally.add(result.stats, list(result.tokens) == reference, sent.take())
+                tally.add(result.stats, list(result.tokens) == reference)
                 return result.text
 
             spec_res, report["speculative"] = run("speculative", spec_policy)
