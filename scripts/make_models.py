@@ -98,22 +98,24 @@ class Context:
             self._target = load_target(artefacts.text_target_dir(), pick_device("auto"))
         return self._target
 
-    def labels(self, capture_layers):
-        """Target-labelled training text with hidden states of ``capture_layers`` (cached on disk)."""
-        if self._labels is None:
+    def labels(self, capture_layers, data: str = TEXT_DATA, timing: str = "labels"):
+        """Target-labelled training text ``data`` (a source spec) with hidden states of
+        ``capture_layers`` (cached on disk; the time it took goes to ``timings[timing]``)."""
+        if self._labels is None or self._labels[0] != (data, list(capture_layers)):
             from tqdm import tqdm
 
             from training.text.data import cached_labels, make_source
 
             model, tokenizer = self.target()
-            source = make_source(TEXT_DATA)
-            cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': TEXT_DATA, 'l': capture_layers})}.pt")
+            source = make_source(data)
+            cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': data, 'l': capture_layers})}.pt")
             start = time.time()
             with tqdm(total=len(source), desc="labelling (target generates)", unit="prompt") as bar:
-                self._labels = cached_labels(source, model, tokenizer, capture_layers, cache, progress=bar)
-            self.timings["labels"] = round(time.time() - start, 1)
-            log(f"labels: {len(self._labels)} positions, {len(self._labels.sequences)} sequences")
-        return self._labels
+                labels = cached_labels(source, model, tokenizer, capture_layers, cache, progress=bar)
+            self._labels = ((data, list(capture_layers)), labels)
+            self.timings[timing] = round(time.time() - start, 1)
+            log(f"labels: {len(labels)} positions, {len(labels.sequences)} sequences")
+        return self._labels[1]
 
 
 def _source_sha() -> Optional[str]:
@@ -225,15 +227,10 @@ def _feature_draft_done() -> bool:
 
 
 def _feature_draft_run(ctx: Context) -> None:
-    from training.text.data import cached_labels, make_source
     from training.text.feature_draft import DEFAULT_RECIPE, train_and_save
 
     model, tokenizer = ctx.target()
-    data = DEFAULT_RECIPE["data"]
-    cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': data, 'l': []})}.pt")
-    start = time.time()
-    labels = cached_labels(make_source(data), model, tokenizer, [], cache)
-    ctx.timings["feature_labels"] = round(time.time() - start, 1)
+    labels = ctx.labels([], DEFAULT_RECIPE["data"], timing="feature_labels")
     stats = train_and_save(model, tokenizer, labels, artefacts.committed_text_feature_draft_dir(),
                            dict(DEFAULT_RECIPE), log=log)
     ctx.timings["feature_draft"] = stats["train_seconds"]
