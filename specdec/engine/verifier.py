@@ -454,7 +454,7 @@ class Verifier:
     def _send(self, sess: Optional[_Session], emit: Emit, msg: Message) -> None:
         with self._send_lock:  # hint timers send too
             if sess is not None:
-                if not isinstance(msg, EarlyExitHint):
+                if sess.pending_hints and not isinstance(msg, EarlyExitHint):
                     self._flush_hints(sess, emit, float("inf"))  # nothing overtakes a round's hints
                 msg.seq = sess.out_seq
                 sess.out_seq += 1
