@@ -8,7 +8,8 @@ language (see docs/action_language.md), first rule that applies:
 2. another object blocks the straight path: when facing the target, strafe to the nearest
    sideways offset with a clear path; otherwise turn toward / walk to the next waypoint of a
    grid path around the obstacles
-3. target outside the camera's view: search, ``left <search_turn_deg>``
+3. target outside the camera's view: search, ``left <search_turn_deg>`` (with ``search_walk_m``
+   set: ``forward`` instead while that much floor ahead is free, :func:`search_action`)
 4. bearing off by more than ``turn_threshold_deg``: ``left N`` / ``right N`` toward it
 5. otherwise ``forward`` by a chunk (<= the action limit) ending ``stop_gap`` short of it
 """
@@ -35,6 +36,7 @@ class ExpertConfig:
     search_turn_deg: float = 60.0
     fov_margin_deg: float = 6.0      # the target counts as in view this far inside the edge
     clearance: float = 0.12          # extra lateral margin around obstacles
+    search_walk_m: float = 0.0       # > 0: search by walking while this much floor ahead is free, else turn
     limits: ActionLimits = ActionLimits()
 
 
@@ -172,6 +174,35 @@ def _follow_path(env, robot_r: float, cfg: ExpertConfig) -> str:
     return format_action("forward", max(cfg.min_forward, _round_to(fwd, 0.05)))
 
 
+def free_ahead(env) -> float:
+    """How far the robot's body can go straight ahead before it touches a wall or an object."""
+    w = env.world
+    r = w.cfg.robot_radius
+    c, s = math.cos(w.yaw), math.sin(w.yaw)
+    free = math.inf
+    for direction, pos in ((c, w.x), (s, w.y)):
+        if abs(direction) > 1e-9:
+            free = min(free, ((w.half if direction > 0 else -w.half) - pos) / direction - r)
+    for o in w.objects:
+        rx, ry = o.x - w.x, o.y - w.y
+        along, lateral = rx * c + ry * s, -rx * s + ry * c
+        reach = o.radius + r
+        if along > 0.0 and abs(lateral) < reach:
+            free = min(free, along - math.sqrt(reach * reach - lateral * lateral))
+    return max(0.0, free)
+
+
+def search_action(env, cfg: Optional[ExpertConfig] = None) -> str:
+    """What to do while the target is not in sight. Turning in place sweeps the room but never
+    looks behind an object; with ``cfg.search_walk_m`` the robot walks on while the floor ahead is
+    free for that far (an image shows it), so the view changes and hidden objects come out."""
+    cfg = cfg or ExpertConfig()
+    lim = cfg.limits
+    if cfg.search_walk_m > 0.0 and free_ahead(env) >= cfg.search_walk_m:
+        return format_action("forward", lim.max_forward_m)
+    return format_action("left", min(cfg.search_turn_deg, lim.max_turn_deg))
+
+
 def in_view(env, margin_deg: float = 0.0) -> bool:
     """Whether the target's centre is inside the camera's horizontal field of view."""
     half = env.camera.cfg.hfov_deg / 2.0 - margin_deg
@@ -204,7 +235,7 @@ def expert_action(env, cfg: Optional[ExpertConfig] = None) -> str:
                 return side
         return _follow_path(env, robot_r, cfg)
     if not visible:
-        return search
+        return search_action(env, cfg)
     if abs(bearing) > cfg.turn_threshold_deg:
         return turn(bearing)
     fwd = min(lim.max_forward_m, gap - cfg.stop_gap)

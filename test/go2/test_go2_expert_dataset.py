@@ -106,3 +106,27 @@ def test_near_object_start_is_close_to_an_object_and_facing_it():
         assert faced, seed
         twins += any(o is not env.target and o.color == env.target.color for o in faced)
     assert twins >= 3  # the instructed colour's other shape is a frequent choice
+
+
+def test_search_walks_only_where_the_floor_ahead_is_free():
+    from go2_sim.expert import ExpertConfig, free_ahead, search_action
+
+    env = Go2Episode()
+    env.reset(4)
+    w = env.world
+    target, other = w.objects[0], w.objects[1]
+    w.objects = [target, other]
+    # face +x from the middle of the room with the other object 2 m straight ahead
+    w.x, w.y, w.yaw = 0.0, 0.0, 0.0
+    other.x, other.y = 2.0, 0.0
+    target.x, target.y = -2.0, 0.0   # behind the robot: out of view
+    reach = other.radius + w.cfg.robot_radius
+    assert math.isclose(free_ahead(env), 2.0 - reach, abs_tol=1e-9)
+    other.y = reach + 0.01           # just beside the path: the wall limits it
+    assert math.isclose(free_ahead(env), w.half - w.cfg.robot_radius, abs_tol=1e-9)  # 2.7 m
+    walk = ExpertConfig(search_walk_m=2.5)
+    assert search_action(env, walk) == "forward 1"
+    assert search_action(env) == expert_action(env) == "left 60"  # the default searches by turning
+    assert expert_action(env, walk) == search_action(env, walk)
+    w.x = w.half - 1.0               # 1 m from the wall: turn
+    assert search_action(env, walk) == "left 60"

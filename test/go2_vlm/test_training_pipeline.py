@@ -156,9 +156,15 @@ def test_card_validation_row_comes_from_the_eval_report(tmp_path):
     """The committed weights' validation success is read from the evaluation report, never typed in."""
     from training.go2_vlm import card
 
+    from dataclasses import asdict, replace
+
+    from training.go2_vlm.config import TrainConfig, recipe_sha
+
+    recipe = TrainConfig()
     out = tmp_path / "pair"
     out.mkdir()
-    (out / "train_report.json").write_text(json.dumps({"target": {"seconds": 123.4}}))
+    (out / "train_report.json").write_text(json.dumps(
+        {"target": {"seconds": 123.4}, "config": asdict(recipe), "recipe_sha": recipe_sha(recipe)}))
     assert "| committed weights (`make models-eval`) | n/a (run `make models-eval`)" in card.render(str(out))
     (out / "eval_report.json").write_text(json.dumps(
         {"target_validation": {"episodes": 100, "successes": list(range(1000, 1087)), "said_done_elsewhere": 2}}))
@@ -167,6 +173,11 @@ def test_card_validation_row_comes_from_the_eval_report(tmp_path):
     (tmp_path / "go2_vlm_spread").mkdir()  # another training of the recipe, beside the pair's folder
     (tmp_path / "go2_vlm_spread" / "seed1_eval_report.json").write_text(json.dumps(
         {"target_validation": {"success_rate": 0.91}, "speculative": {"tokens_per_round": 2.5}}))
+    seed1_train = tmp_path / "go2_vlm_spread" / "seed1_train_report.json"
+    # a training of another recipe is not the committed recipe's spread
+    seed1_train.write_text(json.dumps({"config": asdict(replace(recipe, seed=1, search_walk_m=2.5))}))
+    assert "has been trained once" in card.render(str(out))
+    seed1_train.write_text(json.dumps({"config": asdict(replace(recipe, seed=1))}))
     spread = card.render(str(out))
     assert "| target success, validation seeds | n/a | 91.0 % |" in spread
     assert "| closed loop: tokens / round | n/a | 2.5 |" in spread
@@ -211,3 +222,25 @@ def test_failure_kinds_name_what_went_wrong():
     assert failure_kind(episode(["forward 1", "left 20", "right 20", "left 15", "right 20", "left 20"])) \
         == "back-and-forth"
     assert failure_kind(episode(["forward 1", "left 20", "forward 0.5", "right 10"])) == "other"
+
+
+def test_objects_not_in_the_picture_are_answered_by_the_search():
+    """With ``search_walk_m`` every object the camera does not show is answered by the search the
+    picture supports (turn, or walk on where the floor is free), never by the expert's planned
+    path; the default recipe answers them as before."""
+    import dataclasses
+
+    from training.go2_vlm.data import DataJob, _gen_chunk
+
+    job = DataJob(seed=3, episodes=3, perturb_prob=0.25, supersample=1, blocked_prob=1.0, near_prob=0.0,
+                  absent_twins=False, learner_driven=False, turn_step_deg=5.0, move_step_m=0.1)
+    before = _gen_chunk(job)["samples"]
+    after = _gen_chunk(dataclasses.replace(job, search_walk_m=2.0))["samples"]
+    hidden = [i for i, state in enumerate(after["state"]) if state[0] == 0.0]
+    assert hidden and {after["action"][i] for i in hidden} <= {"left 60", "forward 1"}
+    assert "forward 1" in {after["action"][i] for i in hidden}   # blocked starts: room to walk
+    # objects in the picture keep the expert's answers
+    shown = [a for a, s in zip(after["action"], after["state"]) if s[0] > 0]
+    assert shown == [a for a, s in zip(before["action"], before["state"]) if s[0] > 0]
+    # the default leaves out hidden objects the expert reaches by a planned path; now they are answered
+    assert len(after["action"]) > len(before["action"])

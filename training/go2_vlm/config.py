@@ -58,6 +58,8 @@ class TrainConfig:
     vision_warmup_frames: int = 16  # frames per warm-up step
     vision_warmup_lr: float = 2e-3
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
+    search_walk_m: float = 0.0     # > 0: answer an object not in the picture by the walking search
+                                   # (expert.search_action), not by the expert's planned path
     # On-policy distillation of the draft (distill.py), after its expert-data training: frames of
     # rollouts driven by the target and by the draft (plus the expert's), every object asked,
     # labelled with the target's greedy answers and distributions; KL(target || draft). 0 steps: off.
@@ -96,7 +98,7 @@ def draft_init_layers(cfg: TrainConfig):
 _NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
-            "draft_init": "scratch"}
+            "draft_init": "scratch", "search_walk_m": 0.0}
 
 
 # How the work is spread (data workers, torch threads), not what is trained: the data are the same
@@ -111,3 +113,15 @@ def recipe_sha(cfg: "TrainConfig") -> str:
     recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
               "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def recipe_sha_of(config: Dict, seed: "int | None" = None) -> str:
+    """:func:`recipe_sha` of a report's ``config`` (fields it lacks at their defaults), with its
+    seed replaced by ``seed`` if given: two trainings are of one recipe when these agree."""
+    cfg = TrainConfig()
+    for key, value in config.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    if seed is not None:
+        cfg.seed = seed
+    return recipe_sha(cfg)

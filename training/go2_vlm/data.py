@@ -61,6 +61,7 @@ class DataJob:
     learner_driven: bool     # the learner set by :func:`set_rollout_policy` drives (DAgger), not the expert
     turn_step_deg: float = 1.0  # label magnitudes on this grid (:func:`coarse_action`)
     move_step_m: float = 0.05
+    search_walk_m: float = 0.0  # > 0: an object not in the picture is answered by the walking search
 
 
 def prompt_ids(processor, instruction: str, n_image: int) -> List[int]:
@@ -108,9 +109,10 @@ def _gen_chunk(job: DataJob):
     from go2_vlm_control.action_language import format_action
 
     from go2_sim.episode import instruction_for
-    from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view
+    from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action
 
     expert_cfg = ExpertConfig()
+    walk_cfg = ExpertConfig(search_walk_m=job.search_walk_m)
     search = format_action("left", min(expert_cfg.search_turn_deg, expert_cfg.limits.max_turn_deg))
     proc = build_processor()
     frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": []}
@@ -131,7 +133,11 @@ def _gen_chunk(job: DataJob):
             for obj in env.world.objects:
                 env.target = obj
                 seen = in_view(env, expert_cfg.fov_margin_deg)
-                if obj is true_target:
+                if job.search_walk_m > 0.0 and info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS:
+                    # Not in the picture (out of view, hidden behind another object or too small):
+                    # the answer is the search the camera can show, not the path the expert plans.
+                    action, seen = search_action(env, walk_cfg), True
+                elif obj is true_target:
                     action = label
                 elif seen:
                     action = expert_action(env, expert_cfg)
@@ -333,7 +339,8 @@ def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven:
                     perturb_prob=cfg.perturb_prob,
                     supersample=2 if k % cfg.exact_camera_every == 0 else cfg.supersample,
                     blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
-                    learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m)
+                    learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m,
+                    search_walk_m=cfg.search_walk_m)
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""How well can a policy that sees one camera frame do? The expert restricted to the picture.
+
+The expert (``go2_sim.expert``) plans with the world's true state: it walks around an obstacle
+toward an object the camera cannot see. A VLM sees one frame. This check drives the simulator with
+the expert where the instructed object covers at least ``REGION_MIN_PIXELS`` of the picture and
+with the search (:func:`go2_sim.expert.search_action`) where it does not, on the recipe
+validation seeds (disjoint from the model card's evaluation seeds). Its success rate bounds what
+imitation of that labelling can reach; the gap to the trained target is imitation error.
+
+  python scripts/experiments/go2_camera_expert.py --search-walk-m 0 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def camera_expert(search_walk_m: float, privileged: bool = False):
+    """``env -> action``: the expert where the target is in the picture, else the search."""
+    from go2_sim.expert import ExpertConfig, expert_action, search_action
+    from training.go2_vlm.data import REGION_MIN_PIXELS
+
+    cfg = ExpertConfig(search_walk_m=search_walk_m)
+
+    def policy(env) -> str:
+        if not privileged:
+            _, info = env.render(with_info=True)
+            if info.visible_pixels.get(env.target.name, 0) < REGION_MIN_PIXELS:
+                return search_action(env, cfg)
+        return expert_action(env, cfg)
+
+    return policy
+
+
+def main() -> None:
+    from training.go2_vlm.evaluate import VALIDATION_SEEDS, closed_loop
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--search-walk-m", type=float, nargs="+", default=[0.0, 2.5],
+                    help="0: search by turning; > 0: walk on while that much floor ahead is free")
+    ap.add_argument("--privileged", action="store_true", help="also the unrestricted expert")
+    args = ap.parse_args()
+    rows = [(f"camera expert, search_walk_m={w:g}", camera_expert(w)) for w in args.search_walk_m]
+    if args.privileged:
+        rows.append(("privileged expert", camera_expert(0.0, privileged=True)))
+    for name, policy in rows:
+        _, s = closed_loop(policy, VALIDATION_SEEDS, name, progress=False, log=lambda *_: None)
+        fails = [f["seed"] for f in s["failures"]]
+        print(json.dumps({"policy": name, "success_rate": s["success_rate"], "failures": fails,
+                          "mean_decisions": s.get("mean_decisions"), "wall_s": s["wall_s"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
