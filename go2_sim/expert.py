@@ -156,11 +156,17 @@ def plan_path(env, robot_r: float, goal_gap: float, cell: float = 0.1):
     return [(centre(i), centre(j)) for i, j in reversed(path)]
 
 
+def search_turn(cfg: Optional[ExpertConfig] = None) -> str:
+    """The search turn, ``left <search_turn_deg>`` (within the action limits)."""
+    cfg = cfg or ExpertConfig()
+    return format_action("left", min(cfg.search_turn_deg, cfg.limits.max_turn_deg))
+
+
 def _follow_path(env, robot_r: float, cfg: ExpertConfig) -> str:
     w = env.world
     path = plan_path(env, robot_r, cfg.arrive_distance - 0.05)
     if not path:
-        return format_action("left", min(cfg.search_turn_deg, cfg.limits.max_turn_deg))
+        return search_turn(cfg)
     here = (w.x, w.y)
     way = path[min(1, len(path) - 1)]
     for p in path[1:]:  # farthest point reachable in a straight line
@@ -197,10 +203,9 @@ def search_action(env, cfg: Optional[ExpertConfig] = None) -> str:
     looks behind an object; with ``cfg.search_walk_m`` the robot walks on while the floor ahead is
     free for that far (an image shows it), so the view changes and hidden objects come out."""
     cfg = cfg or ExpertConfig()
-    lim = cfg.limits
     if cfg.search_walk_m > 0.0 and free_ahead(env) >= cfg.search_walk_m:
-        return format_action("forward", lim.max_forward_m)
-    return format_action("left", min(cfg.search_turn_deg, lim.max_turn_deg))
+        return format_action("forward", cfg.limits.max_forward_m)
+    return search_turn(cfg)
 
 
 def in_view(env, margin_deg: float = 0.0) -> bool:
@@ -221,7 +226,7 @@ def expert_action(env, cfg: Optional[ExpertConfig] = None) -> str:
         return format_action("left" if deg > 0 else "right", mag)
 
     visible = in_view(env, cfg.fov_margin_deg)
-    search = format_action("left", min(cfg.search_turn_deg, lim.max_turn_deg))
+    search = search_turn(cfg)
     if gap <= cfg.arrive_distance:
         if abs(bearing) <= cfg.face_tol_deg:
             return "done"

@@ -106,14 +106,12 @@ def _gen_chunk(job: DataJob):
     torch.set_num_threads(1)
     from specdec.models.images import to_pil
 
-    from go2_vlm_control.action_language import format_action
-
     from go2_sim.episode import instruction_for
-    from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action
+    from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action, search_turn
 
     expert_cfg = ExpertConfig()
     walk_cfg = ExpertConfig(search_walk_m=job.search_walk_m)
-    search = format_action("left", min(expert_cfg.search_turn_deg, expert_cfg.limits.max_turn_deg))
+    search = search_turn(expert_cfg)
     proc = build_processor()
     frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": []}
     samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
@@ -420,7 +418,7 @@ def stack_frames(results: list, cfg: TrainConfig) -> Frames:
 
 def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
     """Fixed-layout tensors of the expert-labelled samples in the chunks of :func:`collect_chunks`."""
-    from go2_sim.expert import ExpertConfig
+    from go2_sim.expert import search_turn
 
     tok = build_tokenizer()
     eos = tok.eos_token_id
@@ -464,7 +462,7 @@ def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
                    actions=actions, held_out=frames.held_out[frame_t], soft=soft, regions=frames.regions,
                    state=torch.tensor(state, dtype=torch.float32),
                    combo=torch.tensor(combos), true_target=torch.tensor(true))
-    search = f"left {int(ExpertConfig().search_turn_deg)}"
+    search = search_turn()
     data.observable = torch.tensor(seen) | torch.tensor([a == search for a in actions])
     data.absent = torch.tensor(absent, dtype=torch.bool)
     verbs: Dict[str, int] = {}

@@ -15,6 +15,7 @@ from specdec.engine.sampling import SamplingParams
 from specdec.engine.token_loop import TokenLoop, TokenPicker
 from specdec.models.artefacts import go2_pair_paths
 from specdec.protocol import DecodingMode
+from go2_sim.expert import search_turn
 
 from .pair import bgr_to_rgb, load_pair, read_json
 
@@ -142,7 +143,7 @@ def evaluate_frames(draft, target, heads, items: Sequence[tuple], gamma: int = 4
             "per_token_cost": cost_ratio(draft, target, *items[0]) if items else None, **tally.summary()}
 
 
-SEARCH_TURN = "left 60"  # the expert's search turn (go2_sim.expert.ExpertConfig.search_turn_deg)
+SEARCH_TURN = search_turn()
 FAILURE_KINDS = ("said done elsewhere", "never found", "back-and-forth", "at the object, no done", "other")
 
 
