@@ -9,6 +9,7 @@ validation seeds (disjoint from the model card's evaluation seeds). Its success 
 imitation of that labelling can reach; the gap to the trained target is imitation error.
 
   python scripts/experiments/go2_camera_expert.py --search-walk-m 0 2.5
+  python scripts/experiments/go2_camera_expert.py --search-walk-m 0 --min-pixels 8 30 60 120  # how small must it see?
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def camera_expert(search_walk_m: float, privileged: bool = False):
-    """``env -> action``: the expert where the target is in the picture, else the search."""
+def camera_expert(search_walk_m: float, privileged: bool = False, min_pixels: int = 0):
+    """``env -> action``: the expert where the target covers at least ``min_pixels`` of the
+    picture (0: ``REGION_MIN_PIXELS``), else the search."""
     from go2_sim.expert import ExpertConfig, expert_action, search_action
     from training.go2_vlm.data import REGION_MIN_PIXELS
 
     cfg = ExpertConfig(search_walk_m=search_walk_m)
+    min_pixels = min_pixels or REGION_MIN_PIXELS
 
     def policy(env) -> str:
         if not privileged:
             _, info = env.render(with_info=True)
-            if info.visible_pixels.get(env.target.name, 0) < REGION_MIN_PIXELS:
+            if info.visible_pixels.get(env.target.name, 0) < min_pixels:
                 return search_action(env, cfg)
         return expert_action(env, cfg)
 
@@ -46,9 +49,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--search-walk-m", type=float, nargs="+", default=[0.0, 2.5],
                     help="0: search by turning; > 0: walk on while that much floor ahead is free")
+    ap.add_argument("--min-pixels", type=int, nargs="+", default=[0],
+                    help="pixels of the 160x120 frame the object must cover to count as seen (0: REGION_MIN_PIXELS)")
     ap.add_argument("--privileged", action="store_true", help="also the unrestricted expert")
     args = ap.parse_args()
-    rows = [(f"camera expert, search_walk_m={w:g}", camera_expert(w)) for w in args.search_walk_m]
+    rows = [(f"camera expert, search_walk_m={w:g}, min_pixels={p or 'REGION_MIN_PIXELS'}", camera_expert(w, min_pixels=p))
+            for w in args.search_walk_m for p in args.min_pixels]
     if args.privileged:
         rows.append(("privileged expert", camera_expert(0.0, privileged=True)))
     for name, policy in rows:

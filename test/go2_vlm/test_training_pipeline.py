@@ -14,8 +14,9 @@ import torch
 from specdec.models.artefacts import go2_pair_paths  # noqa: E402
 from training.go2_vlm import pair as vlm  # noqa: E402
 from training.go2_vlm.config import TrainConfig, apply_overrides, recipe_sha  # noqa: E402
-from training.go2_vlm.data import (TWIN_CLOSE_TOKENS, assemble_dataset, coarse_action, expert_chunks,  # noqa: E402
-                                   training_rows, twin_of, twin_tokens)
+from training.go2_vlm.data import (SMALL_OBJECT_TOKENS, TWIN_CLOSE_TOKENS, assemble_dataset,  # noqa: E402
+                                   coarse_action, expert_chunks, object_tokens, training_rows, twin_of,
+                                   twin_tokens)
 from training.go2_vlm.build import build  # noqa: E402
 from training.go2_vlm.train import OBJECT_MIN_TOKENS, object_loss, warm_up_vision  # noqa: E402
 
@@ -43,6 +44,21 @@ def test_boundary_rows_are_repeated(tiny_data):
     counts = torch.bincount(rows, minlength=len(data))
     for r in base.tolist():
         assert int(counts[r]) == (3 if r in boundary else 1)
+
+
+def test_small_object_rows_are_repeated(tiny_data):
+    cfg, data = tiny_data
+    base = training_rows(data, cfg.other_hidden_frac, cfg.seed)
+    rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, small_repeat=4)
+    shown = object_tokens(data)
+    small = {int(r) for r in base if data.state[r, 0] > 0 and shown[r] <= SMALL_OBJECT_TOKENS}
+    large = {int(r) for r in base if shown[r] > SMALL_OBJECT_TOKENS}
+    assert small and large, "tiny rollouts should show objects both small and large"
+    counts = torch.bincount(rows, minlength=len(data))
+    for r in base.tolist():
+        assert int(counts[r]) == (4 if r in small else 1)
+    r = next(iter(small))
+    assert int(shown[r]) == int(data.regions[data.frame[r], :, data.combo[r]].sum())
 
 
 def test_twin_tokens_count_the_lookalike(tiny_data):

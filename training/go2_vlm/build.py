@@ -65,7 +65,8 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
         def prepare(chunks):
             """Tensors of ``chunks`` on ``device``, with the rows to train on and the held-out rows."""
             data = assemble_dataset(chunks, cfg, log)
-            rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat, cfg.boundary_repeat)
+            rows = training_rows(data, cfg.other_hidden_frac, cfg.seed, cfg.rare_repeat, cfg.boundary_repeat,
+                                 cfg.small_repeat)
             return data.to(device), rows, torch.nonzero(data.held_out).flatten()
 
         data, train_rows, held_rows = prepare(chunks)

@@ -42,6 +42,7 @@ class TrainConfig:
     dagger_lr: float = 1e-3
     rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
     boundary_repeat: int = 1       # ... and "done" / twin-close-in-view samples (data.training_rows)
+    small_repeat: int = 1          # ... and samples whose instructed object shows small (a few image tokens)
     kd_alpha: float = 0.5          # draft loss = (1-a) CE(expert) + a KL(target || draft)
     turn_step_deg: float = 5.0     # magnitudes the models learn to say: turns in multiples of this ...
     move_step_m: float = 0.1       # ... and translations (the expert's own grid: 1 deg, 0.05 m)
@@ -95,7 +96,7 @@ def draft_init_layers(cfg: TrainConfig):
 
 # Fields added after a recipe was trained: at these values they change nothing, so they leave
 # that recipe's hash (and the committed artefacts' up-to-date state) as it was.
-_NEUTRAL = {"boundary_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
+_NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
             "draft_init": "scratch", "search_walk_m": 0.0}

@@ -246,16 +246,26 @@ class Go2Data:
 TWIN_CLOSE_TOKENS = 3  # image tokens showing the instructed object's same-colour twin: "close to the twin"
 
 
+SMALL_OBJECT_TOKENS = 2  # image tokens showing the instructed object, at most: "a few pixels of it in view"
+
+
+def object_tokens(data: "Go2Data", combo: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[N] image tokens of each sample's frame that show ``combo`` (an index in COMBOS per
+    sample; default: the instructed object)."""
+    combo = data.combo if combo is None else combo
+    regions = data.regions[data.frame]                                       # [N, T, 8]
+    return regions[torch.arange(len(data), device=regions.device), :, combo].sum(-1)
+
+
 def twin_tokens(data: "Go2Data") -> torch.Tensor:
     """[N] image tokens of each sample's frame that show the instructed object's same-colour,
     other-shape twin (the look-alike a policy must not stop at)."""
     twin = torch.tensor([COMBOS.index(twin_of(c, sh)) for c, sh in COMBOS], device=data.combo.device)
-    regions = data.regions[data.frame]                                       # [N, T, 8]
-    return regions[torch.arange(len(data), device=regions.device), :, twin[data.combo]].sum(-1)
+    return object_tokens(data, twin[data.combo])
 
 
 def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_repeat: int = 1,
-                  boundary_repeat: int = 1) -> torch.Tensor:
+                  boundary_repeat: int = 1, small_repeat: int = 1) -> torch.Tensor:
     """Rows to train on: every sample of the episodes' own targets and of visible objects, and a
     fraction of the (plentiful, all alike: "left 60") samples whose instructed object is out of view.
     Samples whose answer depends on what the camera cannot see (the expert following a planned
@@ -263,7 +273,10 @@ def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_rep
 
     Rare samples are repeated: strafes ``rare_repeat`` times, and the samples at the "done"
     boundary ``boundary_repeat`` times: answer ``done``, or the instructed object's twin close in
-    view (few in rollouts, and where an under-trained policy says done at the wrong object)."""
+    view (few in rollouts, and where an under-trained policy says done at the wrong object); and
+    ``small_repeat`` times the samples whose instructed object is in the picture but small (at most
+    ``SMALL_OBJECT_TOKENS`` image tokens: far away, or a sliver beside the object hiding it), where
+    a one-frame policy must notice a few pixels or search past it."""
     gen = torch.Generator().manual_seed(seed)
     keep = data.true_target | (data.state[:, 0] > 0) | (torch.rand(len(data), generator=gen) < other_hidden_frac)
     if data.absent is not None:
@@ -279,6 +292,9 @@ def training_rows(data: "Go2Data", other_hidden_frac: float, seed: int, rare_rep
         close = twin_tokens(data)[rows].cpu() >= TWIN_CLOSE_TOKENS
         done = torch.tensor([data.actions[int(r)] == "done" for r in rows], dtype=torch.bool)
         extra += [rows[close | done]] * (boundary_repeat - 1)
+    if small_repeat > 1:
+        small = (data.state[rows, 0] > 0) & (object_tokens(data)[rows].cpu() <= SMALL_OBJECT_TOKENS)
+        extra += [rows[small]] * (small_repeat - 1)
     return torch.cat([rows] + extra) if extra else rows
 
 
