@@ -151,6 +151,18 @@ def abuser_process(uri: str, token: str, seconds: float, cloud_only_tokens: int 
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
 
+def _abuser_report(abuser: subprocess.Popen, timeout: float = 60.0) -> Dict:
+    """The abuser's last line (what it sent). On a loaded machine the niced process can print it and
+    then be slow to exit (its threads blocked on a server that refuses them): it is killed then, and
+    the output already read is kept (``communicate`` loses none on a retry)."""
+    try:
+        out = abuser.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        abuser.kill()
+        out = abuser.communicate()[0]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _phase(server: ServerProcess, robots: List[Robot], seconds: float, abuse=None) -> Dict:
     """Robots decide for ``seconds``; ``abuse`` is (uri, token, cloud_only_tokens, behaviours) when abused."""
     stop = threading.Event()
@@ -169,7 +181,7 @@ def _phase(server: ServerProcess, robots: List[Robot], seconds: float, abuse=Non
     stop.set()
     for thread in threads:
         thread.join(60)
-    sent = json.loads(abuser.communicate(timeout=60)[0]) if abuser is not None else {}
+    sent = _abuser_report(abuser) if abuser is not None else {}
     outcomes = [o for robot in robots for o in robot.outcomes]
     latencies = [o.seconds * 1000 for o in outcomes if o.ok]
     failures = [o.error for o in outcomes if not o.ok]
