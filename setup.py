@@ -24,6 +24,7 @@ setup(
     # cloud installs carry no training code; they find models through specdec.models.artefacts.
     packages=find_packages(include=["specdec*", "specdec_ros*", "edge_spec_drafter*", "cloud_verifier_bridge*",
                                     "go2_vlm_control*", "go2_sim*", "ros_tools*"], exclude=["training", "training.*"]),
+    package_data={"specdec.models": ["small_batch_linear.c"]},  # compiled on first use (kernels.py)
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

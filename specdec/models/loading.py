@@ -214,7 +214,7 @@ def load_model(
     quantization: str = "none",
     name: str = "",
     draft_head: bool = True,
-    transposed_linears: Union[bool, str] = "auto",
+    linear_kernel: str = "auto",
 ) -> ModelAdapter:
     """Load a model (a folder with ``config.json`` + safetensors/bin weights + tokenizer/processor
     files, or a hub id in the local HF cache) or build a random-init model from a
@@ -223,9 +223,9 @@ def load_model(
     ``dtype``/``device`` take names (see :func:`resolve_dtype`, :func:`resolve_device`);
     ``quantization`` is ``none``, ``int8`` or ``4bit`` (see the module docstring; drafts only).
     ``draft_head``: propose with the folder's reduced-vocabulary head (``draft_head.safetensors``,
-    :mod:`specdec.models.draft_head`) when it has one. ``transposed_linears``: on a CPU, store linear
-    weights in the layout small batches multiply fastest (:mod:`specdec.models.kernels`): True, False,
-    or ``"auto"`` (timed on this CPU for this model's shapes).
+    :mod:`specdec.models.draft_head`) when it has one. ``linear_kernel``: on a CPU, how linear layers
+    multiply small batches (:mod:`specdec.models.kernels`): ``default``, ``transposed``,
+    ``small_batch``, or ``"auto"`` (the fastest, timed on this CPU for this model's shapes).
     Missing folders/files raise :class:`ModelLoadError` naming what is missing. Nothing is
     downloaded (``local_files_only``).
     """
@@ -262,7 +262,9 @@ def load_model(
     if is_feature_draft(path):  # a draft conditioned on the target's states (one layer, not an HF model)
         try:
             tokenizer = processor or _load_processor(path, "llama")
-            return load_feature_draft(path, tokenizer, dtype=dtype, device=device, name=name, draft_head=draft_head)
+            adapter = load_feature_draft(path, tokenizer, dtype=dtype, device=device, name=name,
+                                         draft_head=draft_head)
+            return _with_linear_kernel(adapter, linear_kernel)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -291,17 +293,21 @@ def load_model(
     if "device_map" not in kwargs:
         model = _place(model, device, quantization)
     default_name = label if _is_hub_id(label) and not os.path.exists(label) else os.path.basename(os.path.normpath(path))
-    from .kernels import choose_layout, use_transposed_linears
-
-    if transposed_linears == "auto":
-        choose_layout(model)  # timed on this CPU; applies the faster layout
-    elif transposed_linears:
-        use_transposed_linears(model)
     adapter = wrap_model(model, processor, name=name or default_name)
     if draft_head:
         from .draft_head import use_draft_head
 
         use_draft_head(adapter, path)
+    return _with_linear_kernel(adapter, linear_kernel)
+
+
+def _with_linear_kernel(adapter: ModelAdapter, linear_kernel: str) -> ModelAdapter:
+    """Apply the linear kernel to every layer the adapter runs (model, LM head, draft head); the
+    choice is kept as ``adapter.linear_kernel``."""
+    from .kernels import choose_layout, use_layout
+
+    layers = torch.nn.ModuleList([adapter.model, adapter.lm_head.module, adapter.head.module])
+    adapter.linear_kernel = choose_layout(layers) if linear_kernel == "auto" else use_layout(layers, linear_kernel)
     return adapter
 
 
