@@ -74,22 +74,23 @@ def _cpu_flags() -> str:
 
 def _compile(cc: str, out: str) -> Optional[str]:
     """Build the library at ``out`` (OpenMP if the compiler has it); returns the error, or None."""
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     error = ""
     for extra in (("-fopenmp",), ()):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
-        os.close(fd)
+        tmp = ""
         try:
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
+            os.close(fd)
             done = subprocess.run([cc, *_FLAGS, *extra, _SOURCE, "-o", tmp], capture_output=True, text=True,
                                   timeout=120)
             if done.returncode == 0:
                 os.replace(tmp, out)  # atomic: concurrent processes never load a half-written file
                 return None
             error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, subprocess.SubprocessError) as exc:  # no compiler, a read-only cache, ...
             error = str(exc)
         finally:
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
     return error
 

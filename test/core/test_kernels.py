@@ -90,16 +90,22 @@ def test_small_batch_falls_back_to_torch_where_it_does_not_apply():
         assert torch.equal(half(xh), F.linear(xh, half.weight, half.bias))
 
 
-def test_without_a_compiler_the_kernel_is_not_offered(tmp_path):
-    """No C compiler: one warning, two layouts on offer, and asking for the kernel gives the
-    transposed layout (the model still runs)."""
+@pytest.mark.parametrize("broken", ["compiler", "cache"])
+def test_without_a_compiler_the_kernel_is_not_offered(tmp_path, broken):
+    """No C compiler (or a cache folder that cannot be made): one warning, two layouts on offer,
+    and asking for the kernel gives the transposed layout (the model still runs)."""
     code = (
         "import torch\n"
         "from specdec.models.kernels import available_layouts, small_batch_library, use_layout\n"
         "layer = torch.nn.Linear(8, 4)\n"
         "print(small_batch_library() is None, available_layouts(), use_layout(layer, 'small_batch'))\n"
     )
-    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), SPECDEC_KERNEL_CACHE=str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    if broken == "compiler":
+        env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), SPECDEC_KERNEL_CACHE=str(tmp_path / "cache"))
+    else:
+        (tmp_path / "file").write_text("")
+        env = dict(os.environ, SPECDEC_KERNEL_CACHE=str(tmp_path / "file" / "kernels"))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "True ('default', 'transposed') transposed"
