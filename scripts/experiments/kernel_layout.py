@@ -15,7 +15,7 @@ import time
 import torch
 
 from specdec.models.kernels import available_layouts, use_layout
-from specdec.models.loading import load_model
+from specdec.models.loading import adapter_modules, load_model
 
 ROWS = (1, 2, 3, 5, 9)
 
@@ -23,7 +23,7 @@ ROWS = (1, 2, 3, 5, 9)
 def measure(folder: str, repeats: int = 15) -> None:
     torch.set_num_threads(1)
     adapter = load_model(folder, linear_kernel="default")
-    layers = torch.nn.ModuleList([adapter.model, adapter.lm_head.module, adapter.head.module])
+    layers = adapter_modules(adapter)
     state = adapter.prefill(adapter.encode("Tell me about robots that walk on four legs."))
     length = state.length
     times = {(layout, k): [] for layout in available_layouts() for k in ROWS}

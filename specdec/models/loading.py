@@ -301,12 +301,17 @@ def load_model(
     return _with_linear_kernel(adapter, linear_kernel)
 
 
+def adapter_modules(adapter: ModelAdapter) -> torch.nn.ModuleList:
+    """Everything the adapter runs (model, LM head, draft head), as one module for the kernels."""
+    return torch.nn.ModuleList([adapter.model, adapter.lm_head.module, adapter.head.module])
+
+
 def _with_linear_kernel(adapter: ModelAdapter, linear_kernel: str) -> ModelAdapter:
-    """Apply the linear kernel to every layer the adapter runs (model, LM head, draft head); the
-    choice is kept as ``adapter.linear_kernel``."""
+    """Apply the linear kernel to every layer the adapter runs; the choice is kept as
+    ``adapter.linear_kernel``."""
     from .kernels import choose_layout, use_layout
 
-    layers = torch.nn.ModuleList([adapter.model, adapter.lm_head.module, adapter.head.module])
+    layers = adapter_modules(adapter)
     adapter.linear_kernel = choose_layout(layers) if linear_kernel == "auto" else use_layout(layers, linear_kernel)
     return adapter
 
