@@ -84,32 +84,42 @@ def compare(workload, gamma: int = 4, log: Callable[[str], None] = print) -> Dic
     try:
         for name, runner in runners.items():  # warm-up (and the adaptive policies' first estimates)
             runner.generate(workload.items[0][0], None, DecodingMode[ours[name][1]])
-        for prompt, image in workload.items:
+        for index, (prompt, image) in enumerate(workload.items):
             kwargs = target.encode(prompt, image).generate_kwargs()
             prompt_len = kwargs["input_ids"].shape[1]
             common = dict(do_sample=False, max_new_tokens=n_new, pad_token_id=pad)
-            with torch.inference_mode():
-                alone, seconds = _timed(lambda: target.model.generate(**kwargs, **common))
-            reference = alone[0, prompt_len:].tolist()
-            rows["target_alone"].append((len(reference), seconds))
-            for name, (schedule, threshold, tokens) in HF_SETTINGS.items():
-                assistant = draft.model
-                assistant.generation_config = copy.deepcopy(assistant.generation_config)
-                assistant.generation_config.num_assistant_tokens = tokens or gamma
-                assistant.generation_config.num_assistant_tokens_schedule = schedule
-                assistant.generation_config.assistant_confidence_threshold = threshold
-                with torch.inference_mode():
-                    out, seconds = _timed(lambda: target.model.generate(**kwargs, assistant_model=assistant, **common))
-                tokens = out[0, prompt_len:].tolist()
-                rows[name].append((len(tokens), seconds))
-                if tokens != reference:
-                    mismatches.append(f"{name} differs on prompt {prompt[:40]!r}")
-            for name, runner in runners.items():
-                result, seconds = _timed(lambda: runner.generate(prompt, image, DecodingMode[ours[name][1]]))
-                rows[name].append((len(result.tokens), seconds))
-                overhead[name].append(_non_model_ms(result.stats))
-                tokens_per_round[name].append(result.stats.tokens_per_round)
-                if list(result.tokens) != reference:
+            outputs: Dict[str, List[int]] = {}
+
+            def run(name):
+                if name == "target_alone":
+                    with torch.inference_mode():
+                        out, seconds = _timed(lambda: target.model.generate(**kwargs, **common))
+                    outputs[name] = out[0, prompt_len:].tolist()
+                elif name in HF_SETTINGS:
+                    schedule, threshold, tokens = HF_SETTINGS[name]
+                    assistant = draft.model
+                    assistant.generation_config = copy.deepcopy(assistant.generation_config)
+                    assistant.generation_config.num_assistant_tokens = tokens or gamma
+                    assistant.generation_config.num_assistant_tokens_schedule = schedule
+                    assistant.generation_config.assistant_confidence_threshold = threshold
+                    with torch.inference_mode():
+                        out, seconds = _timed(lambda: target.model.generate(**kwargs, assistant_model=assistant,
+                                                                            **common))
+                    outputs[name] = out[0, prompt_len:].tolist()
+                else:
+                    result, seconds = _timed(lambda: runners[name].generate(prompt, image,
+                                                                            DecodingMode[ours[name][1]]))
+                    outputs[name] = list(result.tokens)
+                    overhead[name].append(_non_model_ms(result.stats))
+                    tokens_per_round[name].append(result.stats.tokens_per_round)
+                rows[name].append((len(outputs[name]), seconds))
+
+            # every other prompt in reverse order: this machine's speed drifts within a prompt's runs,
+            # and a drift then favours no decoder over the whole run
+            for name in (list(rows) if index % 2 == 0 else list(rows)[::-1]):
+                run(name)
+            for name, tokens in outputs.items():
+                if tokens != outputs["target_alone"]:
                     mismatches.append(f"{name} differs on prompt {prompt[:40]!r}")
             log("  assisted: " + "  ".join(f"{n} {sum(s for _, s in r[-1:]):.2f}s" for n, r in rows.items()))
     finally:
