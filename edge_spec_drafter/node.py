@@ -55,7 +55,7 @@ PARAMETERS = [
     Param("draft_model", "", "draft model: a folder, or a hub id in the local HF cache"),
     Param("device", "auto", "auto | cpu | cuda[:N]"),
     Param("dtype", "float32", "float32 | bfloat16 | float16"),
-    Param("quantization", "none", "draft quantization: none | int8 | 4bit (changes acceptance, never the output)"),
+    Param("quantization", "none", "draft quantization: none | int8 | bf16 | 4bit (changes acceptance, never the output)"),
     Param("prompt_template", "", "prompt around the instruction, with {instruction} once ('' = the instruction)"),
     Param("mode", "speculative_early_exit", "speculative_early_exit | speculative | cloud_only | edge_only"),
     Param("gamma", 4, "draft tokens per verification block"),

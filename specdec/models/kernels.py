@@ -19,7 +19,9 @@ speculative decoding - expensive on CPUs. Three layouts, same weights:
   same bit for bit whether it is decoded alone or verified next to others (batch invariance). Larger
   passes (prefills) use ``F.linear``, and so does anything that needs gradients or is not float32
   on the CPU. Without a C compiler, or with ``SPECDEC_SMALL_BATCH_KERNEL=0``, the layout is simply
-  not offered.
+  not offered. A draft may store its weights bfloat16 for it (:func:`use_bf16_weights`,
+  ``load_model(..., quantization="bf16")``): half the bytes per step. SmolLM2 text drafts, one
+  thread, AMD EPYC: a step of the feature draft 11.6 -> 9.2 ms, of the 4-layer draft 22.5 -> 18.5 ms.
 
 :func:`choose_layout` times the model's own linear layers, all of them in sequence (so the weights
 stream from memory as in a real pass), at the row counts decoding and verification use, in every
@@ -112,8 +114,9 @@ def small_batch_library() -> Optional[ctypes.CDLL]:
             if error is None:
                 try:
                     lib = ctypes.CDLL(path)  # ctypes releases the GIL for the call
-                    lib.small_batch_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
-                    lib.small_batch_linear.restype = None
+                    for fn in (lib.small_batch_linear, lib.small_batch_linear_bf16):
+                        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+                        fn.restype = None
                 except OSError as exc:
                     error = str(exc)
             if error is not None:
@@ -124,22 +127,40 @@ def small_batch_library() -> Optional[ctypes.CDLL]:
 
 class SmallBatchLinear(nn.Linear):
     """An ``nn.Linear`` whose small inference passes run the small-batch kernel (same parameters,
-    same state dict; :func:`use_small_batch_linears` switches a model's layers to it)."""
+    same state dict; :func:`use_small_batch_linears` switches a model's layers to it). Its weight
+    may be stored bfloat16 (:func:`use_bf16_weights`, drafts only): activations stay float32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         lib = _library[1]
         rows = x.numel() // weight.shape[1] if x.dim() else 0
         if (lib is None or not 0 < rows <= SMALL_BATCH_MAX_ROWS or x.dtype != torch.float32
-                or weight.dtype != torch.float32 or x.device.type != "cpu" or not weight.is_contiguous()
+                or weight.dtype not in _KERNEL_WEIGHTS or x.device.type != "cpu" or not weight.is_contiguous()
                 or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
-            return F.linear(x, weight, bias)
+            return F.linear(x, weight.to(x.dtype), bias)
         x2 = x.reshape(rows, weight.shape[1]).contiguous()
         out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32)
-        lib.small_batch_linear(x2.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
-                               out.data_ptr(), rows, weight.shape[1], weight.shape[0], torch.get_num_threads())
+        kernel = lib.small_batch_linear_bf16 if weight.dtype == torch.bfloat16 else lib.small_batch_linear
+        kernel(x2.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows,
+               weight.shape[1], weight.shape[0], torch.get_num_threads())
         return out
+
+
+_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)
+
+
+def use_bf16_weights(model: nn.Module) -> bool:
+    """Store the weights of the model's small-batch linear layers as bfloat16: half the bytes a
+    decode step streams from memory, for a draft whose proposals decide only speed (a target must
+    keep its own weights: its outputs are the answer). A layer tied to the input embeddings gets
+    its own copy, so the embeddings stay float32. False (nothing changed) without the kernel."""
+    if small_batch_library() is None:
+        return False
+    for module in _linears(model):
+        if type(module) is SmallBatchLinear and module.weight.dtype == torch.float32:
+            module.weight = nn.Parameter(module.weight.detach().to(torch.bfloat16).contiguous(), requires_grad=False)
+    return True
 
 
 # -- layouts -------------------------------------------------------------------------------------

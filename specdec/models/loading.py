@@ -13,18 +13,24 @@ Device (``auto``/``cpu``/``cuda[:N]``) and dtype (``float32``/``bfloat16``/``flo
 ``quantization`` is for the edge's draft only: speculative decoding commits only what the
 target verifies, so a quantized draft changes acceptance, never the output. ``int8`` on CPU is
 torch's dynamic quantization of every ``nn.Linear`` except the LM head (weights int8,
-activations quantized per batch); on CUDA ``int8`` / ``4bit`` load through bitsandbytes
-(LLM.int8 / NF4) when it is installed. The target is never quantized.
+activations quantized per batch); ``bf16`` on CPU stores every linear layer's weight (the LM
+head and a reduced draft head included) as bfloat16 for the small-batch kernel
+(:func:`specdec.models.kernels.use_bf16_weights`: half the bytes per decode step, float32
+activations); on CUDA ``int8`` / ``4bit`` load through bitsandbytes (LLM.int8 / NF4) when it is
+installed. The target is never quantized.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Union
 
 import torch
 
 from .adapters import QWEN_VL_TYPES, ModelAdapter, wrap_model
+
+log = logging.getLogger(__name__)
 
 try:  # Qwen2-VL's processor insists on a video processor, which needs torchvision.
     from transformers import Qwen2VLProcessor as _Qwen2VLProcessor
@@ -52,7 +58,7 @@ _VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "llava_n
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-QUANTIZATIONS = ("none", "int8", "4bit")
+QUANTIZATIONS = ("none", "int8", "bf16", "4bit")
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
@@ -149,9 +155,12 @@ def _check_quantization(quantization: str, device: str, dtype: Optional[torch.dt
     cuda = device.startswith("cuda")
     if quantization == "int8" and not cuda and dtype not in (None, torch.float32):
         raise ValueError("int8 dynamic quantization on CPU needs dtype float32 (its activations stay float32)")
+    if quantization == "bf16" and (cuda or dtype not in (None, torch.float32)):
+        raise ValueError("quantization bf16 is the CPU small-batch kernel's weight format (float32 activations); "
+                         "on CUDA pass dtype=bfloat16")
     if quantization == "4bit" and not cuda:
         raise ValueError("quantization 4bit needs a CUDA device (bitsandbytes); on CPU use int8")
-    if quantization != "none" and cuda:
+    if quantization in ("int8", "4bit") and cuda:
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -264,7 +273,7 @@ def load_model(
             tokenizer = processor or _load_processor(path, "llama")
             adapter = load_feature_draft(path, tokenizer, dtype=dtype, device=device, name=name,
                                          draft_head=draft_head)
-            return _with_linear_kernel(adapter, linear_kernel)
+            return _with_linear_kernel(adapter, linear_kernel, quantization)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -298,7 +307,7 @@ def load_model(
         from .draft_head import use_draft_head
 
         use_draft_head(adapter, path)
-    return _with_linear_kernel(adapter, linear_kernel)
+    return _with_linear_kernel(adapter, linear_kernel, quantization)
 
 
 def adapter_modules(adapter: ModelAdapter) -> torch.nn.ModuleList:
@@ -306,12 +315,17 @@ def adapter_modules(adapter: ModelAdapter) -> torch.nn.ModuleList:
     return torch.nn.ModuleList([adapter.model, adapter.lm_head.module, adapter.head.module])
 
 
-def _with_linear_kernel(adapter: ModelAdapter, linear_kernel: str) -> ModelAdapter:
+def _with_linear_kernel(adapter: ModelAdapter, linear_kernel: str, quantization: str = "none") -> ModelAdapter:
     """Apply the linear kernel to every layer the adapter runs; the choice is kept as
-    ``adapter.linear_kernel``."""
-    from .kernels import choose_layout, use_layout
+    ``adapter.linear_kernel`` (``small_batch_bf16`` for bf16 weights)."""
+    from .kernels import choose_layout, use_bf16_weights, use_layout
 
     layers = adapter_modules(adapter)
+    if quantization == "bf16":
+        if use_layout(layers, "small_batch") == "small_batch" and use_bf16_weights(layers):
+            adapter.linear_kernel = "small_batch_bf16"
+            return adapter
+        log.warning("%s: bf16 weights need the small-batch kernel; keeping float32 weights", adapter.name)
     adapter.linear_kernel = choose_layout(layers) if linear_kernel == "auto" else use_layout(layers, linear_kernel)
     return adapter
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from specdec.models import kernels
 from specdec.models.kernels import (SMALL_BATCH_MAX_ROWS, SmallBatchLinear, available_layouts, choose_layout,
-                                    small_batch_library, use_layout)
+                                    small_batch_library, use_bf16_weights, use_layout)
 from specdec.models.tiny import build_tiny
 
 needs_kernel = pytest.mark.skipif(small_batch_library() is None, reason="no C compiler for the small-batch kernel")
@@ -46,11 +46,13 @@ def test_layouts_keep_outputs_and_the_choice_is_applied():
 
 
 @needs_kernel
+@pytest.mark.parametrize("weights", ["fp32", "bf16"])
 @pytest.mark.parametrize("k_in,n_out,bias", [(64, 96, False), (37, 53, True), (576, 1536, True)])
-def test_small_batch_kernel_is_batch_invariant(k_in, n_out, bias):
+def test_small_batch_kernel_is_batch_invariant(k_in, n_out, bias, weights):
     """A row's result does not depend on the rows computed with it (nor on the thread count), and
     matches F.linear to rounding: decoding one token and verifying it in a block agree bit for bit
-    in every linear layer. Odd sizes cover the k % 8 tails and the rows past the last full tile."""
+    in every linear layer. Odd sizes cover the k % 8 tails and the rows past the last full tile.
+    bf16 weights (drafts) are widened exactly: the result is F.linear's with the widened weight."""
     gen = torch.Generator().manual_seed(k_in + n_out)
     layer = torch.nn.Linear(k_in, n_out, bias=bias)
     with torch.no_grad():
@@ -58,8 +60,10 @@ def test_small_batch_kernel_is_batch_invariant(k_in, n_out, bias):
         if bias:
             layer.bias.copy_(torch.randn(n_out, generator=gen))
     x = torch.randn(SMALL_BATCH_MAX_ROWS, k_in, generator=gen)
-    reference = F.linear(x, layer.weight, layer.bias)
     use_layout(layer, "small_batch")
+    if weights == "bf16":
+        assert use_bf16_weights(layer) and layer.weight.dtype == torch.bfloat16
+    reference = F.linear(x, layer.weight.float(), layer.bias)
     threads = torch.get_num_threads()
     with torch.inference_mode():
         alone = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
@@ -73,6 +77,8 @@ def test_small_batch_kernel_is_batch_invariant(k_in, n_out, bias):
             assert torch.equal(layer(x[:7]), alone[:7])
         finally:
             torch.set_num_threads(threads)
+        # more rows than the kernel takes (a prefill): torch's kernel, on the widened weight
+        assert torch.allclose(layer(torch.cat([x, x[:1]])), torch.cat([reference, reference[:1]]), atol=1e-4)
 
 
 @needs_kernel

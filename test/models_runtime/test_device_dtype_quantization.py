@@ -8,6 +8,7 @@ import torch
 
 from conftest import DRAFT_ID, PROMPT, TARGET_ID, TEXT_DRAFT_ID, TEXT_TARGET_ID
 from specdec.engine.local import speculative_generate
+from specdec.models.kernels import small_batch_library
 from specdec.models.loading import load_model, resolve_device, resolve_dtype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,7 +42,8 @@ def test_cuda_without_cuda_is_refused_before_loading(offline_hub):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(quantization="int4"), "quantization must be one of none, int8, 4bit"),
+    (dict(quantization="int4"), "quantization must be one of none, int8, bf16, 4bit"),
+    (dict(quantization="bf16", dtype="fp16"), "bf16 is the CPU small-batch kernel's weight format"),
     (dict(quantization="4bit", device="cpu"), "4bit needs a CUDA device"),
     (dict(quantization="int8", dtype="bf16"), "needs dtype float32"),
     (dict(dtype="half"), "dtype must be one of"),
@@ -73,6 +75,29 @@ def test_int8_draft_is_quantized_and_lossless(offline_hub, frame, greedy_referen
         q_logits = draft.model(**inputs.generate_kwargs()).logits
         f_logits = float_draft.model(**inputs.generate_kwargs()).logits
     assert not torch.equal(q_logits, f_logits)
+    reference = greedy_reference(target, PROMPT, image, max_new_tokens=16)
+    for gamma in (1, 3, 5):
+        result = speculative_generate(draft, target, PROMPT, image, max_new_tokens=16, gamma=gamma)
+        assert result.tokens == reference
+
+
+@pytest.mark.skipif(small_batch_library() is None, reason="no C compiler for the small-batch kernel")
+@pytest.mark.parametrize("draft_id,target_id,vlm", [(DRAFT_ID, TARGET_ID, True), (TEXT_DRAFT_ID, TEXT_TARGET_ID, False)])
+def test_bf16_weight_draft_is_lossless_and_keeps_float32_embeddings(offline_hub, frame, greedy_reference, draft_id,
+                                                                    target_id, vlm):
+    """bf16 weights for every linear layer of the draft (its LM head too: a tied head gets its own
+    copy, the input embeddings stay float32); the draft's logits move, the output does not."""
+    draft = load_model(draft_id, quantization="bf16")
+    float_draft, target = load_model(draft_id), load_model(target_id)
+    assert draft.linear_kernel == "small_batch_bf16"
+    linears = [m for m in draft.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert draft.model.get_input_embeddings().weight.dtype == torch.float32
+    assert draft.lm_head.module.weight.dtype == torch.bfloat16
+    image = frame if vlm else None
+    state_b, state_f = draft.prefill(draft.encode(PROMPT, image)), float_draft.prefill(float_draft.encode(PROMPT, image))
+    logits_b, logits_f = draft.forward(state_b, [5]), float_draft.forward(state_f, [5])
+    assert not torch.equal(logits_b, logits_f) and torch.allclose(logits_b, logits_f, atol=0.5)
     reference = greedy_reference(target, PROMPT, image, max_new_tokens=16)
     for gamma in (1, 3, 5):
         result = speculative_generate(draft, target, PROMPT, image, max_new_tokens=16, gamma=gamma)
