@@ -125,6 +125,9 @@ def small_batch_library() -> Optional[ctypes.CDLL]:
         return lib
 
 
+_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)  # weight formats the kernel reads (activations: float32)
+
+
 class SmallBatchLinear(nn.Linear):
     """An ``nn.Linear`` whose small inference passes run the small-batch kernel (same parameters,
     same state dict; :func:`use_small_batch_linears` switches a model's layers to it). Its weight
@@ -145,9 +148,6 @@ class SmallBatchLinear(nn.Linear):
         kernel(x2.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows,
                weight.shape[1], weight.shape[0], torch.get_num_threads())
         return out
-
-
-_KERNEL_WEIGHTS = (torch.float32, torch.bfloat16)
 
 
 def use_bf16_weights(model: nn.Module) -> bool:

@@ -322,7 +322,8 @@ def _with_linear_kernel(adapter: ModelAdapter, linear_kernel: str, quantization:
 
     layers = adapter_modules(adapter)
     if quantization == "bf16":
-        if use_layout(layers, "small_batch") == "small_batch" and use_bf16_weights(layers):
+        if use_layout(layers, "small_batch") == "small_batch":
+            use_bf16_weights(layers)
             adapter.linear_kernel = "small_batch_bf16"
             return adapter
         log.warning("%s: bf16 weights need the small-batch kernel; keeping float32 weights", adapter.name)
