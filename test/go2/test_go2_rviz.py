@@ -78,7 +78,11 @@ def test_rviz_config_against_simulator_controller_and_edge():
         t = rig.send("left 60")  # turning in place: the path grows wherever the robot stands
         assert L.wait_for(lambda: L.get("/go2_vlm_control/path")
                           and len(L.get("/go2_vlm_control/path")[-1][1].poses) >= 3
-                          and L.get("/camera/image_raw") and L.get("/tf_static"), 20.0), \
+                          and L.get("/camera/image_raw") and L.get("/tf_static")
+                          # the moving odom -> base_link frame too: the path can grow before the first
+                          # /tf reaches this listener, which then has only the static frames
+                          and any(tf.header.frame_id == "odom" for _, m in L.get("/tf") for tf in m.transforms),
+                          20.0), \
             "\n".join(p.output[-2000:] for p in rig.procs)
         assert rig.wait_state("completed", t, 10.0)
 
