@@ -103,10 +103,16 @@ def _read_json(path: str) -> dict:
         return {}
 
 
+# A dilated link delays the opening handshake by a dilated one-way time (the paper's 120 ms RTT at
+# x105: 6.3 s), past the server's 5 s default, and the robots saw "did not receive a valid HTTP
+# response". The bench's servers listen on loopback only, so they wait as long as any link it emulates.
+BENCH_HANDSHAKE_TIMEOUT_S = 120.0
+
+
 @contextmanager
 def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
                  robot_ids: Sequence[str] = ("bench",), profile: Optional[str] = None,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), handshake_timeout_s: float = BENCH_HANDSHAKE_TIMEOUT_S):
     """Start verifier_server pinned to ``cores`` (emulating ``profile``'s cloud device when given);
     yield its port and a valid token per robot."""
     tokens = {robot: secrets.token_hex(16) for robot in robot_ids}
@@ -120,7 +126,8 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
     stats_path = os.path.join(workdir, "stats.json")
     cmd = [sys.executable, "-m", "cloud_verifier_bridge.server", "--model", model, "--tokens", tokens_path,
            "--port", str(port), "--threads", str(threads), "--device", "cpu", "--stats-file", stats_path,
-           "--max-connections-per-address", str(max(32, 4 * len(tokens)))]
+           "--max-connections-per-address", str(max(32, 4 * len(tokens))),
+           "--handshake-timeout-s", str(handshake_timeout_s)]
     if exits:
         cmd += ["--exits", exits]
     if profile:
@@ -159,7 +166,9 @@ def wan_link(cloud: Cloud, one_way_ms: float, jitter_ms: float = 0.0, bandwidth_
     try:
         _wait_port(port, proc, 30, "link_emulator", log_path)
         for robot in robot_ids or [cloud.robot_id]:
-            clients.append(WebSocketClient(f"ws://127.0.0.1:{port}", robot, cloud.tokens[robot], connect_timeout=10))
+            # a connection attempt spans a round trip of the (dilated) link on top of the handshake
+            clients.append(WebSocketClient(f"ws://127.0.0.1:{port}", robot, cloud.tokens[robot],
+                                           connect_timeout=10 + 4 * (one_way_ms + jitter_ms) / 1000))
         yield clients if robot_ids else clients[0]
     finally:
         for client in clients:
