@@ -70,27 +70,30 @@ def frequent_tokens(sequences: Sequence[torch.Tensor], prompt_lens: Sequence[int
     return torch.tensor(sorted(order[:k]), dtype=torch.long)
 
 
-def _batch(seqs, states, prompt_lens, rows: Sequence[int]):
+def _batch(seqs, states, prompt_lens, rows: Sequence[int], features=None):
     """Right-padded ids, input states (state[s-1] from the last prompt token on, else 0), target
-    states, and the mask of trained positions (from the last prompt token on)."""
+    states, and the mask of trained positions (from the last prompt token on). ``features``: per
+    sequence, what the draft is fed at s-1 when it is not ``states`` itself (wider rows)."""
+    features = states if features is None else features
     width = max(len(seqs[r]) for r in rows)
-    hidden = states[rows[0]].shape[1]
+    hidden, fed = states[rows[0]].shape[1], features[rows[0]].shape[1]
     ids = torch.zeros(len(rows), width, dtype=torch.long)
-    s_in = torch.zeros(len(rows), width, hidden)
+    s_in = torch.zeros(len(rows), width, fed)
     s_out = torch.zeros(len(rows), width, hidden)
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for b, r in enumerate(rows):
         n, p = len(seqs[r]), prompt_lens[r]
         ids[b, :n] = seqs[r]
         s_out[b, :n] = states[r].float()
-        s_in[b, p:n] = states[r][p - 1:n - 1].float()
+        s_in[b, p:n] = features[r][p - 1:n - 1].float()
         mask[b, p - 1:n - 1] = True  # the last position predicts past the sequence: no label
     return ids, s_in, s_out, mask
 
 
 def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -> torch.Tensor:
-    """Pass-2 inputs: the draft's own guess of state[s-1] where pass 1 had the target's."""
-    out = s_in.clone()
+    """Pass-2 inputs: the draft's own guess of state[s-1] where pass 1 had the target's (prompt
+    positions stay zero)."""
+    out = torch.zeros(*s_in.shape[:2], guess.shape[-1], dtype=guess.dtype)
     for b, r in enumerate(rows):
         p = prompt_lens[r]
         out[b, p:] = guess[b, p - 1:-1]
@@ -109,11 +112,11 @@ def _loss(draft_states, target_states_, mask, head_w):
 
 
 @torch.no_grad()
-def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8) -> dict:
+def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, features=None) -> dict:
     totals = {"kl1": 0.0, "agree1": 0.0, "agree2": 0.0, "n": 0}
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part)
+        ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part, features)
         g1 = draft(ids, s_in)
         kl, _, a1 = _loss(g1, s_out, mask, head_w)
         g2 = draft(ids, _shift_guesses(g1, s_in, prompt_lens, part))
@@ -130,10 +133,11 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8) -> 
 
 def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
           batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
-          train_fraction: float = 1.0, log=print) -> dict:
+          train_fraction: float = 1.0, features=None, log=print) -> dict:
     """``lm_head``: the target's LM head weight (its distribution is that head over its state).
     ``train_fraction``: train on that share of the training sequences only, the held-out ones
-    unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py)."""
+    unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py). ``features``:
+    per sequence, wider input rows than ``states`` (scripts/experiments/feature_draft_layers.py)."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(seqs), generator=gen).tolist()
     held, train_rows = order[:held_out], order[held_out:]
@@ -144,8 +148,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     steps = max(1, int(math.ceil(len(train_rows) / batch) * epochs))
     sched = warmup_cosine(opt, steps)
     sample = train_rows[:held_out]  # training sequences scored like the held-out ones (fit vs generalisation)
-    before = evaluate(draft, seqs, states, prompt_lens, held, head_w)
-    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w)
+    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features)
+    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features)
     log(f"held-out before: {before}")
     t0 = time.time()
     step, losses = 0, []
@@ -156,7 +160,7 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
             if step >= steps:
                 break
             rows = [train_rows[j] for j in perm[i:i + batch]]
-            ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows)
+            ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows, features)
             g1 = draft(ids, s_in)
             kl1, reg1, a1 = _loss(g1, s_out, mask, head_w)
             g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
@@ -170,8 +174,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     with torch.no_grad():  # the committed weights are fp16: train-time numbers use the rounded ones
         for p in params:
             p.copy_(p.half().float())
-    after = evaluate(draft, seqs, states, prompt_lens, held, head_w)
-    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w)
+    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features)
+    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features)
     log(f"held-out after: {after}; training sample after: {fit_after}")
     return {"steps": steps, "epochs": epochs, "lr": lr, "batch": batch, "reg_weight": reg_weight,
             "train_seconds": round(time.time() - t0, 1), "train_sequences": len(train_rows),
