@@ -57,7 +57,9 @@ def test_committed_artefact_holds_only_the_draft_and_reassembles_exactly(tiny_ta
     model.save_pretrained(target_dir)
     tok.save_pretrained(target_dir)
     folder = fd.assemble(committed, str(target_dir), str(tmp_path / "assembled"))
-    adapter = load_model(folder)
+    # torch's own kernels, as the draft below runs: the timed layout choice would make the
+    # comparison depend on which kernel won on this machine (the kernels differ in the last bits)
+    adapter = load_model(folder, linear_kernel="default")
     assert isinstance(adapter, FeatureDraftAdapter) and adapter.head_ids is not None
     assert len(adapter.head_ids) == RECIPE["head_tokens"]
     # the assembled draft is the trained one: same weights as the committed fp16 ones
