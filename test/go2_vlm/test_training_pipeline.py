@@ -155,6 +155,8 @@ def test_object_loss_scores_colour_per_token_and_shape_per_object():
     feats = (8.0 * (w[1] + w[4])).expand(1, tokens, 16)
     colour_only = float(object_loss(feats, small, embed, colours, shapes))
     assert colour_only < loss_with(4)
+    # TrainConfig.object_min_tokens lowers the bar: the small box's wrong shape word costs again
+    assert float(object_loss(feats, small, embed, colours, shapes, min_tokens=1)) > colour_only + 1.0
 
 
 def test_vision_warm_up_trains_only_the_tower(tiny_data):

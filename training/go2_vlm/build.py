@@ -80,13 +80,13 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
         if cfg.vision_warmup_steps > 0:
             report["vision_warmup"] = warm_up_vision(
                 target, data, train_rows, steps=cfg.vision_warmup_steps, frames_per_step=cfg.vision_warmup_frames,
-                lr=cfg.vision_warmup_lr, seed=cfg.seed + 6, progress=progress)
+                lr=cfg.vision_warmup_lr, seed=cfg.seed + 6, progress=progress, min_tokens=cfg.object_min_tokens)
             report["vision_warmup"].update(held_out=shape_accuracy(target, data, held_frames))
             log(f"go2 vision warm-up: {report['vision_warmup']}")
         report["target"] = train_model(target, data, train_rows, steps=cfg.target_steps, batch=cfg.target_batch,
                                        lr=cfg.target_lr, seed=cfg.seed + 1, weight_decay=cfg.weight_decay,
                                        aux_weight=cfg.aux_weight, object_weight=cfg.object_weight,
-                                       desc="go2 target", progress=progress)
+                                       object_min_tokens=cfg.object_min_tokens, desc="go2 target", progress=progress)
         report["target"].update(held_out={**answer_accuracy(target, data, held_rows),
                                           **shape_accuracy(target, data, held_frames)},
                                 params=sum(p.numel() for p in target.parameters()))
@@ -131,7 +131,8 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
             report["draft"].update(train_model(
                 draft, data, train_rows, steps=cfg.draft_steps, batch=cfg.draft_batch, lr=cfg.draft_lr,
                 seed=cfg.seed + 3, weight_decay=cfg.weight_decay, teacher_logp=teacher_logp, kd_alpha=cfg.kd_alpha,
-                aux_weight=cfg.aux_weight, object_weight=cfg.object_weight, desc="go2 draft", progress=progress))
+                aux_weight=cfg.aux_weight, object_weight=cfg.object_weight, object_min_tokens=cfg.object_min_tokens,
+                desc="go2 draft", progress=progress))
         report["draft"].update(held_out={**answer_accuracy(draft, data, held_rows),
                                          **shape_accuracy(draft, data, held_frames)},
                                params=sum(p.numel() for p in draft.parameters()),

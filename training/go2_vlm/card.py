@@ -428,6 +428,10 @@ def render(out_dir: Optional[str] = None) -> str:
         "| committed recipe + `object_weight=3` (the per-object colour/shape loss x3) | 89 / 100 | 2 | 757 (1 thread) |",
         "| committed recipe + `object_weight=3 vision_warmup_steps=5000` (held-out shape 0.86 after the"
         " warm-up, 0.81 with 2500 steps) | 91 / 100 | 0 | 787 (1 thread) |",
+        "| committed recipe + `object_min_tokens=1` (the shape of objects in 1-3 image tokens scored too; held-out"
+        " shape 0.93) | 90 / 100 | 1 | 578 (1 thread) |",
+        "| committed recipe + `object_min_tokens=1 object_weight=3` (held-out shape 0.93) | 89 / 100 | 2 |"
+        " 580 (1 thread) |",
         "",
         "What is left of the committed target's validation failures (2026-12-03): in 8 of its 12 the",
         "instructed object stands behind another one (the straight path is blocked), hidden or showing",

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     aux_weight: float = 1.0        # auxiliary heads (objects per image token, target state); 0: off
     object_weight: float = 1.0     # ... plus each visible object's colour and shape from its image tokens (object_loss)
+    object_min_tokens: int = 4     # image tokens an object must cover for object_loss to score its shape
     vision_warmup_steps: int = 2500  # steps training the vision tower alone on object_loss first (0: off)
     vision_warmup_frames: int = 16  # frames per warm-up step
     vision_warmup_lr: float = 2e-3
@@ -96,7 +97,7 @@ def draft_init_layers(cfg: TrainConfig):
 
 # Fields added after a recipe was trained: at these values they change nothing, so they leave
 # that recipe's hash (and the committed artefacts' up-to-date state) as it was.
-_NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
+_NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "object_min_tokens": 4, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
             "draft_init": "scratch", "search_walk_m": 0.0}

@@ -98,9 +98,9 @@ def _colour_shape_ids(device=None):
 
 
 def _object_scores(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embedding,
-                   colour_ids: torch.Tensor, shape_ids: torch.Tensor):
+                   colour_ids: torch.Tensor, shape_ids: torch.Tensor, min_tokens: int = OBJECT_MIN_TOKENS):
     """(colour logits, colours) of the image tokens showing exactly one object and (shape logits,
-    shapes) of the objects covering at least ``OBJECT_MIN_TOKENS`` tokens (their mean feature),
+    shapes) of the objects covering at least ``min_tokens`` tokens (their mean feature),
     scored against the word embeddings of the colours and the shapes."""
     img = image.float()
     scale = img.shape[-1] ** -0.5
@@ -109,7 +109,7 @@ def _object_scores(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.E
     colour_logits = scale * img[one] @ embed.weight[colour_ids].float().t()
     colours = reg.argmax(-1)[one] // len(SHAPES)
     counts = reg.sum(1)                                                     # [F, 8]
-    big = counts >= OBJECT_MIN_TOKENS
+    big = counts >= min_tokens
     pooled = torch.einsum("ftc,fth->fch", reg, img) / counts.clamp_min(1)[..., None]
     shape_logits = scale * pooled[big] @ embed.weight[shape_ids].float().t()
     shapes = (torch.arange(len(COMBOS), device=img.device) % len(SHAPES)).expand_as(counts)[big]
@@ -117,7 +117,7 @@ def _object_scores(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.E
 
 
 def object_loss(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embedding,
-                colour_ids: torch.Tensor, shape_ids: torch.Tensor) -> torch.Tensor:
+                colour_ids: torch.Tensor, shape_ids: torch.Tensor, min_tokens: int = OBJECT_MIN_TOKENS) -> torch.Tensor:
     """What each visible object is, read from the image features the decoder gets ([F, T, H]),
     scored against the decoder's own word embeddings of the colours and the shapes
     (:func:`_object_scores`): the colour of every image token that shows exactly one object, and
@@ -128,7 +128,8 @@ def object_loss(image: torch.Tensor, regions: torch.Tensor, embed: torch.nn.Embe
     image features told a ball from a box at 57 %), and the policy stops at the look-alike.
     """
     f = torch.nn.functional
-    colour_logits, colours, shape_logits, shapes = _object_scores(image, regions, embed, colour_ids, shape_ids)
+    colour_logits, colours, shape_logits, shapes = _object_scores(image, regions, embed, colour_ids, shape_ids,
+                                                                  min_tokens)
     loss = image.float().sum() * 0  # keeps the graph when a batch shows no object
     if len(colours):
         loss = loss + f.cross_entropy(colour_logits, colours)
@@ -147,7 +148,8 @@ def vision_features(model, data: Go2Data, frames: torch.Tensor) -> torch.Tensor:
 
 
 def warm_up_vision(model, data: Go2Data, rows: torch.Tensor, *, steps: int, frames_per_step: int, lr: float,
-                   seed: int, desc: str = "vision warm-up", progress: bool = True) -> Dict[str, float]:
+                   seed: int, desc: str = "vision warm-up", progress: bool = True,
+                   min_tokens: int = OBJECT_MIN_TOKENS) -> Dict[str, float]:
     """Train the vision tower (and the colour/shape word embeddings it is scored against) alone on
     :func:`object_loss` over the frames of ``rows``. Cheap (no decoder pass), and it gets the
     tower past the slow start of shape learning before the decoder depends on its features."""
@@ -164,7 +166,8 @@ def warm_up_vision(model, data: Go2Data, rows: torch.Tensor, *, steps: int, fram
     t0, ema = time.time(), None
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         pick = frames[torch.randint(len(frames), (frames_per_step,), generator=gen)].to(data.pix.device)
-        loss = object_loss(vision_features(model, data, pick), data.regions[pick], embed, colour_ids, shape_ids)
+        loss = object_loss(vision_features(model, data, pick), data.regions[pick], embed, colour_ids, shape_ids,
+                           min_tokens)
         value = clipped_step(opt, None, model.model.visual.parameters(), loss)
         ema = value if ema is None else 0.95 * ema + 0.05 * value
     model.eval()
@@ -212,9 +215,10 @@ class AuxHeads(torch.nn.Module):
     * final norm at the last prompt position: is the target visible, its bearing and distance.
     """
 
-    def __init__(self, model, data: "Go2Data", object_weight: float = 0.0):
+    def __init__(self, model, data: "Go2Data", object_weight: float = 0.0, object_min_tokens: int = OBJECT_MIN_TOKENS):
         super().__init__()
         self.object_weight = object_weight
+        self.object_min_tokens = object_min_tokens
         hidden = model.config.text_config.hidden_size
         self.rows, self.cols = IMAGE_H // (PATCH * MERGE), IMAGE_W // (PATCH * MERGE)
         object.__setattr__(self, "embed", model.model.get_input_embeddings())  # the model's, not ours to train twice
@@ -256,7 +260,7 @@ class AuxHeads(torch.nn.Module):
         reg = f.binary_cross_entropy_with_logits(logits, data.regions[features["frames"]].float())
         if self.object_weight > 0:
             reg = reg + self.object_weight * object_loss(img, data.regions[features["frames"]], self.embed,
-                                                         self.colour_words, self.shape_words)
+                                                         self.colour_words, self.shape_words, self.object_min_tokens)
         regions = data.regions[data.frame[rows]].float()                                    # [B, T, 8]
         probe = self.tokens(self._feats.pop("probe")[:, self.image_pos].float())            # [B, T, 1+r+c]
         n_tok = probe.shape[1]
@@ -299,13 +303,14 @@ def _frame_batches(data: Go2Data, rows: torch.Tensor, batch: int, gen: torch.Gen
 
 def train_model(model, data: Go2Data, rows: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int,
                 weight_decay: float = 0.01, teacher_logp=None, kd_alpha: float = 0.0, aux_weight: float = 0.0,
-                object_weight: float = 0.0, desc: str = "train", progress: bool = True, log_every: int = 0) -> Dict[str, float]:
+                object_weight: float = 0.0, object_min_tokens: int = OBJECT_MIN_TOKENS, desc: str = "train",
+                progress: bool = True, log_every: int = 0) -> Dict[str, float]:
     """AdamW + warmup/cosine on the answer positions (+ auxiliary heads); deterministic for a seed."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     model.train()
-    aux = AuxHeads(model, data, object_weight) if aux_weight > 0 and data.regions is not None else None
+    aux = AuxHeads(model, data, object_weight, object_min_tokens) if aux_weight > 0 and data.regions is not None else None
     if aux is not None:
         aux.to(data.ids.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
