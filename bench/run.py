@@ -574,9 +574,11 @@ def main(argv=None):
             bench.measured()
         if name != "text" and cfg.goal_seeds and not cfg.fleet_only:
             from specdec.models.loading import load_model
+            from specdec.models.prompting import folder_prompt_template
 
             goal_runs = time_to_goal.episodes(bench.draft, load_model(workload.target, name="target"),
-                                              time_to_goal.seeds(cfg.goal_seeds), workload.max_new_tokens)
+                                              time_to_goal.seeds(cfg.goal_seeds), workload.max_new_tokens,
+                                              template=folder_prompt_template(workload.target))
             bench.out["closed_loop"] = time_to_goal.summary(goal_runs)
             ref = {r["mode"]: r for r in bench.out["rtt_sweep"] if r["rtt_ms"] == cfg.reference_rtt_ms}
             ref.setdefault("edge_only", next((r for r in bench.out["rtt_sweep"] if r["mode"] == "edge_only"), None))

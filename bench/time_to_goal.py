@@ -20,12 +20,15 @@ import numpy as np
 SEEDS_START = 3000  # episode seeds of this benchmark (training draws its seeds at random from [0, 2^31))
 
 
-def episodes(draft, target, seeds: Sequence[int], max_new_tokens: int = 8, max_decisions: int = 40) -> Dict[str, list]:
+def episodes(draft, target, seeds: Sequence[int], max_new_tokens: int = 8, max_decisions: int = 40,
+             template: str = "") -> Dict[str, list]:
     """Closed-loop episodes of the target alone and of the draft alone: per policy, one dict per
-    episode with its decisions, motion seconds and success."""
+    episode with its decisions, motion seconds and success (prompts: ``template`` around the
+    instruction, specdec.models.prompting)."""
     from go2_sim.closed_loop import run_episode
     from go2_sim.episode import Go2Episode
     from specdec.engine.drafter import EdgeDecoder
+    from specdec.models.prompting import apply_prompt_template
     from specdec.protocol import DecodingMode
 
     out = {}
@@ -34,7 +37,8 @@ def episodes(draft, target, seeds: Sequence[int], max_new_tokens: int = 8, max_d
 
         def policy(env, decoder=decoder):
             image = np.ascontiguousarray(env.render()[:, :, ::-1])  # camera bgr8 -> RGB
-            return decoder.decode(env.instruction, image, DecodingMode.EDGE_ONLY, max_new_tokens=max_new_tokens).text
+            prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
+            return decoder.decode(prompt, image, DecodingMode.EDGE_ONLY, max_new_tokens=max_new_tokens).text
 
         env = Go2Episode()
         results = [run_episode(env, policy, int(seed), max_decisions=max_decisions) for seed in seeds]

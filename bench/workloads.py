@@ -52,19 +52,23 @@ def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
                     feature_draft=artefacts.text_feature_draft_dir())
 
 
-def go2_workload(n_frames: int, max_new_tokens: int) -> Workload:
+def go2_workload(n_frames: int, max_new_tokens: int, template: Optional[str] = None) -> Workload:
     """The Go2 VLM pair on simulator frames with their instructions: every other decision of
     expert rollouts on evaluation seeds (not the training data's), so the frames cover searching,
-    turning, walking, avoiding and arriving, not only start poses."""
+    turning, walking, avoiding and arriving, not only start poses. The prompts are ``template``
+    around the instruction (None: the committed pair's own, specdec.models.prompting)."""
     from go2_sim.dataset import rollouts
     from specdec.models.artefacts import go2_pair_paths
+    from specdec.models.prompting import apply_prompt_template, folder_prompt_template
 
     paths = go2_pair_paths()
+    template = folder_prompt_template(paths.target) if template is None else template
     items = []
     for k, (env, *_, image, _info, _label) in enumerate(
             rollouts(n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25, with_info=True)):
         if k % 2 == 0:
-            items.append((env.instruction, np.ascontiguousarray(image[:, :, ::-1])))  # camera bgr8 -> RGB
+            prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
+            items.append((prompt, np.ascontiguousarray(image[:, :, ::-1])))  # camera bgr8 -> RGB
         if len(items) >= n_frames:
             break
     return Workload("go2", paths.draft, paths.target, paths.exits, items, max_new_tokens,

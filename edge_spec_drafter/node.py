@@ -6,6 +6,7 @@ Subscribes
   instruction                  std_msgs/String, latched (transient local): what to do ("go to the
                                red ball"); one published before this node started still arrives
   action_status                edge_cloud_vlm_msgs/ActionStatus: decide when the last action ends
+                               (a stall stop fills a prompt template's {last_move} with "blocked")
   spec/to_edge/*               protocol replies from cloud_verifier_bridge
 Publishes
   decoded_action               edge_cloud_vlm_msgs/DecodedAction (valid only if it parsed;
@@ -35,7 +36,7 @@ from edge_cloud_vlm_msgs.msg import ActionStatus, DecodedAction, SpecStats
 from edge_cloud_vlm_msgs.msg import DecisionStats as DecisionStatsMsg
 from go2_vlm_control.action_language import GRAMMAR_PATTERN, ActionLimits, ActionRejected, parse_action
 from go2_vlm_control.controller import FINISHED_STATES
-from specdec.models.prompting import apply_prompt_template, check_prompt_template
+from specdec.models.prompting import apply_prompt_template, check_prompt_template, folder_prompt_template
 from specdec.protocol import DecodingMode
 from specdec_ros.diagnostics import ERROR, OK, WARN, Diagnostics, Report
 from specdec_ros.images import ImageConversionError, image_to_rgb, rgb_to_image
@@ -56,7 +57,8 @@ PARAMETERS = [
     Param("device", "auto", "auto | cpu | cuda[:N]"),
     Param("dtype", "float32", "float32 | bfloat16 | float16"),
     Param("quantization", "none", "draft quantization: none | int8 | bf16 | 4bit (changes acceptance, never the output)"),
-    Param("prompt_template", "", "prompt around the instruction, with {instruction} once ('' = the instruction)"),
+    Param("prompt_template", "", "prompt around the instruction, with {instruction} once and {last_move} at most "
+                                 "once ('' = the draft folder's prompt_template.txt, else the instruction)"),
     Param("mode", "speculative_early_exit", "speculative_early_exit | speculative | cloud_only | edge_only"),
     Param("gamma", 4, "draft tokens per verification block"),
     Param("max_new_tokens", 8, "longest decision in tokens (actions are a few tokens long)"),
@@ -124,7 +126,7 @@ class EdgeSpecDrafter(Node):
         from specdec.engine.drafter import EdgeDecoder
         from specdec.models.loading import load_model
 
-        self.prompt_template = check_prompt_template(p["prompt_template"])
+        self.prompt_template = check_prompt_template(p["prompt_template"]) or folder_prompt_template(p["draft_model"])
         self.draft = load_model(p["draft_model"], device=p["device"], dtype=p["dtype"],
                                 quantization=p["quantization"], name="draft")
         self.transport = RosEdgeTransport(self)
@@ -166,7 +168,9 @@ class EdgeSpecDrafter(Node):
 
     def _on_status(self, msg: ActionStatus):
         if msg.state in FINISHED_STATES:
-            self.scheduler.action_ended(msg.decision_id, estop=msg.estop)
+            self.scheduler.action_ended(msg.decision_id, estop=msg.estop,
+                                        stalled=msg.state == ActionStatus.STATE_STOPPED
+                                        and msg.stop_cause == ActionStatus.CAUSE_STALL)
 
     # -- decisions ---------------------------------------------------------------------------
     def _decision_loop(self):
@@ -211,7 +215,8 @@ class EdgeSpecDrafter(Node):
         try:
             rgb = image_to_rgb(frame)
             mode = DecodingMode.EDGE_ONLY if job.degraded else self.mode
-            result = self.decoder.decode(apply_prompt_template(self.prompt_template, job.instruction), rgb, mode)
+            prompt = apply_prompt_template(self.prompt_template, job.instruction, job.last_move_blocked)
+            result = self.decoder.decode(prompt, rgb, mode)
             stats = result.stats
             out.session_id, out.text = result.session_id, result.text
             action = parse_action(result.text, self.limits)

@@ -99,6 +99,7 @@ class Job:
     frame: Any = None
     degraded: bool = False  # decide with the draft alone
     probe: bool = False
+    last_move_blocked: bool = False  # the controller stopped the previous decision's motion as stalled
 
 
 class DecisionScheduler:
@@ -115,6 +116,7 @@ class DecisionScheduler:
         self.not_before = -float("inf")  # no decision before this time (backoff, retry)
         self.next_probe = float("inf")
         self.last_failure = ""
+        self.last_move_blocked = False  # how the latest decision's motion ended (the prompt's {last_move})
         self._frame = None  # (arrival time, frame)
         self._link_change: Optional[str] = None
         self._running = False
@@ -130,6 +132,7 @@ class DecisionScheduler:
         with self._cond:
             self.instruction = text
             self.instruction_time = self.clock()
+            self.last_move_blocked = False
             self.pending = True
             self._cond.notify_all()
         return True
@@ -140,9 +143,13 @@ class DecisionScheduler:
             if self.pending:
                 self._cond.notify_all()
 
-    def action_ended(self, decision_id: int, estop: bool = False) -> None:
-        """The controller finished (completed, stopped, rejected) the action of ``decision_id``."""
-        if self.config.decide_on_completion and decision_id == self.decision_id and not estop:
+    def action_ended(self, decision_id: int, estop: bool = False, stalled: bool = False) -> None:
+        """The controller finished (completed, stopped, rejected) the action of ``decision_id``;
+        ``stalled``: it stopped the motion as blocked (the next prompt says so)."""
+        if decision_id != self.decision_id:
+            return
+        self.last_move_blocked = stalled
+        if self.config.decide_on_completion and not estop:
             self.request()
 
     def request(self) -> None:
@@ -193,7 +200,8 @@ class DecisionScheduler:
         self.pending = False
         self._running = True
         self.decision_id += 1
-        return Job(self.decision_id, self.instruction, frame, degraded=self.degraded)
+        return Job(self.decision_id, self.instruction, frame, degraded=self.degraded,
+                   last_move_blocked=self.last_move_blocked)
 
     def finished(self, job: Job, outcome: Outcome, detail: str = "") -> None:
         """Report how a job ended; sets the link state and when the next decision may run."""

@@ -41,7 +41,8 @@ class EpisodeResult:
 
 def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: bool = True,
                    settle_time: float = 0.2) -> bool:
-    """Run one parsed motion to completion on ``env``; returns False when it stalled."""
+    """Run one parsed motion to completion on ``env``; returns False when it stalled (and sets
+    ``env.last_move_blocked`` to that)."""
     dt = executor.limits.dt
     pose = (lambda: Pose2D(*env.world.pose)) if use_odom else (lambda: None)
     executor.start(action, pose())
@@ -55,6 +56,7 @@ def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: 
     while t < settle_time - 1e-9:
         env.step(None, dt)
         t += dt
+    env.last_move_blocked = executor.timed_out
     return not executor.timed_out
 
 
@@ -76,12 +78,14 @@ def run_episode(env: Go2Episode, policy: Policy, seed: int, max_decisions: int =
         if action is None:
             invalid += 1
             env.stop()
+            env.last_move_blocked = False
             continue
         if action.verb == "done":
             said_done = True
             break
         if action.verb == "stop":
             env.stop()
+            env.last_move_blocked = False
             continue
         execute_action(env, action, executor, use_odom)
     reached = env.success()

@@ -27,8 +27,10 @@ from go2_vlm_control.motion import ActionExecutor, MotionLimits
 from .camera import CameraConfig
 from .closed_loop import execute_action
 from .episode import Go2Episode
-from .expert import ExpertConfig, _blocker, expert_action, expert_policy  # noqa: F401  (re-exported)
+from .expert import ExpertConfig, _blocker, expert_action, expert_policy, free_ahead  # noqa: F401  (re-exported)
 from .world import WorldConfig
+
+BUMP_AHEAD_M = 1.0  # bump_prob: obstacles closer than this ahead are walked into by this far
 
 __all__ = ["Sample", "generate_samples", "generate_dataset", "save_dataset", "load_dataset",
            "expert_action", "expert_policy"]
@@ -116,16 +118,21 @@ def near_object_start(env, rng: np.random.Generator, same_colour_prob: float = 0
 def rollouts(num_episodes: int, seed: int = 0, max_decisions: int = 30, perturb_prob: float = 0.15,
              camera_config: Optional[CameraConfig] = None, world_config: Optional[WorldConfig] = None,
              expert_config: Optional[ExpertConfig] = None, motion_limits: Optional[MotionLimits] = None,
-             blocked_prob: float = 0.0, near_prob: float = 0.0, policy=None, with_info: bool = False):
+             blocked_prob: float = 0.0, near_prob: float = 0.0, policy=None, with_info: bool = False,
+             bump_prob: float = 0.0):
     """Expert-labelled rollouts: yields ``(env, episode, episode_seed, step, image, info, label)``
     for every decision (``info``: the camera's RenderInfo with ``with_info``, else None).
 
     Episode seeds derive from ``seed``. A ``perturb_prob`` share of the executed actions are
     random (the label stays the expert's). A ``blocked_prob`` share of the episodes start behind
     another object (:func:`blocked_start`), a ``near_prob`` share close to an object
-    (:func:`near_object_start`). With ``policy`` (``env -> action text``) the robot executes the
-    policy's actions instead of the expert's (DAgger: the states a learned policy visits); an
-    action that does not parse, a ``stop`` or a ``done`` is replaced by the expert's.
+    (:func:`near_object_start`). A ``bump_prob`` share of the decisions taken with a wall or an
+    object less than a full forward step ahead walk into it (``forward`` by the limit): what a
+    policy does that cannot see the obstacle; the next frame starts with ``env.last_move_blocked``
+    set when the controller stopped that move as stalled. With ``policy`` (``env -> action text``)
+    the robot executes the policy's actions instead of the expert's (DAgger: the states a learned
+    policy visits); an action that does not parse, a ``stop`` or a ``done`` is replaced by the
+    expert's.
     """
     env = Go2Episode(world_config, camera_config)
     executor = ActionExecutor(motion_limits or MotionLimits())
@@ -155,6 +162,8 @@ def rollouts(num_episodes: int, seed: int = 0, max_decisions: int = 30, perturb_
                     executed = label
             if perturb_prob > 0.0 and rng.random() < perturb_prob:
                 executed = _random_action(rng)
+            if bump_prob > 0.0 and free_ahead(env) < BUMP_AHEAD_M and rng.random() < bump_prob:
+                executed = format_action("forward", BUMP_AHEAD_M)
             execute_action(env, parse_action(executed), executor)
 
 

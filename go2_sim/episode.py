@@ -39,6 +39,9 @@ class Go2Episode:
         self.camera = Camera(camera_config)
         self.target: Optional[SceneObject] = None
         self.seed: Optional[int] = None
+        # Whether the last motion was cut short as stalled (the controller's ``stall`` stop): all a
+        # front camera cannot show about an obstacle beside or below it (set by closed_loop).
+        self.last_move_blocked = False
         self._rng = np.random.default_rng(0)
 
     # -- episode ----------------------------------------------------------------------------
@@ -52,6 +55,7 @@ class Go2Episode:
                 break
         self.target = target
         self.seed = seed
+        self.last_move_blocked = False
         self._rng = np.random.default_rng([seed, 0xCA3])
         return self.observation(render=False)
 

@@ -66,10 +66,11 @@ def target_alone(folder: str, seeds: range, threads: int) -> dict:
     from specdec.models.artefacts import go2_pair_paths
     from specdec.models.loading import load_model
     from training.go2_vlm.evaluate import closed_loop, greedy_policy
+    from training.go2_vlm.pair import load_prompt_template
 
     torch.set_num_threads(threads)
     target = load_model(go2_pair_paths(folder).target, name="go2-vlm-target")
-    summary = closed_loop(greedy_policy(target), seeds, "target", progress=False, log=lambda m: None)[1]
+    summary = closed_loop(greedy_policy(target, template=load_prompt_template(folder)), seeds, "target", progress=False, log=lambda m: None)[1]
     return {"success_rate": summary["success_rate"], "successes": len(summary["successes"]),
             "episodes": summary["episodes"], "done_elsewhere": summary["said_done_elsewhere"],
             "failed_seeds": [f["seed"] for f in summary["failures"]], "eval_seconds": summary["wall_s"]}

@@ -130,3 +130,35 @@ def test_search_walks_only_where_the_floor_ahead_is_free():
     assert expert_action(env, walk) == search_action(env, walk)
     w.x = w.half - 1.0               # 1 m from the wall: turn
     assert search_action(env, walk) == "left 60"
+
+
+def test_a_motion_the_controller_stops_as_stalled_marks_the_next_decision():
+    from go2_sim.closed_loop import execute_action
+    from go2_vlm_control.motion import ActionExecutor, MotionLimits
+
+    env = Go2Episode()
+    env.reset(4)
+    assert not env.last_move_blocked
+    w = env.world
+    w.objects = [w.objects[0]]
+    w.x, w.y, w.yaw = w.half - w.cfg.robot_radius - 0.3, 0.0, 0.0  # 0.3 m from the wall, facing it
+    w.objects[0].x, w.objects[0].y = -2.0, 0.0
+    executor = ActionExecutor(MotionLimits())
+    assert not execute_action(env, parse_action("forward 1"), executor)  # into the wall: stalled
+    assert env.last_move_blocked
+    assert execute_action(env, parse_action("left 90"), executor)
+    assert not env.last_move_blocked
+    assert execute_action(env, parse_action("forward 0.5"), executor)  # free floor
+    assert not env.last_move_blocked
+    env.reset(4)
+    assert not env.last_move_blocked
+
+
+def test_bumps_walk_into_what_is_close_ahead():
+    from go2_sim.dataset import rollouts
+
+    def blocked_frames(bump_prob):
+        return sum(env.last_move_blocked for env, *_ in rollouts(12, seed=3, perturb_prob=0.25, near_prob=0.35,
+                                                                 bump_prob=bump_prob))
+
+    assert blocked_frames(0.5) > 3 * max(1, blocked_frames(0.0))

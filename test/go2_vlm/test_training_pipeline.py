@@ -262,3 +262,35 @@ def test_objects_not_in_the_picture_are_answered_by_the_search():
     assert shown == [a for a, s in zip(before["action"], before["state"]) if s[0] > 0]
     # the default leaves out hidden objects the expert reaches by a planned path; now they are answered
     assert len(after["action"]) > len(before["action"])
+
+
+def test_last_move_feedback_prompts_say_when_a_motion_stalled(tmp_path):
+    """With ``last_move_feedback`` every prompt ends "last move ok" or, on a frame after a motion
+    the controller stopped as stalled, "last move blocked" (same length: the layout stays fixed);
+    the recipe has its own vocabulary and hash, and the trained folder carries the template the
+    edge node then applies."""
+    from specdec.models.loading import load_model
+    from specdec.models.prompting import folder_prompt_template
+    from training.go2_vlm.data import DataJob, _gen_chunk
+
+    job = DataJob(seed=3, episodes=4, perturb_prob=0.25, supersample=1, blocked_prob=0.0, near_prob=1.0,
+                  absent_twins=False, learner_driven=False, bump_prob=1.0, prompt_template=vlm.LAST_MOVE_TEMPLATE)
+    chunk = _gen_chunk(job)
+    tok = vlm.build_tokenizer(vlm.LAST_MOVE_TEMPLATE)
+    blocked, ok = tok.convert_tokens_to_ids("blocked"), tok.convert_tokens_to_ids("ok")
+    stalled = chunk["frames"]["blocked"]
+    assert any(stalled) and not all(stalled)
+    samples = chunk["samples"]
+    assert len({len(ids) for ids in samples["ids"]}) == 1
+    for frame, ids in zip(samples["frame"], samples["ids"]):
+        assert (blocked in ids) == stalled[frame] and (ok in ids) != stalled[frame]
+    assert tok.unk_token_id not in samples["ids"][0]
+
+    cfg = TrainConfig(**dict(TINY, episodes=8, target_steps=2, vision_warmup_steps=0, last_move_feedback=True,
+                             bump_prob=0.3))
+    assert recipe_sha(cfg) != recipe_sha(TrainConfig(**TINY))
+    out = str(tmp_path / "feedback")
+    build(out, force=True, config=cfg, progress=False, log=lambda m: None, target_only=True)
+    target = go2_pair_paths(out).target
+    assert folder_prompt_template(target) == vlm.load_prompt_template(out) == vlm.LAST_MOVE_TEMPLATE
+    assert load_model(target, name="t").vocab_size == len(tok) == len(vlm.build_tokenizer()) + 3

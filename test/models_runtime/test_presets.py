@@ -11,7 +11,7 @@ import yaml
 from go2_vlm_control.action_language import VERBS, parse_action
 from specdec.models.images import WIRE_FORMATS, parse_image_size
 from specdec.models.loading import QUANTIZATIONS, _is_hub_id, resolve_dtype
-from specdec.models.prompting import apply_prompt_template, check_prompt_template
+from specdec.models.prompting import TEMPLATE_FILE, apply_prompt_template, check_prompt_template, folder_prompt_template
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESETS = sorted(glob.glob(os.path.join(ROOT, "config", "presets", "*.yaml")))
@@ -69,3 +69,18 @@ def test_prompt_template_rules():
     for bad in ("no placeholder", "{instruction} twice {instruction}", "{Instruction}"):
         with pytest.raises(ValueError, match="exactly once"):
             check_prompt_template(bad)
+    moved = "{instruction} last move {last_move}"
+    assert apply_prompt_template(moved, "go to the red ball") == "go to the red ball last move ok"
+    assert apply_prompt_template(moved, "go {last_move}", True) == "go {last_move} last move blocked"
+    with pytest.raises(ValueError, match="at most once"):
+        check_prompt_template("{instruction} {last_move} {last_move}")
+
+
+def test_a_model_folder_carries_its_prompt_template(tmp_path):
+    assert folder_prompt_template(str(tmp_path)) == ""  # none: the bare instruction
+    assert folder_prompt_template("HuggingFaceTB/SmolVLM-256M-Instruct") == ""  # a hub id
+    (tmp_path / TEMPLATE_FILE).write_text("{instruction} last move {last_move}")
+    assert folder_prompt_template(str(tmp_path)) == "{instruction} last move {last_move}"
+    (tmp_path / TEMPLATE_FILE).write_text("no placeholder")
+    with pytest.raises(ValueError, match="exactly once"):
+        folder_prompt_template(str(tmp_path))

@@ -59,6 +59,28 @@ def test_next_decision_when_the_controller_ends_this_one_only():
     assert s.poll(clock()).decision_id == 2
 
 
+def test_a_stalled_motion_is_carried_into_the_next_decision_only():
+    s, clock = scheduler()
+    s.frame("f")
+    job = s.poll(clock())
+    assert not job.last_move_blocked  # nothing moved yet
+    s.finished(job, Outcome.VALID)
+    s.action_ended(job.decision_id - 1, stalled=True)  # an older decision's status: not ours
+    s.action_ended(job.decision_id, stalled=True)
+    job = s.poll(clock())
+    assert job.last_move_blocked
+    s.finished(job, Outcome.VALID)
+    s.action_ended(job.decision_id)  # this one completed
+    job = s.poll(clock())
+    assert not job.last_move_blocked
+    s.finished(job, Outcome.VALID)
+    s.action_ended(job.decision_id, stalled=True)
+    clock.t += 0.1
+    s.set_instruction("now the blue box")  # a new task starts from a clean slate
+    s.frame("g")
+    assert not s.poll(clock()).last_move_blocked
+
+
 def test_done_waits_for_a_new_instruction():
     s, clock = scheduler()
     s.frame("f")
@@ -177,3 +199,23 @@ def test_next_job_blocks_until_a_frame_arrives():
     s.stop()
     t = time.monotonic()
     assert s.next_job(timeout=5.0) is None and time.monotonic() - t < 1.0
+
+
+def test_the_node_reads_a_stall_stop_from_the_controllers_status():
+    """The edge node's status callback (real ActionStatus messages, no node spun): only a stop whose
+    cause is ``stall`` marks the next prompt blocked."""
+    from types import SimpleNamespace
+
+    from edge_cloud_vlm_msgs.msg import ActionStatus
+    from edge_spec_drafter.node import EdgeSpecDrafter
+
+    s, clock = scheduler()
+    node = SimpleNamespace(scheduler=s)
+    for state, cause, blocked in ((ActionStatus.STATE_STOPPED, ActionStatus.CAUSE_STALL, True),
+                                  (ActionStatus.STATE_COMPLETED, ActionStatus.CAUSE_COMPLETED, False),
+                                  (ActionStatus.STATE_STOPPED, ActionStatus.CAUSE_DEADMAN, False)):
+        s.frame("f")
+        job = s.poll(clock())
+        s.finished(job, Outcome.VALID)
+        EdgeSpecDrafter._on_status(node, ActionStatus(state=state, stop_cause=cause, decision_id=job.decision_id))
+        assert s.last_move_blocked == blocked, (state, cause)

@@ -14,10 +14,10 @@ import torch
 
 from specdec.models.artefacts import go2_pair_paths
 
-from .config import TrainConfig, draft_init_layers, recipe_sha
+from .config import TrainConfig, draft_init_layers, prompt_template, recipe_sha
 from .data import assemble_dataset, collect_chunks, data_jobs, expert_chunks, set_rollout_policy, training_rows
 from .pair import (DRAFT_SPEC, EXIT_LAYERS, TARGET_SPEC, artefacts_exist, build_model, build_processor,
-                   build_tokenizer, draft_from_target, read_json, save_processor, spec_of)
+                   build_tokenizer, draft_from_target, read_json, save_processor, save_prompt_template, spec_of)
 from .distill import distill_on_policy
 from .train import answer_accuracy, shape_accuracy, teacher_pass, train_model, warm_up_vision
 from .verification import round_agreement, verification_rows
@@ -72,7 +72,7 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
         data, train_rows, held_rows = prepare(chunks)
         report["data"] = {"frames": len(data), "held_out": int(data.held_out.sum()), "prompt_len": data.prompt_len,
                           "seconds": round(time.time() - t, 1)}
-        tok = build_tokenizer()
+        tok = build_tokenizer(prompt_template(cfg))
         processor = build_processor(tok)
 
         held_frames = torch.unique(data.frame[held_rows]).cpu()
@@ -96,7 +96,7 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
             # DAgger: the states the trained target reaches on its own (drifted off the expert's
             # path, pressed against an object), labelled by the expert, then fine-tune on all data.
             t = time.time()
-            set_rollout_policy(target.cpu(), processor)
+            set_rollout_policy(target.cpu(), processor, prompt_template(cfg))
             first = len(chunks)
             chunks = chunks + collect_chunks(data_jobs(cfg, first, cfg.dagger_episodes, learner_driven=True), cfg.workers,
                                              desc="go2 dagger rollouts (chunks)", progress=progress)
@@ -114,6 +114,7 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
             os.makedirs(path, exist_ok=True)
             target.cpu().save_pretrained(path)
             save_processor(processor, path)
+            save_prompt_template(path, prompt_template(cfg))
             report["total_seconds"] = round(time.time() - t_start, 1)
             return report
 
@@ -178,6 +179,7 @@ def build(out_dir: Optional[str] = None, force: bool = False, config: Optional[T
             os.makedirs(path, exist_ok=True)
             model.save_pretrained(path)
             save_processor(processor, path)
+            save_prompt_template(path, prompt_template(cfg))
         heads.save(p.exits, extra_metadata={"trained_on": exits_trained_on})
         report["fingerprints"] = {"tokenizer": tokenizer_fingerprint(tok), "target": model_fingerprint(target),
                                   "draft": model_fingerprint(draft)}

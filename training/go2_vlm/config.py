@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Dict
 
-from .pair import DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, MERGE, PATCH, TARGET_SPEC, WORDS
+from .pair import DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, LAST_MOVE_TEMPLATE, MERGE, PATCH, TARGET_SPEC, vocabulary
 
 
 @dataclass
@@ -62,6 +62,8 @@ class TrainConfig:
     other_hidden_frac: float = 0.25  # share of kept samples "instructed object out of view" (not the episode's)
     search_walk_m: float = 0.0     # > 0: answer an object not in the picture by the walking search
                                    # (expert.search_action), not by the expert's planned path
+    last_move_feedback: bool = False  # prompts say whether the last motion stalled (pair.LAST_MOVE_TEMPLATE)
+    bump_prob: float = 0.0         # decisions near an obstacle that walk into it instead (dataset.rollouts)
     # On-policy distillation of the draft (distill.py), after its expert-data training: frames of
     # rollouts driven by the target and by the draft (plus the expert's), every object asked,
     # labelled with the target's greedy answers and distributions; KL(target || draft). 0 steps: off.
@@ -85,6 +87,11 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
     return cfg
 
 
+def prompt_template(cfg: TrainConfig) -> str:
+    """The prompt template the pair of ``cfg`` is trained and served with ('' = the instruction)."""
+    return LAST_MOVE_TEMPLATE if cfg.last_move_feedback else ""
+
+
 def draft_init_layers(cfg: TrainConfig):
     """The target's decoder layers the draft starts from (``draft_init = "target:0,3"``), or None."""
     kind, _, layers = cfg.draft_init.partition(":")
@@ -100,7 +107,7 @@ def draft_init_layers(cfg: TrainConfig):
 _NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "object_min_tokens": 4, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
-            "draft_init": "scratch", "search_walk_m": 0.0}
+            "draft_init": "scratch", "search_walk_m": 0.0, "last_move_feedback": False, "bump_prob": 0.0}
 
 
 # How the work is spread (data workers, torch threads), not what is trained: the data are the same
@@ -113,7 +120,7 @@ def recipe_sha(cfg: "TrainConfig") -> str:
     config = {k: v for k, v in asdict(cfg).items()
               if k not in _EXECUTION and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     recipe = {"config": config, "target": asdict(TARGET_SPEC), "draft": asdict(DRAFT_SPEC),
-              "exits": list(EXIT_LAYERS), "words": WORDS, "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
+              "exits": list(EXIT_LAYERS), "words": vocabulary(prompt_template(cfg)), "image": [IMAGE_W, IMAGE_H, PATCH, MERGE], "version": 1}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, prompt_template
 from .pair import (IMAGE_H, IMAGE_W, MERGE, NUMBER_WORDS, PATCH, bgr_to_rgb, build_processor,
                    build_tokenizer, prompt_text)
 
@@ -62,6 +62,8 @@ class DataJob:
     turn_step_deg: float = 1.0  # label magnitudes on this grid (:func:`coarse_action`)
     move_step_m: float = 0.05
     search_walk_m: float = 0.0  # > 0: an object not in the picture is answered by the walking search
+    bump_prob: float = 0.0   # decisions near an obstacle that walk into it (go2_sim.dataset.rollouts)
+    prompt_template: str = ""  # the prompt around the instruction (pair.LAST_MOVE_TEMPLATE or bare)
 
 
 def prompt_ids(processor, instruction: str, n_image: int) -> List[int]:
@@ -93,7 +95,7 @@ def job_rollouts(job: DataJob, policy=None, with_info: bool = False):
 
     return rollouts(job.episodes, job.seed, perturb_prob=job.perturb_prob,
                     camera_config=CameraConfig(supersample=job.supersample), blocked_prob=job.blocked_prob,
-                    near_prob=job.near_prob, policy=policy, with_info=with_info)
+                    near_prob=job.near_prob, policy=policy, with_info=with_info, bump_prob=job.bump_prob)
 
 
 def _gen_chunk(job: DataJob):
@@ -105,6 +107,7 @@ def _gen_chunk(job: DataJob):
     """
     torch.set_num_threads(1)
     from specdec.models.images import to_pil
+    from specdec.models.prompting import apply_prompt_template
 
     from go2_sim.episode import instruction_for
     from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action, search_turn
@@ -112,13 +115,16 @@ def _gen_chunk(job: DataJob):
     expert_cfg = ExpertConfig()
     walk_cfg = ExpertConfig(search_walk_m=job.search_walk_m)
     search = search_turn(expert_cfg)
-    proc = build_processor()
-    frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": []}
+    proc = build_processor(template=job.prompt_template)
+    frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": [], "blocked": []}
     samples: Dict[str, list] = {"frame": [], "ids": [], "action": [], "combo": [], "state": [], "true": [],
                                 "in_view": [], "absent": []}
     for env, ep, _seed, _step, image, info, label in job_rollouts(
             job, _ROLLOUT_POLICY if job.learner_driven else None, with_info=True):
-        batch = proc(text=[prompt_text(proc, env.instruction)], images=[to_pil(bgr_to_rgb(image))],
+        def prompt(instruction: str) -> str:
+            return apply_prompt_template(job.prompt_template, instruction, env.last_move_blocked)
+
+        batch = proc(text=[prompt_text(proc, prompt(env.instruction))], images=[to_pil(bgr_to_rgb(image))],
                      return_tensors="pt")
         n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
         frame = len(frames["pix"])
@@ -126,6 +132,7 @@ def _gen_chunk(job: DataJob):
         frames["regions"].append(region_labels(env, info))
         frames["episode"].append(ep)
         frames["objects"].append(sorted(COMBOS.index((o.color, o.shape)) for o in env.world.objects))
+        frames["blocked"].append(env.last_move_blocked)
         true_target = env.target
         try:
             for obj in env.world.objects:
@@ -144,7 +151,7 @@ def _gen_chunk(job: DataJob):
                 else:
                     continue  # out of view and the expert would follow a planned path: not observable
                 action = coarse_action(action, job.turn_step_deg, job.move_step_m)
-                ids = prompt_ids(proc, instruction_for(obj), n_image)
+                ids = prompt_ids(proc, prompt(instruction_for(obj)), n_image)
                 if obj is true_target:
                     assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
                 visible = info.visible_pixels.get(obj.name, 0) >= REGION_MIN_PIXELS
@@ -168,7 +175,7 @@ def _gen_chunk(job: DataJob):
                         continue
                     present.add(twin)
                     samples["frame"].append(frame)
-                    samples["ids"].append(np.asarray(prompt_ids(proc, INSTRUCTIONS[COMBOS.index(twin)], n_image),
+                    samples["ids"].append(np.asarray(prompt_ids(proc, prompt(INSTRUCTIONS[COMBOS.index(twin)]), n_image),
                                                      dtype=np.int32))
                     samples["action"].append(coarse_action(search, job.turn_step_deg, job.move_step_m))
                     samples["combo"].append(COMBOS.index(twin))
@@ -330,14 +337,15 @@ def _soft_number(tok, verb: str, number_id: int, cfg: TrainConfig) -> Optional[t
 _ROLLOUT_POLICY = None
 
 
-def set_rollout_policy(model, processor) -> None:
-    """Let ``model`` (greedy, through its adapter) drive the rollouts of learner-driven data jobs."""
+def set_rollout_policy(model, processor, template: str = "") -> None:
+    """Let ``model`` (greedy, through its adapter, prompted by ``template``) drive the rollouts of
+    learner-driven data jobs."""
     global _ROLLOUT_POLICY
     from specdec.models.adapters import wrap_model
 
     from .evaluate import greedy_policy
 
-    _ROLLOUT_POLICY = greedy_policy(wrap_model(model.eval(), processor))
+    _ROLLOUT_POLICY = greedy_policy(wrap_model(model.eval(), processor), template=template)
 
 
 def chunk_count(cfg: TrainConfig, episodes: int) -> int:
@@ -354,7 +362,7 @@ def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven:
                     supersample=2 if k % cfg.exact_camera_every == 0 else cfg.supersample,
                     blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
                     learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m,
-                    search_walk_m=cfg.search_walk_m)
+                    search_walk_m=cfg.search_walk_m, bump_prob=cfg.bump_prob, prompt_template=prompt_template(cfg))
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 
@@ -412,6 +420,7 @@ class Frames:
     objects: List[List[int]]  # per frame: the COMBOS indices of the objects in the room
     first: List[int]        # index of each chunk's first frame
     grid: List[int]         # image_grid_thw of every frame
+    blocked: torch.Tensor   # [F] bool: the motion before the frame stalled (the prompt's {last_move})
 
     def __len__(self) -> int:
         return int(self.pix.shape[0])
@@ -420,7 +429,7 @@ class Frames:
 def stack_frames(results: list, cfg: TrainConfig) -> Frames:
     """:class:`Frames` of the chunks of :func:`collect_chunks` (chunk k holds episodes k*chunk..;
     every ``held_out_every``-th episode is held out)."""
-    pix, regions, held, objects, first = [], [], [], [], []
+    pix, regions, held, objects, first, blocked = [], [], [], [], [], []
     for k, res in enumerate(results):
         fr = res["frames"]
         first.append(len(pix))
@@ -428,15 +437,16 @@ def stack_frames(results: list, cfg: TrainConfig) -> Frames:
         regions.extend(fr["regions"])
         held.extend((k * cfg.chunk + ep) % cfg.held_out_every == cfg.held_out_every - 1 for ep in fr["episode"])
         objects.extend(fr["objects"])
+        blocked.extend(fr["blocked"])
     return Frames(torch.from_numpy(np.stack(pix)), torch.from_numpy(np.stack(regions)), torch.tensor(held),
-                  objects, first, results[0]["grid"])
+                  objects, first, results[0]["grid"], torch.tensor(blocked, dtype=torch.bool))
 
 
 def assemble_dataset(results: list, cfg: TrainConfig, log=print) -> Go2Data:
     """Fixed-layout tensors of the expert-labelled samples in the chunks of :func:`collect_chunks`."""
     from go2_sim.expert import search_turn
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(prompt_template(cfg))
     eos = tok.eos_token_id
     frames = stack_frames(results, cfg)
     prompts, answers, frame, actions, combos, state, true, seen, absent = [], [], [], [], [], [], [], [], []

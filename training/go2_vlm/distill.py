@@ -21,7 +21,9 @@ from typing import List, Tuple
 
 import torch
 
-from .config import TrainConfig
+from specdec.models.prompting import apply_prompt_template
+
+from .config import TrainConfig, prompt_template
 from .data import (INSTRUCTIONS, Go2Data, chunk_count, collect_chunks, data_jobs, prompt_ids, set_rollout_policy,
                    stack_frames)
 from .pair import MERGE, build_processor
@@ -34,7 +36,7 @@ def policy_chunks(model, processor, cfg: TrainConfig, first_chunk: int, episodes
                   progress: bool = True) -> list:
     """Rollouts in which ``model`` (greedy) drives, numbered from chunk ``first_chunk`` (seeds apart
     from every other chunk's); the expert's labels of these chunks are not used here."""
-    set_rollout_policy(model, processor)
+    set_rollout_policy(model, processor, prompt_template(cfg))
     return collect_chunks(data_jobs(cfg, first_chunk, episodes, learner_driven=True), cfg.workers, desc=desc,
                           progress=progress)
 
@@ -54,15 +56,18 @@ def label_with_target(target, chunks: list, cfg: TrainConfig, batch_rows: int = 
     from tqdm import tqdm
 
     frames = stack_frames(chunks, cfg)
-    processor = build_processor()
+    processor = build_processor(template=prompt_template(cfg))
     tok = processor.tokenizer
     n_image = int(torch.tensor(frames.grid).prod()) // (MERGE * MERGE)
-    prompts = torch.tensor([prompt_ids(processor, text, n_image) for text in INSTRUCTIONS])
+    template = prompt_template(cfg)
+    # [2, instructions, L]: the prompts after a motion that finished / one that stalled
+    prompts = torch.tensor([[prompt_ids(processor, apply_prompt_template(template, text, blocked), n_image)
+                             for text in INSTRUCTIONS] for blocked in (False, True)])
     frame = torch.tensor([f for f, objs in enumerate(frames.objects) for _ in objs])
     combo = torch.tensor([c for objs in frames.objects for c in objs])
-    n, prompt_len, A = len(frame), prompts.shape[1], ANSWER_TOKENS
+    n, prompt_len, A = len(frame), prompts.shape[2], ANSWER_TOKENS
     ids = torch.full((n, prompt_len + A - 1), tok.pad_token_id, dtype=torch.long)
-    ids[:, :prompt_len] = prompts[combo]
+    ids[:, :prompt_len] = prompts[frames.blocked[frame].long(), combo]
     data = Go2Data(ids=ids, targets=torch.full((n, A), -100, dtype=torch.long), frame=frame, pix=frames.pix,
                    grid=frames.grid, prompt_len=prompt_len, actions=[], held_out=frames.held_out[frame],
                    regions=frames.regions, combo=combo)
@@ -101,7 +106,7 @@ def distill_on_policy(draft, target, expert: list, cfg: TrainConfig, first_chunk
     from .train import answer_accuracy, train_model
 
     t0 = time.time()
-    processor = build_processor()
+    processor = build_processor(template=prompt_template(cfg))
     n_target = chunk_count(cfg, cfg.distill_target_episodes)
     chunks = list(expert)
     if cfg.distill_target_episodes:

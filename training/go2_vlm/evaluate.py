@@ -14,10 +14,11 @@ from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.token_loop import TokenLoop, TokenPicker
 from specdec.models.artefacts import go2_pair_paths
+from specdec.models.prompting import apply_prompt_template
 from specdec.protocol import DecodingMode
 from go2_sim.expert import search_turn
 
-from .pair import bgr_to_rgb, load_pair, read_json
+from .pair import bgr_to_rgb, load_pair, load_prompt_template, read_json
 
 
 def eval_up_to_date(out_dir: Optional[str] = None) -> bool:
@@ -63,11 +64,12 @@ def greedy_decode(adapter, prompt: str, image, max_new_tokens: int = 8, exit_hea
     return loop.tokens
 
 
-def greedy_policy(adapter, max_new_tokens: int = 8):
-    """``env -> action text``: ``adapter`` alone, greedy, on the episode's current frame."""
+def greedy_policy(adapter, max_new_tokens: int = 8, template: str = ""):
+    """``env -> action text``: ``adapter`` alone, greedy, on the episode's current frame (the
+    prompt: ``template`` around the instruction, specdec.models.prompting)."""
     def policy(env) -> str:
-        return adapter.decode_text(greedy_decode(adapter, env.instruction, bgr_to_rgb(env.render()),
-                                                 max_new_tokens))
+        prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
+        return adapter.decode_text(greedy_decode(adapter, prompt, bgr_to_rgb(env.render()), max_new_tokens))
 
     return policy
 
@@ -114,12 +116,12 @@ class SpeculativeTally:
                 "predraft_hit_rate": round(c["predraft_hits"] / max(1, c["predrafts"]), 4), **c}
 
 
-def bench_frames(n_frames: int) -> list:
-    """``(instruction, RGB image)`` of the benchmark's Go2 workload (expert rollouts on seeds no
+def bench_frames(n_frames: int, template: str = "") -> list:
+    """``(prompt, RGB image)`` of the benchmark's Go2 workload (expert rollouts on seeds no
     training run draws): the held-out frames the acceptance bar is measured on."""
     from bench.workloads import go2_workload
 
-    return go2_workload(n_frames, max_new_tokens=8).items
+    return go2_workload(n_frames, max_new_tokens=8, template=template).items
 
 
 @torch.no_grad()
@@ -222,6 +224,7 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
     torch.set_num_threads(threads)
     try:
         draft, target, heads = load_pair(out_dir)
+        template = load_prompt_template(out_dir)
         seeds = list(seeds)
         report: Dict[str, object] = {"seeds": [seeds[0], seeds[-1]] if seeds else [], "episodes": len(seeds),
                                      "gamma": gamma, "max_decisions": max_decisions}
@@ -237,12 +240,15 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
         # wherever it sees the same frame (it does, while both follow the same trajectory)
         target_tokens: Dict[tuple, List[int]] = {}
 
+        def prompt(env) -> str:
+            return apply_prompt_template(template, env.instruction, env.last_move_blocked)
+
         def frame_key(env, image) -> tuple:
-            return env.instruction, hashlib.sha1(image.tobytes()).hexdigest()
+            return prompt(env), hashlib.sha1(image.tobytes()).hexdigest()
 
         def target_policy(env):
             image = bgr_to_rgb(env.render())
-            toks = greedy_decode(target, env.instruction, image, exit_heads=heads, exit_stats=exit_stats)
+            toks = greedy_decode(target, prompt(env), image, exit_heads=heads, exit_stats=exit_stats)
             target_tokens[frame_key(env, image)] = toks
             return target.decode_text(toks)
 
@@ -252,10 +258,10 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
 
         if validation_seeds:
             val = list(validation_seeds)
-            report["target_validation"] = closed_loop(greedy_policy(target), val, "target (validation)",
+            report["target_validation"] = closed_loop(greedy_policy(target, template=template), val, "target (validation)",
                                                       max_decisions, progress, log)[1]
             report["target_validation"]["seeds"] = [val[0], val[-1]]
-        report["draft"] = run("draft", greedy_policy(draft))[1]
+        report["draft"] = run("draft", greedy_policy(draft, template=template))[1]
 
         tally, reference_decodes = SpeculativeTally(), 0
         with LocalSpeculativeDecoder(draft, target, exit_heads=heads, gamma=gamma, max_new_tokens=8,
@@ -264,10 +270,10 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
             def spec_policy(env):
                 nonlocal reference_decodes
                 image = bgr_to_rgb(env.render())
-                result = runner.generate(env.instruction, image, DecodingMode.SPECULATIVE_EARLY_EXIT)
+                result = runner.generate(prompt(env), image, DecodingMode.SPECULATIVE_EARLY_EXIT)
                 reference = target_tokens.get(frame_key(env, image))
                 if reference is None:
-                    reference = greedy_decode(target, env.instruction, image)
+                    reference = greedy_decode(target, prompt(env), image)
                     reference_decodes += 1
                 tally.add(result.stats, list(result.tokens) == reference)
                 return result.text
@@ -278,8 +284,8 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
         report["speculative"].update(reference_decodes=reference_decodes, same_outcomes_as_target=same,
                                      **tally.summary())
         if bench_frame_count:
-            report["bench_frames"] = evaluate_frames(draft, target, heads, bench_frames(bench_frame_count), gamma,
-                                                     progress)
+            report["bench_frames"] = evaluate_frames(draft, target, heads, bench_frames(bench_frame_count, template),
+                                                     gamma, progress)
             log(f"go2 eval bench frames: acceptance {report['bench_frames']['acceptance_rate']:.3f}")
         return report
     finally:

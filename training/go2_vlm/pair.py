@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,6 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from specdec.models.artefacts import go2_pair_paths  # noqa: E402
+from specdec.models.prompting import (LAST_MOVE, LAST_MOVE_WORDS, PLACEHOLDER, TEMPLATE_FILE,  # noqa: E402
+                                     check_prompt_template, folder_prompt_template)
 
 # -- tokenizer ---------------------------------------------------------------------------------
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>",
@@ -34,6 +36,17 @@ ACTION_WORDS = ["forward", "backward", "left", "right", "strafe_left", "strafe_r
 NUMBER_WORDS = [str(i) for i in range(1, 91)] + [f"{0.05 * i:.2f}".rstrip("0").rstrip(".") for i in range(1, 20)]
 PIECES = [f"##{d}" for d in "0123456789"] + ["##."]
 WORDS = CHAT_WORDS + INSTRUCTION_WORDS + ACTION_WORDS + NUMBER_WORDS + ["0"] + PIECES
+# The prompt of a pair trained with ``TrainConfig.last_move_feedback`` (else the bare instruction).
+LAST_MOVE_TEMPLATE = "{instruction} last move {last_move}"
+
+
+def vocabulary(template: str = "") -> List[str]:
+    """The pair's words: ``WORDS`` and, after them (so no other id moves), the words a prompt
+    ``template`` adds, including what its ``{last_move}`` becomes."""
+    extra = template.replace(PLACEHOLDER, " ").replace(LAST_MOVE, " ").split()
+    if LAST_MOVE in template:
+        extra += [LAST_MOVE_WORDS[False], LAST_MOVE_WORDS[True]]
+    return WORDS + [w for w in dict.fromkeys(extra) if w not in WORDS]
 
 # -- image / model shapes ----------------------------------------------------------------------
 PATCH = 8
@@ -78,15 +91,16 @@ CHAT_TEMPLATE = (
 ROPE_THETA = 1000.0
 
 
-def build_tokenizer():
+def build_tokenizer(template: str = ""):
     """The pair's tokenizer (offline; same construction as :func:`specdec.models.tiny.tiny_tokenizer`
-    with the Go2 vocabulary, whitespace-only splitting and WordPiece number pieces)."""
+    with the Go2 vocabulary for prompts of ``template``, whitespace-only splitting and WordPiece
+    number pieces)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from specdec.models.tiny import chatml_tokenizer
 
     vocab: Dict[str, int] = {}
-    for word in SPECIALS + WORDS:
+    for word in SPECIALS + vocabulary(template):
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", continuing_subword_prefix="##",
                                          max_input_chars_per_word=32))
@@ -95,13 +109,14 @@ def build_tokenizer():
     return chatml_tokenizer(backend, SPECIALS[4:], CHAT_TEMPLATE, qwen_vision=True)
 
 
-def build_processor(tokenizer=None):
-    """Image-only Qwen2-VL processor: any frame is resized to IMAGE_W x IMAGE_H (24 image tokens)."""
+def build_processor(tokenizer=None, template: str = ""):
+    """Image-only Qwen2-VL processor: any frame is resized to IMAGE_W x IMAGE_H (24 image tokens);
+    the tokenizer (default: :func:`build_tokenizer` of ``template``)."""
     from transformers import Qwen2VLImageProcessorPil
 
     from specdec.models.loading import ImageOnlyQwen2VLProcessor
 
-    tok = tokenizer or build_tokenizer()
+    tok = tokenizer or build_tokenizer(template)
     # smart_resize: a 160x120 frame is scaled to fit max_pixels, rounded down to multiples of 16.
     size = {"shortest_edge": 16 * 16, "longest_edge": IMAGE_W * (IMAGE_H + 8)}
     image_processor = Qwen2VLImageProcessorPil(size=size, patch_size=PATCH, merge_size=MERGE,
@@ -221,6 +236,21 @@ def read_json(path: str) -> Optional[dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def save_prompt_template(model_dir: str, template: str) -> None:
+    """Record in a model folder the prompt template it was trained on (none for the bare instruction)."""
+    path = os.path.join(model_dir, TEMPLATE_FILE)
+    if template:
+        with open(path, "w") as f:
+            f.write(check_prompt_template(template))
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def load_prompt_template(out_dir: Optional[str] = None) -> str:
+    """The prompt template the pair in ``out_dir`` was trained with ('' = the bare instruction)."""
+    return folder_prompt_template(go2_pair_paths(out_dir).target)
 
 
 def artefacts_exist(out_dir: Optional[str] = None) -> bool:

@@ -27,10 +27,11 @@ import torch
 from go2_sim.episode import instruction_for
 from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.models.layout import decoder_layout
+from specdec.models.prompting import apply_prompt_template
 from specdec.protocol import DecodingMode
 from training.teacher import Labels
 
-from .config import TrainConfig
+from .config import TrainConfig, prompt_template
 from .data import data_jobs, job_rollouts
 from .pair import bgr_to_rgb
 
@@ -105,13 +106,16 @@ def verification_rows(draft, target, layers: Sequence[int], cfg: TrainConfig, fi
 
     try:
         with LocalSpeculativeDecoder(draft, target, gamma=gamma, max_new_tokens=8, draft_length="fixed") as runner:
+            template = prompt_template(cfg)
+
             def policy(env) -> str:
                 image = bgr_to_rgb(env.render())
                 driving = env.target
-                text = record(runner, env.instruction, image)
+                text = record(runner, apply_prompt_template(template, env.instruction, env.last_move_blocked), image)
                 for obj in env.world.objects:
                     if obj is not driving:
-                        record(runner, instruction_for(obj), image)
+                        record(runner, apply_prompt_template(template, instruction_for(obj), env.last_move_blocked),
+                               image)
                 return text
 
             for k, job in enumerate(data_jobs(cfg, first_chunk, episodes, learner_driven=True), first_chunk):
