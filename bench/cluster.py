@@ -105,8 +105,17 @@ def _read_json(path: str) -> dict:
 
 # A dilated link delays the opening handshake by a dilated one-way time (the paper's 120 ms RTT at
 # x105: 6.3 s), past the server's 5 s default, and the robots saw "did not receive a valid HTTP
-# response". The bench's servers listen on loopback only, so they wait as long as any link it emulates.
+# response"; a keepalive ping's pong comes a dilated round trip later, past the 20 s default beyond
+# about x160. The bench's servers listen on loopback only, so they wait as long as any link it emulates.
 BENCH_HANDSHAKE_TIMEOUT_S = 120.0
+BENCH_PING_TIMEOUT_S = 120.0
+
+
+def link_timeouts(one_way_ms: float, jitter_ms: float = 0.0) -> dict:
+    """A client's connect and keepalive timeouts across an emulated link: the defaults plus two
+    (dilated) round trips."""
+    margin = 4 * (one_way_ms + jitter_ms) / 1000
+    return {"connect_timeout": 10 + margin, "ping_timeout_s": 20 + margin}
 
 
 @contextmanager
@@ -127,7 +136,7 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
     cmd = [sys.executable, "-m", "cloud_verifier_bridge.server", "--model", model, "--tokens", tokens_path,
            "--port", str(port), "--threads", str(threads), "--device", "cpu", "--stats-file", stats_path,
            "--max-connections-per-address", str(max(32, 4 * len(tokens))),
-           "--handshake-timeout-s", str(handshake_timeout_s)]
+           "--handshake-timeout-s", str(handshake_timeout_s), "--ping-timeout-s", str(BENCH_PING_TIMEOUT_S)]
     if exits:
         cmd += ["--exits", exits]
     if profile:
@@ -166,9 +175,9 @@ def wan_link(cloud: Cloud, one_way_ms: float, jitter_ms: float = 0.0, bandwidth_
     try:
         _wait_port(port, proc, 30, "link_emulator", log_path)
         for robot in robot_ids or [cloud.robot_id]:
-            # a connection attempt spans a round trip of the (dilated) link on top of the handshake
+            # a connection attempt and a keepalive ping each span a round trip of the (dilated) link
             clients.append(WebSocketClient(f"ws://127.0.0.1:{port}", robot, cloud.tokens[robot],
-                                           connect_timeout=10 + 4 * (one_way_ms + jitter_ms) / 1000))
+                                           **link_timeouts(one_way_ms, jitter_ms)))
         yield clients if robot_ids else clients[0]
     finally:
         for client in clients:

@@ -122,6 +122,7 @@ class ServerLimits:
         32, "connections from one peer address (behind a load balancer every connection comes from it: raise it)")
     max_handshakes: int = _limit(64, "connections in their opening handshake; a new one displaces the oldest")
     handshake_timeout_s: float = _limit(5.0, "TLS + WebSocket opening handshake must finish within this")
+    ping_timeout_s: float = _limit(20.0, "keepalive: a ping every half of this; no pong within it closes the connection")
     max_connections_per_robot: int = _limit(4, "connections of one robot; a new one closes the robot's oldest")
     max_sessions_per_robot: int = _limit(4, "open sessions of one robot; a new one closes the robot's oldest")
     max_queued_per_robot: int = _limit(32, "messages of one robot waiting for the verifier (more: back-pressure)")
@@ -585,7 +586,8 @@ class VerifierServer(CloudTransport):
         listener = socket.create_server((self.host, self.port), backlog=1024)
         self._server = serve(self._handler, sock=listener, ssl=self.ssl_context, process_request=self._authenticate,
                              compression=None, max_size=wire.MAX_FRAME_BYTES, max_queue=4,
-                             open_timeout=self.limits.handshake_timeout_s, ping_interval=10, ping_timeout=20,
+                             open_timeout=self.limits.handshake_timeout_s, ping_interval=self.limits.ping_timeout_s / 2,
+                             ping_timeout=self.limits.ping_timeout_s,
                              close_timeout=1)
         self.port = self._server.socket.getsockname()[1]  # TLS wraps (and detaches) the listener
         try:
@@ -648,7 +650,8 @@ class WebSocketClient(EdgeTransport):
 
     def __init__(self, uri: str, robot_id: str, token: str, ssl_context=None, connect_timeout: float = 5.0,
                  max_backoff: float = 0.5, *, allow_insecure: bool = False, max_refused_backoff: float = 30.0,
-                 send_queue_frames: int = 64, send_timeout_s: float = 30.0, max_inbox: int = 1024):
+                 send_queue_frames: int = 64, send_timeout_s: float = 30.0, max_inbox: int = 1024,
+                 ping_timeout_s: float = 20.0):
         parts = urlsplit(uri)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise TransportError(f"verifier uri {uri!r} must be ws://host:port or wss://host:port")
@@ -661,6 +664,7 @@ class WebSocketClient(EdgeTransport):
         self._token = token
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
+        self.ping_timeout_s = ping_timeout_s  # keepalive: a ping every half of this, a pong due within it
         self.max_backoff = max_backoff
         self.max_refused_backoff = max_refused_backoff
         self.send_queue_frames = send_queue_frames
@@ -708,7 +712,8 @@ class WebSocketClient(EdgeTransport):
             return connect(self.uri, ssl=self.ssl_context, compression=None, proxy=None,
                            additional_headers={"Authorization": f"Bearer {self._token}", "X-Robot-Id": self.robot_id},
                            open_timeout=self.connect_timeout, close_timeout=1, max_size=wire.MAX_FRAME_BYTES,
-                           max_queue=16, ping_interval=10, ping_timeout=20, legacy=True)
+                           max_queue=16, ping_interval=self.ping_timeout_s / 2, ping_timeout=self.ping_timeout_s,
+                           legacy=True)
         except InvalidStatus as exc:
             code = exc.response.status_code
             if code in (401, 403):

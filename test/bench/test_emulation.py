@@ -168,6 +168,29 @@ def test_bench_links_open_across_a_dilated_round_trip():
         assert link.connected, link.stats()
 
 
+def test_keepalive_pings_wait_for_a_dilated_round_trip():
+    """A keepalive pong crosses the emulated link: a client whose ping timeout is shorter than the
+    link's round trip loses its connection again and again, while the bench's clients (timeouts
+    grown by two round trips) and servers (BENCH_PING_TIMEOUT_S) keep theirs."""
+    from specdec.transport.websocket import WebSocketClient
+
+    w = workloads.tiny_workload(1, 2)
+    with cluster.cloud_server(w.target, w.exits, robot_ids=("kept", "short")) as cloud, \
+            cluster.wan_link(cloud, 1500.0, robot_ids=["kept"]) as (kept,):
+        assert kept.ping_timeout_s >= 20 + 4 * 1.5
+        short = WebSocketClient(kept.uri, "short", cloud.tokens["short"], connect_timeout=10, ping_timeout_s=2.0)
+        try:
+            kept.connect()
+            short.connect()
+            deadline = time.monotonic() + 30
+            while short.reconnects < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert short.reconnects >= 1, short.stats()  # its 3 s round-trip pong came after 2 s
+            assert kept.connected and kept.reconnects == 0, kept.stats()
+        finally:
+            short.close()
+
+
 def test_a_bad_profile_stops_the_server_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("edge: {device: x}\ncloud: {}\n")
