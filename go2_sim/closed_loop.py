@@ -37,6 +37,7 @@ class EpisodeResult:
     final_distance: float
     final_bearing_deg: float
     actions: List[str] = field(default_factory=list)
+    blocked_decisions: int = 0  # decisions taken right after a motion that stalled
 
 
 def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: bool = True,
@@ -56,7 +57,7 @@ def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: 
     while t < settle_time - 1e-9:
         env.step(None, dt)
         t += dt
-    env.last_move_blocked = executor.timed_out
+    env.last_move_blocked = bool(executor.timed_out)
     return not executor.timed_out
 
 
@@ -69,7 +70,9 @@ def run_episode(env: Go2Episode, policy: Policy, seed: int, max_decisions: int =
     actions: List[str] = []
     invalid = 0
     said_done = False
+    blocked = 0
     for _ in range(max_decisions):
+        blocked += env.last_move_blocked
         text = policy(env)
         if on_decision is not None:
             on_decision(env, text)
@@ -92,7 +95,8 @@ def run_episode(env: Go2Episode, policy: Policy, seed: int, max_decisions: int =
     return EpisodeResult(seed=seed, success=said_done and reached, reached=reached,
                          said_done=said_done, decisions=len(actions), invalid=invalid,
                          sim_time=env.world.t, final_distance=env.surface_distance(),
-                         final_bearing_deg=math.degrees(env.bearing()), actions=actions)
+                         final_bearing_deg=math.degrees(env.bearing()), actions=actions,
+                         blocked_decisions=blocked)
 
 
 def evaluate(policy: Policy, seeds: Iterable[int], env: Optional[Go2Episode] = None,

@@ -73,7 +73,10 @@ def target_alone(folder: str, seeds: range, threads: int) -> dict:
     summary = closed_loop(greedy_policy(target, template=load_prompt_template(folder)), seeds, "target", progress=False, log=lambda m: None)[1]
     return {"success_rate": summary["success_rate"], "successes": len(summary["successes"]),
             "episodes": summary["episodes"], "done_elsewhere": summary["said_done_elsewhere"],
-            "failed_seeds": [f["seed"] for f in summary["failures"]], "eval_seconds": summary["wall_s"]}
+            "failed_seeds": [f["seed"] for f in summary["failures"]], "failure_kinds": summary["failure_kinds"],
+            # per failed episode: decisions taken right after a motion the controller stopped as stalled
+            "failed_blocked_decisions": [f["blocked_decisions"] for f in summary["failures"]],
+            "eval_seconds": summary["wall_s"]}
 
 
 def diagnose(folder: str, threads: int, limit: int = 1500) -> dict:

@@ -162,3 +162,10 @@ def test_bumps_walk_into_what_is_close_ahead():
                                                                  bump_prob=bump_prob))
 
     assert blocked_frames(0.5) > 3 * max(1, blocked_frames(0.0))
+
+
+def test_episodes_count_the_decisions_taken_after_a_stall():
+    env = Go2Episode()
+    walker = run_episode(env, lambda e: "forward 1", seed=4, max_decisions=8)  # a 6 m room: into a wall
+    assert 0 < walker.blocked_decisions < walker.decisions and type(walker.blocked_decisions) is int
+    assert run_episode(env, expert_policy, seed=4).blocked_decisions == 0

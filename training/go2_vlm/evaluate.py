@@ -180,7 +180,8 @@ def _summary(res: dict) -> dict:
             # what went wrong, episode by episode: where the robot ended and its last actions
             "failures": [{"seed": r.seed, "said_done": r.said_done, "decisions": r.decisions,
                           "final_distance_m": round(r.final_distance, 2),
-                          "final_bearing_deg": round(r.final_bearing_deg, 1), "last_actions": r.actions[-6:]}
+                          "final_bearing_deg": round(r.final_bearing_deg, 1), "last_actions": r.actions[-6:],
+                          "blocked_decisions": r.blocked_decisions}
                          for r in results if not r.success],
             "wall_s": round(res["wall_s"], 1)}
 
