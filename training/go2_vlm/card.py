@@ -490,7 +490,9 @@ def render(out_dir: Optional[str] = None) -> str:
         "was blocked (`last_move_feedback`: prompts end `last move ok` or `last move blocked` after a motion",
         "the controller stopped as stalled, the same signal the edge node takes from `ActionStatus`;",
         "`bump_prob` puts such frames in the data, about 10 % of them) no longer walks into what the picture does",
-        "not show - its failed episodes hold 0-1 blocked frames - but reaches only 90 / 100 with the walking",
+        "not show - its failed episodes hold 0-1 decisions taken after a stall (`go2_recipe_sweep.py --evaluate"
+        " DIR`: `failed_blocked_decisions`; the committed target's 0, except one episode stuck for 32) - but"
+        " reaches only 90 / 100 with the walking",
         "search and 90 with the turning one, and 87 with a DAgger round or a 1.5x wider decoder: the",
         "failures move to search loops (turn, turn, walk, walk without the object coming into view),",
         "strafing back and forth, and turning away from the object 0.8 m in front of it. Every variant so",
