@@ -28,7 +28,6 @@ def episodes(draft, target, seeds: Sequence[int], max_new_tokens: int = 8, max_d
     from go2_sim.closed_loop import run_episode
     from go2_sim.episode import Go2Episode
     from specdec.engine.drafter import EdgeDecoder
-    from specdec.models.prompting import apply_prompt_template
     from specdec.protocol import DecodingMode
 
     out = {}
@@ -37,8 +36,7 @@ def episodes(draft, target, seeds: Sequence[int], max_new_tokens: int = 8, max_d
 
         def policy(env, decoder=decoder):
             image = np.ascontiguousarray(env.render()[:, :, ::-1])  # camera bgr8 -> RGB
-            prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
-            return decoder.decode(prompt, image, DecodingMode.EDGE_ONLY, max_new_tokens=max_new_tokens).text
+            return decoder.decode(env.prompt(template), image, DecodingMode.EDGE_ONLY, max_new_tokens=max_new_tokens).text
 
         env = Go2Episode()
         results = [run_episode(env, policy, int(seed), max_decisions=max_decisions) for seed in seeds]

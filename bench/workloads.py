@@ -59,7 +59,7 @@ def go2_workload(n_frames: int, max_new_tokens: int, template: Optional[str] = N
     around the instruction (None: the committed pair's own, specdec.models.prompting)."""
     from go2_sim.dataset import rollouts
     from specdec.models.artefacts import go2_pair_paths
-    from specdec.models.prompting import apply_prompt_template, folder_prompt_template
+    from specdec.models.prompting import folder_prompt_template
 
     paths = go2_pair_paths()
     template = folder_prompt_template(paths.target) if template is None else template
@@ -67,8 +67,7 @@ def go2_workload(n_frames: int, max_new_tokens: int, template: Optional[str] = N
     for k, (env, *_, image, _info, _label) in enumerate(
             rollouts(n_frames, seed=BENCH_GO2_SEED, perturb_prob=0.25, with_info=True)):
         if k % 2 == 0:
-            prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
-            items.append((prompt, np.ascontiguousarray(image[:, :, ::-1])))  # camera bgr8 -> RGB
+            items.append((env.prompt(template), np.ascontiguousarray(image[:, :, ::-1])))  # camera bgr8 -> RGB
         if len(items) >= n_frames:
             break
     return Workload("go2", paths.draft, paths.target, paths.exits, items, max_new_tokens,

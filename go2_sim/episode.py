@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from specdec.models.prompting import apply_prompt_template
+
 from .camera import Camera, CameraConfig
 from .world import SceneObject, World, WorldConfig, wrap_angle
 
@@ -62,6 +64,12 @@ class Go2Episode:
     @property
     def instruction(self) -> str:
         return instruction_for(self.target)
+
+    def prompt(self, template: str, instruction: Optional[str] = None) -> str:
+        """What a model trained on ``template`` is asked now: ``instruction`` (default: this
+        episode's) in the template, ``{last_move}`` from how the last motion ended."""
+        return apply_prompt_template(template, self.instruction if instruction is None else instruction,
+                                     self.last_move_blocked)
 
     @property
     def distractors(self) -> List[SceneObject]:

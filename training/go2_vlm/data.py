@@ -107,7 +107,6 @@ def _gen_chunk(job: DataJob):
     """
     torch.set_num_threads(1)
     from specdec.models.images import to_pil
-    from specdec.models.prompting import apply_prompt_template
 
     from go2_sim.episode import instruction_for
     from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action, search_turn
@@ -121,10 +120,7 @@ def _gen_chunk(job: DataJob):
                                 "in_view": [], "absent": []}
     for env, ep, _seed, _step, image, info, label in job_rollouts(
             job, _ROLLOUT_POLICY if job.learner_driven else None, with_info=True):
-        def prompt(instruction: str) -> str:
-            return apply_prompt_template(job.prompt_template, instruction, env.last_move_blocked)
-
-        batch = proc(text=[prompt_text(proc, prompt(env.instruction))], images=[to_pil(bgr_to_rgb(image))],
+        batch = proc(text=[prompt_text(proc, env.prompt(job.prompt_template))], images=[to_pil(bgr_to_rgb(image))],
                      return_tensors="pt")
         n_image = int(batch["image_grid_thw"][0].prod()) // (MERGE * MERGE)
         frame = len(frames["pix"])
@@ -151,7 +147,7 @@ def _gen_chunk(job: DataJob):
                 else:
                     continue  # out of view and the expert would follow a planned path: not observable
                 action = coarse_action(action, job.turn_step_deg, job.move_step_m)
-                ids = prompt_ids(proc, prompt(instruction_for(obj)), n_image)
+                ids = prompt_ids(proc, env.prompt(job.prompt_template, instruction_for(obj)), n_image)
                 if obj is true_target:
                     assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
                 visible = info.visible_pixels.get(obj.name, 0) >= REGION_MIN_PIXELS
@@ -175,8 +171,8 @@ def _gen_chunk(job: DataJob):
                         continue
                     present.add(twin)
                     samples["frame"].append(frame)
-                    samples["ids"].append(np.asarray(prompt_ids(proc, prompt(INSTRUCTIONS[COMBOS.index(twin)]), n_image),
-                                                     dtype=np.int32))
+                    twin_prompt = env.prompt(job.prompt_template, INSTRUCTIONS[COMBOS.index(twin)])
+                    samples["ids"].append(np.asarray(prompt_ids(proc, twin_prompt, n_image), dtype=np.int32))
                     samples["action"].append(coarse_action(search, job.turn_step_deg, job.move_step_m))
                     samples["combo"].append(COMBOS.index(twin))
                     samples["state"].append((0.0, 0.0, 1.0))

@@ -56,10 +56,10 @@ def label_with_target(target, chunks: list, cfg: TrainConfig, batch_rows: int = 
     from tqdm import tqdm
 
     frames = stack_frames(chunks, cfg)
-    processor = build_processor(template=prompt_template(cfg))
+    template = prompt_template(cfg)
+    processor = build_processor(template=template)
     tok = processor.tokenizer
     n_image = int(torch.tensor(frames.grid).prod()) // (MERGE * MERGE)
-    template = prompt_template(cfg)
     # [2, instructions, L]: the prompts after a motion that finished / one that stalled
     prompts = torch.tensor([[prompt_ids(processor, apply_prompt_template(template, text, blocked), n_image)
                              for text in INSTRUCTIONS] for blocked in (False, True)])

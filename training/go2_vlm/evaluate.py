@@ -14,7 +14,6 @@ from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.token_loop import TokenLoop, TokenPicker
 from specdec.models.artefacts import go2_pair_paths
-from specdec.models.prompting import apply_prompt_template
 from specdec.protocol import DecodingMode
 from go2_sim.expert import search_turn
 
@@ -68,8 +67,8 @@ def greedy_policy(adapter, max_new_tokens: int = 8, template: str = ""):
     """``env -> action text``: ``adapter`` alone, greedy, on the episode's current frame (the
     prompt: ``template`` around the instruction, specdec.models.prompting)."""
     def policy(env) -> str:
-        prompt = apply_prompt_template(template, env.instruction, env.last_move_blocked)
-        return adapter.decode_text(greedy_decode(adapter, prompt, bgr_to_rgb(env.render()), max_new_tokens))
+        image = bgr_to_rgb(env.render())
+        return adapter.decode_text(greedy_decode(adapter, env.prompt(template), image, max_new_tokens))
 
     return policy
 
@@ -241,15 +240,12 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
         # wherever it sees the same frame (it does, while both follow the same trajectory)
         target_tokens: Dict[tuple, List[int]] = {}
 
-        def prompt(env) -> str:
-            return apply_prompt_template(template, env.instruction, env.last_move_blocked)
-
         def frame_key(env, image) -> tuple:
-            return prompt(env), hashlib.sha1(image.tobytes()).hexdigest()
+            return env.prompt(template), hashlib.sha1(image.tobytes()).hexdigest()
 
         def target_policy(env):
             image = bgr_to_rgb(env.render())
-            toks = greedy_decode(target, prompt(env), image, exit_heads=heads, exit_stats=exit_stats)
+            toks = greedy_decode(target, env.prompt(template), image, exit_heads=heads, exit_stats=exit_stats)
             target_tokens[frame_key(env, image)] = toks
             return target.decode_text(toks)
 
@@ -271,10 +267,10 @@ def evaluate_pair(out_dir: Optional[str] = None, seeds: Sequence[int] = EVAL_SEE
             def spec_policy(env):
                 nonlocal reference_decodes
                 image = bgr_to_rgb(env.render())
-                result = runner.generate(prompt(env), image, DecodingMode.SPECULATIVE_EARLY_EXIT)
+                result = runner.generate(env.prompt(template), image, DecodingMode.SPECULATIVE_EARLY_EXIT)
                 reference = target_tokens.get(frame_key(env, image))
                 if reference is None:
-                    reference = greedy_decode(target, prompt(env), image)
+                    reference = greedy_decode(target, env.prompt(template), image)
                     reference_decodes += 1
                 tally.add(result.stats, list(result.tokens) == reference)
                 return result.text

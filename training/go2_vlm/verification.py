@@ -27,7 +27,6 @@ import torch
 from go2_sim.episode import instruction_for
 from specdec.engine.local import LocalSpeculativeDecoder
 from specdec.models.layout import decoder_layout
-from specdec.models.prompting import apply_prompt_template
 from specdec.protocol import DecodingMode
 from training.teacher import Labels
 
@@ -111,11 +110,10 @@ def verification_rows(draft, target, layers: Sequence[int], cfg: TrainConfig, fi
             def policy(env) -> str:
                 image = bgr_to_rgb(env.render())
                 driving = env.target
-                text = record(runner, apply_prompt_template(template, env.instruction, env.last_move_blocked), image)
+                text = record(runner, env.prompt(template), image)
                 for obj in env.world.objects:
                     if obj is not driving:
-                        record(runner, apply_prompt_template(template, instruction_for(obj), env.last_move_blocked),
-                               image)
+                        record(runner, env.prompt(template, instruction_for(obj)), image)
                 return text
 
             for k, job in enumerate(data_jobs(cfg, first_chunk, episodes, learner_driven=True), first_chunk):
