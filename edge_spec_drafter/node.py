@@ -71,6 +71,8 @@ PARAMETERS = [
     Param("draft_length", "adaptive", "fixed: gamma tokens | confidence: stop below confidence_threshold | "
                                    "adaptive: the length with the most expected tokens per second"),
     Param("confidence_threshold", 0.4, "draft_length confidence: stop after a token below this probability"),
+    Param("alternatives", 1, "greedy: the draft's next-best tokens per block position, verified as branches "
+                             "of the same pass (a hit commits one token more; 0: none)"),
     Param("merge_first_block", False, "the cloud verifies block 0 in its prefill pass (one pass fewer)"),
     Param("cloud_finish_tokens", 0, "after a verified block the cloud decodes up to this many tokens itself "
                                     "(a short answer ends in one round trip; 0: never)"),
@@ -135,7 +137,8 @@ class EdgeSpecDrafter(Node):
             max_new_tokens=p["max_new_tokens"], do_sample=p["do_sample"], temperature=p["temperature"],
             top_k=p["top_k"], seed=p["seed"], timeout_s=p["cloud_timeout_s"], predraft=p["predraft"],
             predraft_policy=p["predraft_policy"], draft_length=p["draft_length"],
-            confidence_threshold=p["confidence_threshold"], merge_first_block=p["merge_first_block"],
+            confidence_threshold=p["confidence_threshold"], alternatives=p["alternatives"],
+            merge_first_block=p["merge_first_block"],
             cloud_finish_tokens=p["cloud_finish_tokens"],
             grammar=GRAMMAR_PATTERN if p["grammar"] == "action" else p["grammar"], image_format=p["image_format"],
             image_size=p["image_size"], jpeg_quality=p["jpeg_quality"])

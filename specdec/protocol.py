@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Dict, List, Type
 
-PROTOCOL_VERSION = 3  # 2: SessionStart.prefill_wait_ms / grammar / cloud_finish_tokens, VerifyResult.continued;
-# 3: SessionStart.return_states, VerifyResult.target_states (feature drafts)
+PROTOCOL_VERSION = 4  # 2: SessionStart.prefill_wait_ms / grammar / cloud_finish_tokens, VerifyResult.continued;
+# 3: SessionStart.return_states, VerifyResult.target_states (feature drafts);
+# 4: greedy blocks may carry the draft's next-best tokens (topk > 1), VerifyResult.alternative
 
 
 class DecodingMode(IntEnum):
@@ -129,7 +130,10 @@ class DraftBlock(Message):
     round: int = 0  # verification round, 0-based, one block per round
     position: int = 0  # generated tokens committed before this block
     tokens: List[int] = field(default_factory=list)
-    topk: int = 1  # entries per drafted position in topk_ids / topk_probs
+    # entries per drafted position in topk_ids / topk_probs. Sampling: the draft's distribution.
+    # Greedy: 1, or 1 + the draft's next-best tokens at each position, which the cloud verifies in
+    # the same pass as branches (VerifyResult.alternative)
+    topk: int = 1
     topk_ids: List[int] = field(default_factory=list)  # len(tokens) * topk
     topk_probs: List[float] = field(default_factory=list)  # draft probabilities, same layout
     predrafted: bool = False  # drafted on an early-exit hint before the last result came
@@ -159,6 +163,9 @@ class VerifyResult(Message):
     position: int = 0
     accepted: int = 0  # draft tokens accepted, 0..len(tokens)
     next_token: int = 0  # corrected token (accepted < len) or bonus token
+    # -1, or the draft's next-best token (a greedy block's topk_ids) that the target chose in place of
+    # tokens[accepted - 1]: committed are tokens[:accepted - 1] + [alternative] + [next_token]
+    alternative: int = -1
     finished: bool = False  # generation ended with next_token (or the last continued token)
     finish_reason: int = int(FinishReason.NOT_FINISHED)
     queue_ms: float = 0.0  # time the block waited at the server

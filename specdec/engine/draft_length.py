@@ -197,6 +197,8 @@ class AdaptiveLength(DraftLengthPolicy):
             self.first_confidences = (self.first_confidences + [outcome.first_confidence])[-64:]
         if outcome.draft_ms_per_token > 0:
             self.draft_ms.add(outcome.draft_ms_per_token)
+        if outcome.with_prefill:
+            return  # a prefill's time says nothing about a round's verification or the link
         if outcome.verify_ms > 0:
             self.verify_ms.setdefault(outcome.drafted, _Ema(0.2)).add(outcome.verify_ms)
         self.link_ms.add(max(0.0, outcome.wait_ms - outcome.verify_ms - outcome.queue_ms))

@@ -60,6 +60,22 @@ from .stats import DecisionStats, RoundStats
 from .token_loop import TokenLoop, TokenPicker
 
 
+def _alternatives(block: DraftProposal, i: int) -> List[int]:
+    """The next-best tokens a greedy block offered at position ``i`` (none for a sampled block)."""
+    k = block.topk
+    if k < 2 or not 0 <= i < len(block.tokens):
+        return []
+    return [t for t in block.topk_ids[i * k + 1:(i + 1) * k] if t != block.tokens[i]]
+
+
+def accepted_tokens(block: DraftProposal, result: VerifyResult) -> List[int]:
+    """The block's tokens a result commits (before its ``next_token``): the accepted prefix, its
+    last token replaced by the alternative the target chose, if any."""
+    if result.alternative == -1:
+        return list(block.tokens[:result.accepted])
+    return list(block.tokens[:result.accepted - 1]) + [result.alternative]
+
+
 class CloudError(RuntimeError):
     """The cloud refused or ended the session (``reason`` is an :class:`EndReason`)."""
 
@@ -84,6 +100,7 @@ class DecodeResult:
 
 PREDRAFT_POLICIES = ("hint", "eager")
 DRAFT_LENGTHS = ("fixed", "confidence", "adaptive")
+MAX_ALTERNATIVES = 8
 
 
 @dataclass
@@ -108,6 +125,10 @@ class DecodeConfig:
     # across decisions, a sampling seed reproduces a decision only for the same policy state)
     draft_length: str = "fixed"
     confidence_threshold: float = 0.4
+    # greedy: the draft's next-best tokens sent after each drafted one; the cloud verifies them in the
+    # same pass as one-token branches and, when the target picks one, commits one token more
+    # (VerifyResult.alternative). Ignored when sampling.
+    alternatives: int = 0
     merge_first_block: bool = False  # the cloud holds its prefill for block 0 (one pass for both)
     cloud_finish_tokens: int = 0  # after each verified block the cloud decodes up to this many tokens itself
     grammar: str = ""  # output grammar (a regular expression, engine.grammar) for draft and target
@@ -132,6 +153,8 @@ class DecodeConfig:
             problems.append(f"predraft_policy must be 'hint' or 'eager', got {self.predraft_policy!r}")
         if self.draft_length not in DRAFT_LENGTHS:
             problems.append(f"draft_length must be one of {', '.join(DRAFT_LENGTHS)}, got {self.draft_length!r}")
+        if not 0 <= self.alternatives <= MAX_ALTERNATIVES:
+            problems.append(f"alternatives must be 0..{MAX_ALTERNATIVES} (got {self.alternatives})")
         if not 0.0 <= self.confidence_threshold <= 1.0:
             problems.append(f"confidence_threshold must be in [0, 1] (got {self.confidence_threshold})")
         if not self.timeout_s > 0:
@@ -350,7 +373,8 @@ class EdgeDecoder:
         grammar = self._grammar(cfg)
         # 1. Open the session: the cloud starts encoding the prompt and image right away.
         session.send(self._start_msg(cfg, prompt, frame, mode, stop))
-        picker = TokenPicker.for_draft(self._params(cfg), make_generator(cfg.seed, "draft"), self._draft_k(cfg))
+        picker = TokenPicker.for_draft(self._params(cfg), make_generator(cfg.seed, "draft"), self._draft_k(cfg),
+                                       cfg.alternatives)
         try:
             # 2. Prefill the draft and propose block 0.
             proposer = Proposer(self.draft, self._prefill(prompt, frame, stats), picker, stop, cfg.max_new_tokens,
@@ -371,10 +395,11 @@ class EdgeDecoder:
                 policy.observe(RoundOutcome(len(block.tokens), result.accepted, block.confidences, result.verify_ms,
                                             result.queue_ms, rs.elapsed_ms,
                                             proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0,
-                                            block.first_confidence))
+                                            block.first_confidence,
+                                            with_prefill=cfg.merge_first_block and len(stats.round_log) == 1))
                 # 5. Commit what the cloud accepted, plus its own token(s).
                 self._take_states(proposer.state, committed, result)
-                committed = committed + block.tokens[:result.accepted] + [result.next_token] + list(result.continued)
+                committed = committed + accepted_tokens(block, result) + [result.next_token] + list(result.continued)
                 if result.finished:
                     finish = FinishReason(result.finish_reason) if result.finish_reason else FinishReason.MAX_NEW_TOKENS
                     break
@@ -437,6 +462,9 @@ class EdgeDecoder:
                 raise CloudError(msg.reason, msg.detail)
         if not 0 <= msg.accepted <= len(block.tokens):
             raise ProtocolError(f"round {round_no}: cloud accepted {msg.accepted} of {len(block.tokens)} tokens")
+        if msg.alternative != -1 and msg.alternative not in _alternatives(block, msg.accepted - 1):
+            raise ProtocolError(f"round {round_no}: cloud chose token {msg.alternative}, not one of the draft's "
+                                f"alternatives at position {msg.accepted - 1}")
         if len(msg.continued) > cfg.cloud_finish_tokens:
             raise ProtocolError(f"round {round_no}: cloud continued {len(msg.continued)} tokens, more than asked")
         rs.set_result(msg, blocked * 1000, (time.perf_counter() - t_sent) * 1000, block.tokens)

@@ -57,6 +57,8 @@ class RoundOutcome:
     wait_ms: float  # edge: send -> result (network + queue + verification)
     draft_ms_per_token: float  # edge: measured cost of one draft step (0 when unknown)
     first_confidence: Optional[float] = None  # of the block's first drafted token, even if not sent
+    # block 0 verified in the cloud's prefill pass (merge_first_block): its times are the prefill's
+    with_prefill: bool = False
 
 
 class DraftLengthPolicy(ABC):

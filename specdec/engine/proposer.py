@@ -55,7 +55,7 @@ class Proposer:
         """The loop's tokens as a block, cut to what the policy sends."""
         while self.extend(loop):
             pass
-        k = self.picker.record_k if self.picker.kind == "propose" else 1
+        k = self.picker.recorded
         if k == 1:
             ids, probs = list(loop.tokens), [1.0] * len(loop.tokens)
         else:

@@ -43,6 +43,7 @@ class RoundStats:
     drafted: int  # draft tokens in the block
     accepted: int = 0  # as the result says it (the protocol's count)
     kept: int = 0  # drafted tokens the answer keeps (below)
+    alternative: bool = False  # the result took one of the draft's next-best tokens (VerifyResult.alternative)
     next_token: int = -1
     predrafted: bool = False  # the block was drafted on the previous round's hint
     draft_ms: float = 0.0  # edge time drafting this block (0 extra when pre-drafted)
@@ -81,9 +82,14 @@ class RoundStats:
         ``kept`` counts the drafted tokens the target agreed with. It is ``accepted``, plus one when
         the result's own token is the block's next drafted token: a block cut at its stop token or
         at ``max_new_tokens`` names its last kept token as ``next_token`` (the protocol always
-        names one), so a perfect draft of ``left 30 <|im_end|>`` has accepted 2 and kept 3."""
+        names one), so a perfect draft of ``left 30 <|im_end|>`` has accepted 2 and kept 3. A result
+        that took one of the draft's alternatives (``alternative``) kept the drafted tokens before it."""
         self.accepted = result.accepted
-        self.kept = result.accepted + int(result.accepted < len(block) and block[result.accepted] == result.next_token)
+        self.alternative = result.alternative != -1
+        if self.alternative:  # the last accepted token is a next-best one: the drafted one there was not kept
+            self.kept = result.accepted - 1
+        else:
+            self.kept = result.accepted + int(result.accepted < len(block) and block[result.accepted] == result.next_token)
         self.next_token = result.next_token
         self.continued = len(result.continued)
         self.queue_ms = result.queue_ms
@@ -208,6 +214,7 @@ class VerifierStats:
     compute_ms: float = 0.0
     hints_sent: int = 0
     head_rows: int = 0  # LM-head rows computed at verification (lazily: up to the first rejection)
+    branch_hits: int = 0  # rounds that committed one of the draft's alternatives (and the token after it)
     continued_tokens: int = 0  # tokens the cloud decoded itself after verified blocks (cloud_finish_tokens)
     batches: int = 0  # forward passes that verified, decoded or whole-prefilled for sessions (batched or alone)
     batched_rows: int = 0  # sessions served by those passes (batched_rows / batches: mean batch size)

@@ -35,10 +35,18 @@ class TokenPicker:
     params: SamplingParams
     generator: Optional[torch.Generator] = None
     record_k: int = 1  # "propose": entries of the draft distribution recorded per token
+    alternatives: int = 0  # "greedy": next-best tokens recorded after each chosen one (branches to verify)
 
     def __post_init__(self):
         if self.kind not in ("greedy", "propose", "sample"):
             raise ValueError(f"unknown token picker {self.kind!r}")
+
+    @property
+    def recorded(self) -> int:
+        """Entries per token in a loop's ``topk_ids`` / ``topk_probs`` (1: none are recorded)."""
+        if self.kind == "propose":
+            return self.record_k
+        return 1 + self.alternatives if self.kind == "greedy" else 1
 
     @classmethod
     def for_target(cls, params: SamplingParams, generator) -> "TokenPicker":
@@ -46,9 +54,11 @@ class TokenPicker:
         return cls("sample" if params.do_sample else "greedy", params, generator)
 
     @classmethod
-    def for_draft(cls, params: SamplingParams, generator, record_k: int) -> "TokenPicker":
-        """A draft proposing tokens for verification."""
-        return cls("propose" if params.do_sample else "greedy", params, generator, record_k)
+    def for_draft(cls, params: SamplingParams, generator, record_k: int, alternatives: int = 0) -> "TokenPicker":
+        """A draft proposing tokens for verification (greedy: with ``alternatives`` next-best tokens)."""
+        if params.do_sample:
+            return cls("propose", params, generator, record_k)
+        return cls("greedy", params, generator, alternatives=alternatives)
 
     def pick(self, logits: torch.Tensor, ids: Optional[torch.Tensor] = None,
              allowed: Optional[torch.Tensor] = None) -> Tuple[int, float, List[int], List[float]]:
@@ -58,9 +68,15 @@ class TokenPicker:
             logits = logits.masked_fill(~allowed, float("-inf"))
         if self.kind == "greedy":
             column = int(torch.argmax(logits))
-            confidence = float(torch.softmax(logits.float(), -1)[column])
+            probs = torch.softmax(logits.float(), -1)
             token = column if ids is None else int(ids[column])
-            return token, confidence, [token], [1.0]
+            if not self.alternatives:
+                return token, float(probs[column]), [token], [1.0]
+            top_p, top_c = probs.topk(min(1 + self.alternatives, probs.shape[-1]))
+            columns = [column] + [int(c) for c, p in zip(top_c.tolist(), top_p.tolist()) if c != column and p > 0]
+            columns = columns[:1 + self.alternatives]  # masked columns (probability 0) are never offered
+            tokens = columns if ids is None else ids[torch.tensor(columns)].tolist()
+            return token, float(probs[column]), tokens, [float(probs[c]) for c in columns]
         if self.kind == "propose":
             k = min(self.record_k, int(allowed.sum()) if allowed is not None else logits.shape[-1])
             column, columns, probs = draft_sample(logits, self.params.temperature, max(k, 1), self.generator)
@@ -144,8 +160,8 @@ class TokenLoop:
             self.grammar_state = self.grammar.advance(self.grammar_state, token)
         self.tokens.append(token)
         self.confidences.append(confidence)
-        if self.picker.kind == "propose":  # the exact distribution, padded to k entries per token
-            k = self.picker.record_k
+        k = self.picker.recorded
+        if k > 1:  # sampling: the exact distribution; greedy: the next-best tokens; padded to k per token
             self.topk_ids.extend(ids + [ids[0]] * (k - len(ids)))
             self.topk_probs.extend(probs + [0.0] * (k - len(probs)))
 

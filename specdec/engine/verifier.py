@@ -27,10 +27,14 @@ Message handling
   where one waited - with each other (left-padded prompts; a prompt is far longer than a block, so
   the two kinds do not mix). A chunked prefill runs alone, one chunk per turn.
 * ``DraftBlock`` for the expected round: one target forward over
-  ``[last committed token] + tokens``; the LM head runs only for the rows acceptance reads (up to
-  the first rejection). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
+  ``[last committed token] + tokens`` - plus, for a greedy block that offers the draft's next-best
+  tokens (``topk > 1``) and has the pass to itself, those alternatives as one-token branches
+  (``VerifierSettings.max_branches``); the LM head runs once, when acceptance first reads a row, for
+  all the pass's rows. When the target's token at the first rejection is an alternative, its
+  branch row gives the token after it: the result commits one token more
+  (``VerifyResult.alternative``). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
   layer sends an ``EarlyExitHint`` (predicted accepted count and next token) as the pass reaches
-  it, its rows computed lazily too. Then acceptance (greedy or rejection sampling, under the
+  it, its rows in one head call too. Then acceptance (greedy or rejection sampling, under the
   session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
   ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
   the target's states), the pass's final hidden states of the committed positions. When
@@ -126,9 +130,11 @@ class _Session:
 
 
 class _Rows:
-    """The target's logits for a verified block, one row at a time: row ``i`` scores the token
-    after ``committed + tokens[:i]`` (masked by the grammar when the session has one). The LM
-    head runs only for the rows an acceptance rule reads."""
+    """The target's logits for a verified block: row ``i`` scores the token after ``committed +
+    tokens[:i]`` (masked by the grammar when the session has one). The LM head runs once, when an
+    acceptance rule first reads a row, for every row of the pass (branch rows included): one pass
+    over the head's weights serves a few rows for little more than one costs, row by row it would
+    be one pass each."""
 
     def __init__(self, target: ModelAdapter, hidden: torch.Tensor, sess: _Session, tokens: List[int]):
         self.target = target
@@ -136,6 +142,7 @@ class _Rows:
         self.grammar = sess.grammar
         self.state = sess.grammar.state_after(sess.committed) if sess.grammar is not None else None
         self.tokens = tokens
+        self.logits: Optional[torch.Tensor] = None  # [rows, vocab], computed on first read
         self.rows: Dict[int, torch.Tensor] = {}
         self.computed = 0
 
@@ -147,14 +154,29 @@ class _Rows:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if i not in self.rows:
-            row = self.target.logits(self.hidden[i:i + 1])[0]
+            if self.logits is None:
+                self.logits = self.target.logits(self.hidden)
+                self.computed = self.hidden.shape[0]
+            row = self.logits[i]
             if self.grammar is not None:
                 allowed = self.grammar.allowed(self._grammar_state(i), device=row.device)
                 if allowed.any():  # none: the row follows a stop token and is cut anyway
                     row = row.masked_fill(~allowed, float("-inf"))
             self.rows[i] = row
-            self.computed += 1
         return self.rows[i]
+
+    def path(self, accepted: int, branch: int, token: int) -> "_Rows":
+        """The rows along ``tokens[:accepted] + [token]``, the branch ``token`` being hidden row
+        ``branch``: its last row predicts the token after the branch."""
+        rows = [*range(accepted + 1), branch]
+        view = _Rows.__new__(_Rows)  # same session and grammar start: nothing to recompute
+        view.target, view.grammar, view.state = self.target, self.grammar, self.state
+        view.tokens = self.tokens[:accepted] + [token]
+        view.hidden = self.hidden[rows]
+        view.logits = self.logits[rows] if self.logits is not None else None
+        view.rows = {i: row for i, row in self.rows.items() if i <= accepted}
+        view.computed = 0
+        return view
 
 
 @dataclass
@@ -170,6 +192,9 @@ class _Job:
     tokens: List[int]  # the draft block
     t0: float
     hints: bool
+    # greedy: (position in tokens, alternative token) verified as branches of this pass; emptied when
+    # the pass is shared (batched), which verifies the block alone
+    branches: List[Tuple[int, int]] = field(default_factory=list)
 
 
 class Verifier:
@@ -707,7 +732,29 @@ class Verifier:
             if k < 1 or len(msg.topk_ids) != n * k or len(msg.topk_probs) != n * k:
                 return (f"sampling needs topk_ids/topk_probs of len(tokens) * topk = {n} * {k}, got "
                         f"{len(msg.topk_ids)} / {len(msg.topk_probs)}")
+        elif msg.topk > 1 and n:  # greedy alternatives
+            if len(msg.topk_ids) != n * msg.topk:
+                return f"alternatives need topk_ids of len(tokens) * topk = {n} * {msg.topk}, got {len(msg.topk_ids)}"
+            if any(not 0 <= t < vocab for t in msg.topk_ids):
+                return f"alternative token outside the vocabulary 0..{vocab - 1}"
         return None
+
+    def _branches(self, sess: _Session, msg: DraftBlock) -> List[Tuple[int, int]]:
+        """A greedy block's alternatives worth a branch: (position, token), distinct and not the
+        drafted token, at most ``max_branches``, nearest positions first (where rejections happen)."""
+        k, limit = msg.topk, self.settings.max_branches
+        if sess.params.do_sample or k < 2 or not limit or not self.target.can_branch:
+            return []
+        out = []
+        for i, token in enumerate(msg.tokens):
+            if token in sess.stop:
+                break  # nothing after a stop token is verified
+            seen = {token}
+            for alt in msg.topk_ids[i * k + 1:(i + 1) * k]:
+                if alt not in seen:
+                    seen.add(alt)
+                    out.append((i, alt))
+        return out[:limit]
 
     # -- model work: verification rounds and cloud-only steps, alone or batched ----------------
     def _run_batch(self, items, emit: Emit) -> None:
@@ -753,7 +800,14 @@ class Verifier:
                 for job, (state, hidden) in zip(jobs, prefilled):
                     job.sess.state, job.sess.inputs, job.sess.prefill_due = state, None, None
                     hiddens.append(hidden)
+            elif len(jobs) == 1 and jobs[0].branches:  # one round with its alternatives as branches
+                job = jobs[0]
+                parent = len(job.feed) - len(job.tokens) - 1  # the feed's last committed token
+                hiddens = [self.target.forward_with_branches(job.sess.state, job.feed,
+                                                             [(parent + i, t) for i, t in job.branches], job.keep)]
             else:  # rounds and steps, with any prompts mixed in (fed from position 0)
+                for job in jobs:
+                    job.branches = []  # a shared pass verifies blocks alone
                 states, extras, prompt = [], [], []
                 for job in jobs:
                     prompt.append(job.feed is None)
@@ -806,7 +860,7 @@ class Verifier:
         tokens = list(msg.tokens)
         feed = None if sess.state is None else self.target.sync(sess.state, sess.committed) + tokens
         return _Job("verify", sess, msg, received_at, feed, len(tokens) + 1, tokens, time.perf_counter(),
-                    sess.hints and bool(tokens))
+                    sess.hints and bool(tokens), self._branches(sess, msg) if feed is not None else [])
 
     def _decode_alone(self, job: "_Job", emit: Emit) -> None:
         """A cloud-only session with nothing to batch with: up to ``decode_chunk`` tokens this turn.
@@ -863,10 +917,23 @@ class Verifier:
             )
         else:
             accepted, next_token = self.greedy_rule(rows_view, tokens)
+        alternative, path = -1, tokens
+        if (accepted < len(tokens) and (accepted, next_token) in job.branches
+                and next_token not in sess.stop):
+            # the target chose an alternative the draft offered: its branch row gives one more token
+            branch = len(tokens) + 1 + job.branches.index((accepted, next_token))
+            on_path = rows_view.path(accepted, branch, next_token)
+            path, hidden = on_path.tokens, on_path.hidden
+            accepted, next_token = self.greedy_rule(on_path, path)
+            alternative = path[-1]
+            self.stats.head_rows += on_path.computed
         self.stats.head_rows += rows_view.computed
         self.target.settle()  # the verdict is known: an emulated device would be done only now
-        accepted, next_token, finish = self._finish_rules(sess, tokens, accepted, next_token)
-        sess.committed.extend(tokens[:accepted])
+        accepted, next_token, finish = self._finish_rules(sess, path, accepted, next_token)
+        if alternative != -1 and accepted < len(path):
+            alternative = -1  # cut before the alternative: an ordinary result
+        self.stats.branch_hits += alternative != -1
+        sess.committed.extend(path[:accepted])
         sess.committed.append(next_token)
         self._spent(sess, job.t0, share=rows)
         self.stats.rounds += 1
@@ -876,6 +943,7 @@ class Verifier:
             position=msg.position,
             accepted=accepted,
             next_token=next_token,
+            alternative=alternative,
             finished=finish != FinishReason.NOT_FINISHED,
             finish_reason=int(finish),
             queue_ms=queue_ms,
@@ -934,7 +1002,7 @@ class Verifier:
     def _attach_hints(self, jobs: List["_Job"], emit: Emit, t0: float):
         """Hooks that send one hint per exit layer and session from inside the (batched)
         verification pass. Each hint walks its block's rows at that layer until the exit head
-        disagrees with a draft token, so it computes exit logits for ``accepted + 1`` rows, not all."""
+        disagrees with a draft token (their exit logits computed in one call)."""
         if not any(job.hints for job in jobs):
             return None
         heads = self.exit_heads
@@ -944,10 +1012,11 @@ class Verifier:
             hints = []
             for row, job in rows:
                 n, end = len(job.tokens), hidden.shape[1] if job.feed is None else len(job.feed)
-                states = hidden[row, end - (n + 1):end]
+                # every row in one head call (one pass over the head's weights), read until a disagreement
+                exit_logits = heads.exit_logits(layer, hidden[row, end - (n + 1):end]).float()
                 accepted = 0
                 while True:
-                    logits = heads.exit_logits(layer, states[accepted:accepted + 1])[0].float()
+                    logits = exit_logits[accepted]
                     guess = int(torch.argmax(logits))
                     if accepted < n and guess == job.tokens[accepted]:
                         accepted += 1

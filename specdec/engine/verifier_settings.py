@@ -22,6 +22,8 @@ class VerifierSettings:
     linger_s: float = _setting(30.0, "a closed session still answers duplicate blocks this long")
     max_sessions: int = _setting(64, "open sessions, all robots")
     max_gamma: int = _setting(64, "longest draft block accepted")
+    max_branches: int = _setting(16, "a greedy block's alternatives verified as branches of its pass, at most "
+                                     "(0: none; only when the block's pass is its own)")
     max_new_tokens_limit: int = _setting(4096, "largest max_new_tokens accepted")
     max_prompt_tokens: int = _setting(8192, "longest encoded prompt (image tokens included)")
     max_prefill_wait_ms: float = _setting(1000.0, "longest a prefill waits for block 0 (merge_first_block)")
@@ -41,4 +43,4 @@ class VerifierSettings:
 
     def check(self) -> "VerifierSettings":
         return check_positive(self, "verifier setting",
-                              may_be_zero=("batch_window_ms", "prefill_chunk", "max_prefill_batch", "mix_prefills"))
+                              may_be_zero=("max_branches", "batch_window_ms", "prefill_chunk", "max_prefill_batch", "mix_prefills"))

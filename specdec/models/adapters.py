@@ -212,6 +212,11 @@ class ModelAdapter:
         """Explicit position ids for ``count`` tokens from cache position ``start`` (None: model default)."""
         return None
 
+    def _branch_positions(self, state: DecodeState, start: int, count: int, offsets: Sequence[int]) -> torch.Tensor:
+        """Position ids of ``count`` fed tokens from cache position ``start`` followed by branch
+        tokens at ``start + offsets``."""
+        return (torch.tensor(list(range(count)) + list(offsets), device=self.device) + start).view(1, -1)
+
     def _prefill_extra(self, inputs: PromptInputs, state: DecodeState) -> Dict[str, Any]:
         """Model kwargs for the prefill forward (vision tensors)."""
         return {}
@@ -360,6 +365,58 @@ class ModelAdapter:
         hidden = self._run(state, tokens, state.length, keep)
         state.cached.extend(tokens)
         return hidden
+
+    @property
+    def _attention(self) -> Optional[str]:
+        """The language model's attention implementation (``sdpa``, ``eager``, ...)."""
+        config = getattr(self.model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        return getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+
+    @property
+    def can_branch(self) -> bool:
+        """:meth:`forward_with_branches` works: attention that takes an explicit 4D mask (eager or
+        SDPA) over every cached key (no sliding window, as for :attr:`can_batch`)."""
+        return self._attention in ("eager", "sdpa") and self.can_batch
+
+    @torch.inference_mode()
+    def forward_with_branches(self, state: DecodeState, tokens: Sequence[int], branches: Sequence[Tuple[int, int]],
+                              keep: int) -> torch.Tensor:
+        """:meth:`forward_hidden` of ``tokens`` plus, in the same pass, one-token *branches*: ``(parent,
+        token)`` puts ``token`` right after ``tokens[parent]`` instead of ``tokens[parent + 1]`` (a
+        draft's next-best token at that position). Returns the final hidden states of the last
+        ``keep`` of ``tokens`` followed by one row per branch: what the model predicts after
+        ``tokens[:parent + 1] + [token]``. Each branch row sees the cache, its prefix and itself
+        (an explicit attention mask, its position ``parent + 1``); the chain rows see what they would
+        without branches. The branches' keys and values are dropped afterwards: the cache holds
+        ``tokens`` only, so a branch that is committed is fed again next time."""
+        if not branches:
+            return self.forward_hidden(state, tokens, keep)
+        start, n, b = state.length, len(tokens), len(branches)
+        if any(not 0 <= parent < n - 1 for parent, _ in branches):
+            raise ValueError(f"a branch needs a parent among the first {n - 1} fed tokens")
+        ids = torch.tensor([list(tokens) + [t for _, t in branches]], device=self.device)
+        positions = self._branch_positions(state, start, n, [parent + 1 for parent, _ in branches])
+        allowed = torch.zeros(n + b, start + n + b, dtype=torch.bool, device=self.device)
+        allowed[:, :start] = True
+        allowed[:n, start:start + n] = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        for j, (parent, _) in enumerate(branches):
+            allowed[n + j, start:start + parent + 1] = True
+            allowed[n + j, start + n + j] = True
+        if self._attention == "sdpa":
+            mask = allowed[None, None]
+        else:  # eager attention adds the mask to its scores
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            mask = mask[None, None]
+        if self.clock is not None:
+            self.clock.begin(n + b, start, 0)
+        out = self._decoder(input_ids=ids, attention_mask=mask, past_key_values=state.cache, use_cache=True,
+                            position_ids=positions)
+        state.cached.extend(tokens)
+        state.cache.crop(-b)  # the branches' keys and values
+        hidden = out.last_hidden_state[0]
+        return torch.cat([hidden[n - keep:n], hidden[n:]])
 
     @property
     def can_batch(self) -> bool:
@@ -575,6 +632,12 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         if not keys <= {"pixel_values", "image_grid_thw"} or any(set(e) != keys for e in present):
             return None
         return {k: torch.cat([e[k] for e in present]) for k in keys}
+
+    def _branch_positions(self, state: DecodeState, start: int, count: int, offsets: Sequence[int]) -> torch.Tensor:
+        # branches are generated text: M-RoPE's three parts are the same text position
+        fed = self._positions(state, start, count)
+        branch = torch.tensor(list(offsets), device=self.device) + start + state.rope_delta
+        return torch.cat([fed, branch.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
 
     def _positions(self, state: DecodeState, start: int, count: int) -> torch.Tensor:
         prompt = state.prompt_positions

@@ -47,7 +47,8 @@ def test_batched_sessions_are_each_the_target_alone(arch, tiny_pair, reference, 
     refs = {p: reference(target, p, img, max_new_tokens=12) for p in PROMPTS}
     verifier = Verifier(target, EarlyExitHeads(target.model, [1, 2]), max_batch=4, batch_window_ms=15)
     jobs = {i: [dict(prompt=PROMPTS[(i + k) % 4], image=img, mode=MODES[(i + k) % 4], gamma=2 + (i + k) % 4,
-                     max_new_tokens=12, predraft_policy="eager" if i % 2 else "hint") for k in range(3)]
+                     max_new_tokens=12, predraft_policy="eager" if i % 2 else "hint",
+                     alternatives=(i + k) % 3) for k in range(3)]  # branches where a pass is a robot's own
             for i in range(4)}
     results = _fleet(draft, verifier, jobs)
     for i, calls in jobs.items():

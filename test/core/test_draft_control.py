@@ -122,6 +122,25 @@ def test_adaptive_length_stops_drafting_for_a_draft_that_is_never_right():
     assert confident.keep_drafting([])
 
 
+def test_a_block_verified_in_the_prefill_pass_teaches_no_round_costs(tiny_pair, prompt, monkeypatch):
+    """merge_first_block: block 0's verify time is the prefill's. Were it a round's, every decision
+    would tell the policy that verification costs a prefill, and it would stop drafting."""
+    policy = AdaptiveLength(8)
+    _observe(policy, 10, 2, 1, 0.85, 30.0, 5.0)
+    before = (policy.verify_cost(2), policy.link_ms.value)
+    for _ in range(20):
+        policy.observe(RoundOutcome(2, 1, [0.85] * 2, 900.0, 0.0, 960.0, 5.0, 0.85, with_prefill=True))
+    assert (policy.verify_cost(2), policy.link_ms.value) == before
+    assert policy.keep_drafting([])
+    draft, target = tiny_pair("llama", noise=0.03)  # the edge marks the merged round, and only that one
+    seen, original = [], AdaptiveLength.observe
+    monkeypatch.setattr(AdaptiveLength, "observe",
+                        lambda self, outcome: (seen.append(outcome.with_prefill), original(self, outcome)))
+    with LocalSpeculativeDecoder(draft, target, draft_length="adaptive", merge_first_block=True) as runner:
+        runner.generate(prompt, None, DecodingMode.SPECULATIVE, max_new_tokens=12)
+    assert seen[0] is True and not any(seen[1:]) and len(seen) > 1
+
+
 def test_confidence_stop_and_fixed_length():
     stop = ConfidenceStop(4, 0.4)
     assert stop.keep_drafting([]) and stop.keep_drafting([0.9, 0.5])
@@ -222,10 +241,10 @@ def test_a_hint_predicts_the_result_as_it_is_cut_at_the_stop_token(tiny_pair, re
     block = ref[:j + 1] + [7, 8]  # the answer, its stop token, then tokens past the end
     heads = EarlyExitHeads(target.model, [1])
 
-    def oracle(layer, hidden, calls=[]):  # an exit head that always names the target's token
-        logits = torch.full((1, target.vocab_size), -10.0)
-        logits[0, ref[len(calls)]] = 10.0
-        calls.append(layer)
+    def oracle(layer, hidden):  # an exit head that always names the target's token (row i: position i)
+        logits = torch.full((hidden.shape[0], target.vocab_size), -10.0)
+        for i in range(hidden.shape[0]):
+            logits[i, ref[i]] = 10.0
         return logits
 
     heads.exit_logits = oracle
