@@ -43,7 +43,17 @@ OURS = {  # name -> (EdgeDecoder settings, decoding mode name, draft: the pair's
     # assisted generation has no way to feed an assistant the target's states, so HF rows use "draft"
     "ours_feature_fixed": (dict(draft_length="fixed"), "SPECULATIVE", "feature"),
     "ours_feature_adaptive": (dict(draft_length="adaptive"), "SPECULATIVE", "feature"),
+    # the draft's next-best token at each position verified as a branch of the same pass
+    "ours_feature_1_alt1": (dict(draft_length="fixed", gamma=1, alternatives=1), "SPECULATIVE", "feature"),
+    "ours_feature_2_alt1": (dict(draft_length="fixed", gamma=2, alternatives=1), "SPECULATIVE", "feature"),
+    "ours_feature_adaptive_alt1": (dict(draft_length="adaptive", alternatives=1), "SPECULATIVE", "feature"),
 }
+# Every row of ours verifies block 0 in the target's prefill pass, as transformers' assisted generation
+# does (its first target pass is the prompt and the first candidates) and as the robot runs.
+OURS_COMMON = dict(merge_first_block=True)
+# Both drafts store their weights bfloat16 (specdec.models.kernels.use_bf16_weights), for transformers'
+# rows as for ours: what an edge runs, and a draft's weights never change the output.
+DRAFT_QUANTIZATION = "bf16"
 
 
 def _timed(fn):
@@ -66,9 +76,9 @@ def compare(workload, gamma: int = 4, log: Callable[[str], None] = print) -> Dic
     from specdec.protocol import DecodingMode
 
     torch.set_num_threads(1)
-    drafts = {"draft": load_model(workload.draft, name="draft")}
+    drafts = {"draft": load_model(workload.draft, name="draft", quantization=DRAFT_QUANTIZATION)}
     if workload.feature_draft:
-        drafts["feature"] = load_model(workload.feature_draft, name="feature-draft")
+        drafts["feature"] = load_model(workload.feature_draft, name="feature-draft", quantization=DRAFT_QUANTIZATION)
     ours = {name: spec for name, spec in OURS.items() if spec[2] in drafts}
     draft = drafts["draft"]
     target = load_model(workload.target, name="target")
@@ -78,8 +88,8 @@ def compare(workload, gamma: int = 4, log: Callable[[str], None] = print) -> Dic
     tokens_per_round: Dict[str, List[float]] = {name: [] for name in ours}
     mismatches = []
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else target.eos_token_ids[0]
-    runners = {name: LocalSpeculativeDecoder(drafts[kind], target, gamma=gamma if settings["draft_length"] != "adaptive"
-                                             else 2 * gamma, max_new_tokens=n_new, **settings)
+    runners = {name: LocalSpeculativeDecoder(drafts[kind], target, max_new_tokens=n_new, **{
+                   "gamma": gamma if settings["draft_length"] != "adaptive" else 2 * gamma, **OURS_COMMON, **settings})
                for name, (settings, _, kind) in ours.items()}
     try:
         for name, runner in runners.items():  # warm-up (and the adaptive policies' first estimates)
@@ -167,8 +177,8 @@ def report_lines(assisted: dict, processor: str, table) -> List[str]:
                      f"{row['non_model_ms_per_round']:.1f}" if "non_model_ms_per_round" in row else ""])
     lines += table(["decoder", "tokens/s", "vs best HF", "tokens/round", "non-model ms/round"], rows)
     lines += ["", f"Best ours ({assisted['best_ours']}) vs transformers at its best setting ({assisted['best_hf']}): "
-                  f"**{assisted['ratio_best_ours_vs_best_hf']:.2f}x** (bar 1.3x); vs the target alone: "
-                  f"**{assisted['ratio_best_ours_vs_target']:.2f}x**."]
+                  f"**{assisted['ratio_best_ours_vs_best_hf']:.3f}x** (bar 1.3x); vs the target alone: "
+                  f"**{assisted['ratio_best_ours_vs_target']:.3f}x**."]
     spread = assisted.get("ratio_per_prompt")
     if spread:
         lines += [f"The same ratio prompt by prompt: median {spread[len(spread) // 2]:.2f}x, "

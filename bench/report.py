@@ -391,7 +391,8 @@ def write(report: dict, out_dir: str) -> str:
         f"joined by the real WebSocket transport through a user-space link emulator. "
         f"{'Quick settings. ' if s['quick'] else ''}Block 0 merged with the cloud's prefill: "
         f"{'yes' if s['merge_first_block'] else 'no'}; the cloud finishes up to "
-        f"{_finish_tokens(report)} token(s) itself after a verified block. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
+        f"{_finish_tokens(report)} token(s) itself after a verified block; greedy blocks offer "
+        f"{s.get('alternatives', 0)} alternative(s) per position. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
         "Every lossless mode produced exactly cloud-only's greedy tokens on every input, measured and emulated "
         "(checked in the run).", "",
         "EMULATED rows run the real models and the real system; forward passes and the link take the profile's "

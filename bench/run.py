@@ -81,6 +81,9 @@ class Settings:
     # after a verified block the cloud decodes up to this many tokens itself; None: the robot's own
     # setting per workload (config/edge_spec_drafter.yaml: 4 for the Go2's 2-3 token actions, 0 for text)
     cloud_finish_tokens: Optional[int] = None
+    # greedy speculative modes: the draft's next-best tokens per block position, verified as branches
+    # (DecodeConfig.alternatives; 0, the library's default, unless --alternatives sets it)
+    alternatives: int = 0
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
     fleet_think_s: Optional[float] = None  # robot's pause between decisions (None: the Go2's motion time; 0: saturated)
@@ -173,7 +176,8 @@ class WorkloadBench:
         finish = cfg.cloud_finish_tokens
         if finish is None:
             finish = CLOUD_FINISH_TOKENS.get(workload.name, 0)
-        self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=finish)
+        self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=finish,
+                           alternatives=cfg.alternatives)
         self.out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
                     "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
                     "exit_fraction": exit_fraction(workload.exits), "emulated": [], "fleet": [], "map": []}
@@ -509,6 +513,9 @@ def main(argv=None):
     parser.add_argument("--cloud-finish-tokens", type=int, default=None,
                         help="speculative modes: the cloud decodes up to this many tokens itself after a verified "
                              "block (short answers end in one round trip); default: go2 4, text 0")
+    parser.add_argument("--alternatives", type=int, default=0,
+                        help="greedy speculative modes send the draft's next-best N tokens per position, verified as "
+                             "branches of the same pass (DecodeConfig.alternatives; default 0)")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     parser.add_argument("--assisted-only", action="store_true",
                         help="only section 5: transformers' assisted generation vs our engine, text pair in process")
@@ -533,6 +540,7 @@ def main(argv=None):
         cfg.fleet_verifiers = args.fleet_verifiers
     cfg.merge_first_block = not args.no_merge_first_block
     cfg.cloud_finish_tokens = args.cloud_finish_tokens
+    cfg.alternatives = args.alternatives
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
