@@ -90,7 +90,9 @@ class AdaptiveLength(DraftLengthPolicy):
     """Chooses each block's length to maximise expected committed tokens per second.
 
     For a block of ``n`` drafted tokens with predicted acceptance ``a_1..a_n`` the round commits
-    ``E(n) = 1 + sum_j prod_{i<=j} a_i`` tokens in expectation and takes
+    ``E(n) = 1 + sum_j prod_{i<=j} a_i`` tokens in expectation - plus, when blocks offer the draft's
+    next-best tokens, ``h`` for the rejection at ``j`` (probability ``prod_{i<j} a_i (1 - a_j)``),
+    ``h`` being how often the target's token there is one of them (measured) - and takes
     ``C(n) = draft + link + verify(n)``. After each drafted token it continues while
     ``E(n+1) / C(n+1) > E(n) / C(n)`` (the next token's acceptance predicted by the last one's),
     and sends the prefix with the best ``E / C``. Until the costs are measured it assumes a
@@ -107,6 +109,7 @@ class AdaptiveLength(DraftLengthPolicy):
         self.verify_growth = verify_growth
         self.explore_every = explore_every
         self.calibration = AcceptanceCalibration()
+        self.alternative_hits = [0.0, 2.0]  # [taken, rejections where they were offered], a pessimistic prior
         self.first_confidences: List[float] = []  # recent first-token confidences (what drafting one reveals)
         self.draft_ms = _Ema(0.2)
         self.link_ms = _Ema(0.2)  # send -> result minus the cloud's own time
@@ -141,11 +144,19 @@ class AdaptiveLength(DraftLengthPolicy):
             return self.draft_ms.value
         return 0.2 * self.verify_cost(0)  # a draft is typically a few times cheaper than the target
 
+    @property
+    def alternative_rate(self) -> float:
+        """How often the target's token at a rejection was one of the draft's alternatives."""
+        taken, tested = self.alternative_hits
+        return taken / tested
+
     def expected_tokens(self, confidences: Sequence[float]) -> List[float]:
         """``E(n)`` for n = 0..len(confidences)."""
-        out, running, total = [1.0], 1.0, 1.0
+        out, running, total, h = [1.0], 1.0, 1.0, self.alternative_rate
         for c in confidences:
-            running *= self.calibration.p_accept(c)
+            a = self.calibration.p_accept(c)
+            total += running * (1 - a) * h  # rejected here, but the target took an alternative: one more
+            running *= a
             total += running
             out.append(total)
         return out
@@ -159,11 +170,9 @@ class AdaptiveLength(DraftLengthPolicy):
         fixed = self._fixed_ms() + n * step
         if n == 0:
             return self._worth_a_first_token(fixed, step)
-        e = self.expected_tokens(confidences)
-        running = e[-1] - e[-2]  # probability that all n drafted tokens are accepted
-        a_next = self.calibration.p_accept(confidences[-1])
-        now = e[-1] / (fixed + self.verify_cost(n))
-        more = (e[-1] + running * a_next) / (fixed + step + self.verify_cost(n + 1))
+        e = self.expected_tokens([*confidences, confidences[-1]])  # the next token's predicted by the last one's
+        now = e[-2] / (fixed + self.verify_cost(n))
+        more = e[-1] / (fixed + step + self.verify_cost(n + 1))
         return more > now
 
     def _worth_a_first_token(self, fixed: float, step: float) -> bool:
@@ -176,7 +185,7 @@ class AdaptiveLength(DraftLengthPolicy):
         drop = 1.0 / (fixed + step + self.verify_cost(0))
         expected = 0.0
         for c in self.first_confidences:
-            expected += max(drop, (1.0 + self.calibration.p_accept(c)) / (fixed + step + self.verify_cost(1)))
+            expected += max(drop, self.expected_tokens([c])[1] / (fixed + step + self.verify_cost(1)))
         return expected / len(self.first_confidences) > without
 
     def tokens_to_send(self, proposal: DraftProposal) -> int:
@@ -192,7 +201,11 @@ class AdaptiveLength(DraftLengthPolicy):
     def observe(self, outcome: RoundOutcome) -> None:
         self._rounds_without_draft = 0 if outcome.drafted else self._rounds_without_draft + 1
         if outcome.drafted:
-            self.calibration.observe(outcome.confidences, outcome.accepted)
+            kept = outcome.accepted - outcome.alternative  # the drafted tokens the target took
+            self.calibration.observe(outcome.confidences, kept)
+            if outcome.offered_alternatives and kept < outcome.drafted:
+                self.alternative_hits[0] += outcome.alternative
+                self.alternative_hits[1] += 1
         if outcome.first_confidence is not None:
             self.first_confidences = (self.first_confidences + [outcome.first_confidence])[-64:]
         if outcome.draft_ms_per_token > 0:

@@ -396,7 +396,9 @@ class EdgeDecoder:
                                             result.queue_ms, rs.elapsed_ms,
                                             proposer.ms / proposer.forward_passes if proposer.forward_passes else 0.0,
                                             block.first_confidence,
-                                            with_prefill=cfg.merge_first_block and len(stats.round_log) == 1))
+                                            with_prefill=cfg.merge_first_block and len(stats.round_log) == 1,
+                                            offered_alternatives=block.topk > 1 and not cfg.do_sample,
+                                            alternative=result.alternative != -1))
                 # 5. Commit what the cloud accepted, plus its own token(s).
                 self._take_states(proposer.state, committed, result)
                 committed = committed + accepted_tokens(block, result) + [result.next_token] + list(result.continued)

@@ -59,6 +59,8 @@ class RoundOutcome:
     first_confidence: Optional[float] = None  # of the block's first drafted token, even if not sent
     # block 0 verified in the cloud's prefill pass (merge_first_block): its times are the prefill's
     with_prefill: bool = False
+    offered_alternatives: bool = False  # the block offered the draft's next-best tokens (greedy)
+    alternative: bool = False  # the result took one of them (``accepted`` counts it)
 
 
 class DraftLengthPolicy(ABC):

@@ -122,6 +122,26 @@ def test_adaptive_length_stops_drafting_for_a_draft_that_is_never_right():
     assert confident.keep_drafting([])
 
 
+def test_adaptive_length_prices_the_alternatives_a_block_offers():
+    """A draft whose first choice is never right but whose next-best token often is: worth drafting
+    when blocks offer alternatives (one token more per hit), not when they do not. A taken
+    alternative does not count as the drafted token's acceptance."""
+    def trained(offered):
+        policy = AdaptiveLength(8, explore_every=8)
+        for i in range(30):
+            taken = offered and i % 2 == 0
+            policy.observe(RoundOutcome(1, int(taken), [0.35], 30.0, 0.0, 30.0, 5.0, 0.35,
+                                        offered_alternatives=offered, alternative=taken))
+        return policy
+
+    with_alternatives, without = trained(True), trained(False)
+    assert with_alternatives.calibration.p_accept(0.35) == without.calibration.p_accept(0.35) < 0.1
+    assert 0.4 < with_alternatives.alternative_rate < 0.5 and without.alternative_rate == 0.0
+    assert with_alternatives.keep_drafting([]) and not without.keep_drafting([])
+    proposal = DraftProposal([], [1], [0.35], draft_ms=5.0)
+    assert with_alternatives.tokens_to_send(proposal) == 1 and without.tokens_to_send(proposal) == 0
+
+
 def test_a_block_verified_in_the_prefill_pass_teaches_no_round_costs(tiny_pair, prompt, monkeypatch):
     """merge_first_block: block 0's verify time is the prefill's. Were it a round's, every decision
     would tell the policy that verification costs a prefill, and it would stop drafting."""
