@@ -108,6 +108,8 @@ class Context:
 
             model, tokenizer = self.target()
             source = make_source(data)
+            if next(model.parameters()).device.type == "cuda":  # a GPU answers many prompts at once
+                source.batch_size = max(getattr(source, "batch_size", 0), 1024)
             cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': data, 'l': capture_layers})}.pt")
             start = time.time()
             with tqdm(total=len(source), desc="labelling (target generates)", unit="prompt") as bar:

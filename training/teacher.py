@@ -192,10 +192,11 @@ def label_batch(
         last_pos = positions[:, -1]
         stop = set(int(s) for s in stop_ids)
         for step in range(max_new_tokens):
+            tokens = next_tok.tolist()  # one device sync per step, not one per row
             for i in range(batch):
                 if alive[i]:
-                    generated[i].append(int(next_tok[i]))
-                    if int(next_tok[i]) in stop:
+                    generated[i].append(tokens[i])
+                    if tokens[i] in stop:
                         alive[i] = False
             if step == max_new_tokens - 1 or not alive.any():
                 break
@@ -251,6 +252,8 @@ def label_many(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     label_from = kwargs.pop("label_from", None)
     parts = []
+    sequences: List[Optional[torch.Tensor]] = [None] * len(prompts)
+    prompt_lens: List[int] = [0] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         part = label_batch(
@@ -259,21 +262,13 @@ def label_many(
             label_from=[label_from[i] for i in idx] if label_from else None,
             **kwargs,
         )
-        # restore the original sequence numbering
-        remap = torch.tensor(idx, dtype=torch.long)
-        part.seq = remap[part.seq]
-        part.sequences = [part.sequences[idx.index(i)] if i in idx else None for i in range(len(prompts))]
-        part.prompt_lens = [part.prompt_lens[idx.index(i)] if i in idx else None for i in range(len(prompts))]
+        part.seq = torch.tensor(idx, dtype=torch.long)[part.seq]  # back to the callers' numbering
+        for j, i in enumerate(idx):
+            sequences[i] = part.sequences[j]
+            prompt_lens[i] = part.prompt_lens[j]
         parts.append(part)
         if progress is not None:
             progress.update(len(idx))
-    sequences: List[Optional[torch.Tensor]] = [None] * len(prompts)
-    prompt_lens: List[int] = [0] * len(prompts)
-    for part in parts:
-        for i, s in enumerate(part.sequences):
-            if s is not None:
-                sequences[i] = s
-                prompt_lens[i] = part.prompt_lens[i]
     merged = Labels(
         sequences=sequences,
         seq=torch.cat([p.seq for p in parts]),

@@ -81,7 +81,8 @@ class FeatureDraft(nn.Module):
             draft.fc.weight[:, :hidden].copy_(torch.eye(hidden))
             draft.fc.weight[:, hidden:].copy_(torch.eye(hidden))
         draft.model.embed_tokens.weight.requires_grad_(False)
-        return draft.to(target.model.embed_tokens.weight.dtype)
+        embed = target.model.embed_tokens.weight  # the draft lives where the target's embeddings do
+        return draft.to(device=embed.device, dtype=embed.dtype)
 
     @property
     def hidden_size(self) -> int:

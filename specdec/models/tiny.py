@@ -251,7 +251,7 @@ def perturbed_copy(model: torch.nn.Module, noise: float = 0.3, seed: int = 1, la
                 if param.dim() < 2:
                     continue
                 scale = param.float().std().item() * noise
-                param.add_((torch.randn(param.shape, generator=gen) * scale).to(param.dtype))
+                param.add_((torch.randn(param.shape, generator=gen) * scale).to(param.device, param.dtype))
     return draft
 
 
@@ -278,11 +278,13 @@ def tiny_pair(
     target_layers: int = 4,
     draft_image_size: Optional[int] = None,
     dtype: torch.dtype = torch.float32,
+    device: Optional[str] = None,
 ):
     """``(draft_adapter, target_adapter)``: a tiny target and a perturbed copy as draft.
 
     With ``draft_image_size`` the draft's processor resizes images differently, so
-    draft and target see different numbers of image tokens (as real pairs do).
+    draft and target see different numbers of image tokens (as real pairs do). ``device``:
+    where both models live (built on the CPU first, so a seed gives the same weights anywhere).
     """
     from .adapters import wrap_model
 
@@ -293,6 +295,8 @@ def tiny_pair(
     draft_proc = proc
     if draft_image_size is not None:
         _, draft_proc = build_tiny(arch, layers=1, seed=seed, image_size=draft_image_size, dtype=dtype)
+    if device is not None:
+        target, draft = target.to(device), draft.to(device)
     return wrap_model(draft, draft_proc), wrap_model(target, proc)
 
 
@@ -304,5 +308,6 @@ def tiny_feature_draft(target, seed: int = 0):
     with torch.random.fork_rng(), torch.no_grad():  # seeded without touching the caller's RNG
         torch.manual_seed(seed)
         draft = FeatureDraft.for_target(target.model)
-        draft.fc.weight.add_(torch.randn(draft.fc.weight.shape) * 0.05)  # not the identity start: disagreements too
+        noise = torch.randn(draft.fc.weight.shape) * 0.05  # not the identity start: disagreements too
+        draft.fc.weight.add_(noise.to(draft.fc.weight.device))
     return FeatureDraftAdapter(draft, target.tokenizer, lm_head=target.model.lm_head, name="tiny-feature-draft")

@@ -1,5 +1,6 @@
 """Shared fixtures of the core (ROS-free) tests: tiny models, images, reference decoding."""
 
+import os
 from collections import Counter
 
 import pytest
@@ -22,10 +23,12 @@ _PAIRS = {}
 
 @pytest.fixture(scope="session")
 def tiny_pair():
-    """``tiny_pair(arch, noise=..., ...) -> (draft_adapter, target_adapter)``, cached per arguments."""
+    """``tiny_pair(arch, noise=..., ...) -> (draft_adapter, target_adapter)``, cached per arguments.
+    ``SPECDEC_TEST_DEVICE=cuda`` puts the pairs on a GPU (the device checks in docs/benchmarks.md)."""
     from specdec.models.tiny import tiny_pair as build
 
     def get(arch="llama", **kwargs):
+        kwargs.setdefault("device", os.environ.get("SPECDEC_TEST_DEVICE") or None)
         key = (arch, tuple(sorted(kwargs.items())))
         if key not in _PAIRS:
             _PAIRS[key] = build(arch, **kwargs)

@@ -67,7 +67,7 @@ def test_draft_head_file_round_trip_and_refusals(tiny_pair, tmp_path):
     path = save_draft_head(str(tmp_path), head, draft.vocab_size)
     loaded = load_draft_head(draft, path)
     assert torch.equal(loaded.token_ids, head.token_ids)
-    hidden = torch.randn(2, head.hidden_size)
+    hidden = torch.randn(2, head.hidden_size).to(draft.device)
     assert torch.allclose(loaded.logits(hidden), head.logits(hidden))
     full = draft.logits(hidden)  # a reduced head scores its tokens exactly as the full head would
     assert torch.allclose(head.logits(hidden), full[:, head.token_ids], atol=1e-5)

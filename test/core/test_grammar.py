@@ -80,12 +80,12 @@ def test_constrained_sampling_follows_the_constrained_target(tiny_pair, chi_squa
     with torch.inference_mode():
         base = target.prefill(target.encode(prompt))
         logits = target.forward(base, [base.prompt_ids[-1]], keep=1)[0]
-        p1 = target_probs(logits.masked_fill(~grammar.allowed(state0), float("-inf")), params)
+        p1 = target_probs(logits.masked_fill(~grammar.allowed(state0, device=logits.device), float("-inf")), params)
         for verb in grammar.allowed_ids(state0):
             s1 = grammar.advance(state0, verb)
             l2 = target.forward(base, [verb], keep=1)[0]
             target.truncate(base, base.length - 1)
-            p2 = target_probs(l2.masked_fill(~grammar.allowed(s1), float("-inf")), params)
+            p2 = target_probs(l2.masked_fill(~grammar.allowed(s1, device=l2.device), float("-inf")), params)
             for number in grammar.allowed_ids(s1):
                 exact[(verb, number)] = float(p1[verb] * p2[number])
     assert len(exact) == 9 and abs(sum(exact.values()) - 1) < 1e-4

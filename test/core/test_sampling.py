@@ -67,7 +67,7 @@ def _exact_joint(target, params):
     ids = target.encode(PROMPT).input_ids
 
     def dist(prefix):
-        x = torch.tensor([prefix])
+        x = torch.tensor([prefix], device=target.device)
         with torch.inference_mode():
             scores = target.model(x).logits[:, -1].float()
         for warp in warpers:

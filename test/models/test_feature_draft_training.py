@@ -42,6 +42,13 @@ def test_training_fits_the_target(trained):
     assert after["agreement_own_input"] > before["agreement_own_input"] + 0.1, stats
 
 
+def test_a_time_budget_stops_training_and_says_where(tiny_target, tiny_labels, tmp_path):
+    model, tok = tiny_target
+    stats = fd.train_and_save(model, tok, tiny_labels, str(tmp_path), dict(RECIPE, epochs=1.0), max_seconds=0.0,
+                              log=lambda _m: None)
+    assert stats["steps"] > 0 and stats["steps_done"] == 0, stats
+
+
 def test_committed_artefact_holds_only_the_draft_and_reassembles_exactly(tiny_target, trained, tmp_path):
     from safetensors.torch import load_file
 

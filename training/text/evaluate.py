@@ -80,7 +80,7 @@ def _per_token_cost(draft_adapter, target, tokenizer, prompt: corpus.Prompt) -> 
     return cost_ratio(draft_adapter(template), wrap_model(target, tokenizer, use_chat_template=template), prompt.text)
 
 
-def _draft_loader(draft_dir: str, tokenizer):
+def _draft_loader(draft_dir: str, tokenizer, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """``use_chat_template -> draft adapter`` as served: an HF draft with its reduced head, or a
     feature draft (:mod:`specdec.models.feature_draft`)."""
     from transformers import AutoModelForCausalLM
@@ -91,12 +91,12 @@ def _draft_loader(draft_dir: str, tokenizer):
 
     if is_feature_draft(draft_dir):
         def feature(use_template: bool):
-            adapter = load_feature_draft(draft_dir, tokenizer, dtype=torch.float32)
+            adapter = load_feature_draft(draft_dir, tokenizer, dtype=dtype, device=device)
             adapter.use_chat_template = use_template
             return adapter
 
         return feature
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval().requires_grad_(False)
+    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=dtype).to(device).eval().requires_grad_(False)
 
     def plain(use_template: bool):
         adapter = wrap_model(draft, tokenizer, use_chat_template=use_template)
@@ -117,8 +117,12 @@ def evaluate(
     n_prose: int = 24,
     progress: bool = True,
     all_positions: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
     log=print,
 ) -> dict:
+    """The held-out engine evaluation. ``device``/``dtype``: where and in which precision both
+    models run (the per-token CPU cost is measured on the CPU only)."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,8 +134,8 @@ def evaluate(
     draft_dir = draft_dir or artefacts.text_draft_dir()
     exits_path = artefacts.committed_text_exits_sweep_path() if exits_path is None else exits_path  # "": none
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval().requires_grad_(False)
-    draft_adapter = _draft_loader(draft_dir, tokenizer)
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval().requires_grad_(False)
+    draft_adapter = _draft_loader(draft_dir, tokenizer, device, dtype)
     heads = EarlyExitHeads.load(target, exits_path) if exits_path and os.path.exists(exits_path) else None
     prompts = corpus.eval_prompts(n_chat=n_chat, n_prose=n_prose)
 
@@ -219,8 +223,10 @@ def evaluate(
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
         "seconds": {"target_alone": round(ref_seconds, 1), "speculative": round(spec_seconds, 1)},
-        "per_token_cost": _per_token_cost(draft_adapter, target, tokenizer, prompts[0]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "per_token_cost": _per_token_cost(draft_adapter, target, tokenizer, prompts[0]) if device == "cpu" else None,
+        "machine": (f"{platform.machine()}, {torch.get_num_threads()} threads" if device == "cpu"
+                    else f"{torch.cuda.get_device_name(device)}, {dtype}".replace("torch.", ""))
+        + f", torch {torch.__version__}",
         "per_prompt": rows,
     }
     return result
@@ -285,10 +291,12 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", default=artefacts.repo_path("docs", "models", "eval_smollm2.md"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--all-positions", action="store_true", help="also score exits on prompt positions")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     set_threads(args.threads)
     result = evaluate(args.target, args.draft, args.exits, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                      all_positions=args.all_positions)
+                      all_positions=args.all_positions, device=args.device, dtype=getattr(torch, args.dtype))
     write(result, args.json, args.markdown)
     print(markdown(result))
     return 0
