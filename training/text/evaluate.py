@@ -292,11 +292,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--all-positions", action="store_true", help="also score exits on prompt positions")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    from specdec.models.loading import resolve_device, resolve_dtype
+
     result = evaluate(args.target, args.draft, args.exits, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                      all_positions=args.all_positions, device=args.device, dtype=getattr(torch, args.dtype))
+                      all_positions=args.all_positions, device=resolve_device(args.device),
+                      dtype=resolve_dtype(args.dtype))
     write(result, args.json, args.markdown)
     print(markdown(result))
     return 0

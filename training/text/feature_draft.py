@@ -318,7 +318,9 @@ def main(argv=None) -> int:
     recipe = {key: getattr(args, key) for key in DEFAULT_RECIPE if key != "version"}
     recipe["version"] = RECIPE_VERSION
     t0 = time.time()
-    device = torch.device(args.device)
+    from specdec.models.loading import resolve_device
+
+    device = torch.device(resolve_device(args.device))
     target, tokenizer = load_target(args.target, device)
     source = make_source(recipe["data"])
     source.batch_size = args.label_batch
