@@ -98,23 +98,27 @@ class Context:
             self._target = load_target(artefacts.text_target_dir(), pick_device("auto"))
         return self._target
 
-    def labels(self, capture_layers, data: str = TEXT_DATA, timing: str = "labels"):
+    def labels(self, capture_layers, data: str = TEXT_DATA, timing: str = "labels", dtype: str = "float32"):
         """Target-labelled training text ``data`` (a source spec) with hidden states of
-        ``capture_layers`` (cached on disk; the time it took goes to ``timings[timing]``)."""
-        if self._labels is None or self._labels[0] != (data, list(capture_layers)):
+        ``capture_layers``, the target run in ``dtype`` (cached on disk; the time it took goes to
+        ``timings[timing]``)."""
+        if self._labels is None or self._labels[0] != (data, list(capture_layers), dtype):
             from tqdm import tqdm
 
+            from training.teacher import labelling_model
             from training.text.data import cached_labels, make_source
 
             model, tokenizer = self.target()
+            model = labelling_model(model, dtype)
             source = make_source(data)
             if next(model.parameters()).device.type == "cuda":  # a GPU answers many prompts at once
                 source.batch_size = max(getattr(source, "batch_size", 0), 1024)
-            cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha({'d': data, 'l': capture_layers})}.pt")
+            key = {'d': data, 'l': capture_layers, **({} if dtype == "float32" else {'t': dtype})}
+            cache = os.path.join(artefacts.cache_root(), "_work", f"labels-{recipe_sha(key)}.pt")
             start = time.time()
             with tqdm(total=len(source), desc="labelling (target generates)", unit="prompt") as bar:
                 labels = cached_labels(source, model, tokenizer, capture_layers, cache, progress=bar)
-            self._labels = ((data, list(capture_layers)), labels)
+            self._labels = ((data, list(capture_layers), dtype), labels)
             self.timings[timing] = round(time.time() - start, 1)
             log(f"labels: {len(labels)} positions, {len(labels.sequences)} sequences")
         return self._labels[1]
@@ -222,20 +226,28 @@ def _feature_meta() -> Optional[dict]:
 
 
 def _feature_draft_done() -> bool:
-    from training.text.feature_draft import DEFAULT_RECIPE  # the recipe lives with its trainer
+    from training.text.feature_draft import DEFAULT_RECIPE, FINETUNE_RECIPE  # the recipes live with their trainer
 
     meta = _feature_meta()
-    return meta is not None and meta.get("recipe") == DEFAULT_RECIPE
+    return meta is not None and meta.get("recipe") == DEFAULT_RECIPE and meta.get("finetune") == FINETUNE_RECIPE
 
 
 def _feature_draft_run(ctx: Context) -> None:
-    from training.text.feature_draft import DEFAULT_RECIPE, train_and_save
+    """Both stages; the first (a GPU's work: hours on a 2-core CPU) only when its recipe changed or
+    the committed draft is fine-tuned with another second-stage recipe."""
+    from training.text.feature_draft import DEFAULT_RECIPE, FINETUNE_RECIPE, finetune_and_save, train_and_save
 
     model, tokenizer = ctx.target()
-    labels = ctx.labels([], DEFAULT_RECIPE["data"], timing="feature_labels")
-    stats = train_and_save(model, tokenizer, labels, artefacts.committed_text_feature_draft_dir(),
-                           dict(DEFAULT_RECIPE), log=log)
-    ctx.timings["feature_draft"] = stats["train_seconds"]
+    folder = artefacts.committed_text_feature_draft_dir()
+    meta = _feature_meta() or {}
+    if ctx.force or meta.get("recipe") != DEFAULT_RECIPE or "finetune" in meta:  # stage 2 starts from stage 1
+        labels = ctx.labels([], DEFAULT_RECIPE["data"], timing="feature_labels")
+        stats = train_and_save(model, tokenizer, labels, folder, dict(DEFAULT_RECIPE), log=log)
+        ctx.timings["feature_draft"] = stats["train_seconds"]
+    labels = ctx.labels([], FINETUNE_RECIPE["data"], timing="feature_finetune_labels",
+                        dtype=FINETUNE_RECIPE["label_dtype"])
+    stats = finetune_and_save(model, tokenizer, labels, folder, dict(FINETUNE_RECIPE), log=log)
+    ctx.timings["feature_finetune"] = stats["train_seconds"]
 
 
 def _feature_assemble_done() -> bool:

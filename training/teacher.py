@@ -281,3 +281,15 @@ def label_many(
         prompt_lens=prompt_lens,
     )
     return merged
+
+
+def labelling_model(model, dtype_name: str = "float32"):
+    """The model that labels: ``model`` itself, or a copy in ``dtype_name`` (``bfloat16`` runs on a
+    CPU's AMX units, several times faster than float32; the labels are then bfloat16's answers)."""
+    import copy
+
+    from specdec.models.loading import resolve_dtype
+
+    dtype = resolve_dtype(dtype_name)
+    return model if dtype in (None, next(model.parameters()).dtype) else copy.deepcopy(model).to(dtype)
+

@@ -106,3 +106,63 @@ def test_trained_draft_is_lossless_and_accepted(tiny_target, tiny_labels, traine
                 accepted += result.stats.accepted_tokens
                 drafted += result.stats.drafted_tokens
     assert accepted > 0, (accepted, drafted)
+
+
+def test_fine_tuning_warm_starts_the_committed_draft_and_keeps_its_record(tiny_target, tiny_labels, trained,
+                                                                           tmp_path):
+    import shutil
+
+    model, tok = tiny_target
+    stats, committed = trained
+    folder = str(tmp_path / "committed")
+    shutil.copytree(committed, folder)
+    recipe = dict(fd.FINETUNE_RECIPE, epochs=3.0, lr=2e-3, batch=8, held_out=8, autocast=True)
+    tuned = fd.finetune_and_save(model, tok, tiny_labels, folder, recipe, log=lambda _m: None)
+    # it starts where the first stage ended (same split; bfloat16 autocast scores it to within rounding)
+    assert abs(tuned["held_out_before"]["kl"] - stats["held_out_after"]["kl"]) < 0.05 * stats["held_out_after"]["kl"]
+    # and the steps train what is scored: an autocast weight cache held for the whole loop would run
+    # every step on the first step's weights (the fit would not move, the saved weights would drift)
+    assert tuned["train_sample_after"]["kl"] < 0.98 * tuned["train_sample_before"]["kl"], tuned
+    record = json.load(open(os.path.join(folder, fd.DRAFT_CONFIG)))
+    assert record["recipe"] == RECIPE and record["training"] == stats
+    assert record["finetune"] == recipe and record["training_finetune"]["steps_done"] == tuned["steps"] > 0
+    first = json.load(open(os.path.join(committed, fd.DRAFT_CONFIG)))
+    assert record["weights_sha256"] != first["weights_sha256"]
+    draft, head_ids, loaded = fd.load_committed(folder, model)
+    assert loaded == record and len(head_ids) == RECIPE["head_tokens"] and not draft.training
+    # the committed weights are the ones scored: reloaded, they score what training reported
+    seqs = [x.long() for x in tiny_labels.sequences]
+    states = fd.target_states(tiny_labels, model.config.hidden_size)
+    sample = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(recipe["seed"])).tolist()
+    sample = sample[recipe["held_out"]:][:recipe["held_out"]]
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        again = fd.evaluate(draft, seqs, states, list(tiny_labels.prompt_lens), sample, model.lm_head.weight[head_ids])
+    assert abs(again["kl"] - tuned["train_sample_after"]["kl"]) < 1e-3 * max(1.0, again["kl"]), (again, tuned)
+    with pytest.raises(ValueError, match="fine-tuned already"):  # stage 2 starts from stage 1, not from itself
+        fd.finetune_and_save(model, tok, tiny_labels, folder, recipe, log=lambda _m: None)
+
+
+def test_training_refuses_a_split_that_leaves_nothing_to_train_on(tiny_target, tiny_labels, tmp_path):
+    model, tok = tiny_target
+    with pytest.raises(ValueError, match="none to train on"):
+        fd.train_and_save(model, tok, tiny_labels, str(tmp_path), dict(RECIPE, held_out=len(tiny_labels.sequences)),
+                          log=lambda _m: None)
+
+
+def test_self_written_source_asks_the_model_and_keeps_held_out_prompts_out(tiny_target, monkeypatch):
+    from training.text import corpus
+    from training.text.data import SelfWrittenSource, make_source
+
+    source = make_source("self:chat=3,prose=2,seed=0")
+    assert isinstance(source, SelfWrittenSource) and (source.chat, source.prose, len(source)) == (3, 2, 5)
+    replies = iter(['A curious person might ask: "Why do boats float on water?"', "no question here",
+                    "Why do boats float on water?", "How do birds find their way home?",
+                    "What is a star made of?", "What is a star made of?"])
+    monkeypatch.setattr(corpus, "self_written_questions",
+                        lambda model, tok, n, exclude=(), seed=0, batch=32: [
+                            q for q in dict.fromkeys(corpus.question_in(r) for r in replies) if q][:n])
+    model, tok = tiny_target
+    prompts = source.prompts(model, tok)
+    chat = [p.text for p in prompts if p.kind == "chat"]
+    assert chat == ["Why do boats float on water?", "How do birds find their way home?", "What is a star made of?"]
+    assert sum(p.kind == "prose" for p in prompts) == (2 if corpus.prose_train_passages(2) else 0)

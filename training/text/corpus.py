@@ -21,7 +21,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 SYSTEM_PROMPT = None  # None: use the chat template's default system prompt
 
@@ -355,3 +355,56 @@ def check_disjoint(train_texts: List[str], prompts: List[Prompt]) -> None:
     leaked = [p.text[:60] for p in prompts if p.text in joined]
     if leaked:
         raise AssertionError(f"held-out prompts found in training data: {leaked[:3]}")
+
+
+# -- questions the target writes itself --------------------------------------------------------
+# Asked of the target (sampled) to write questions of its own: worded as the target words them, not
+# filled templates. The subject only spreads them over the world.
+SELF_WRITTEN_ASK = "Write a question about {s} that a curious person might ask. Reply with the question only."
+SELF_WRITTEN_SUBJECTS = (
+    "home", "school", "work", "food", "travel", "nature", "science", "history", "art", "music", "sport", "health",
+    "money", "technology", "animals", "writing", "language", "games", "family", "weather", "space", "the sea",
+    "cities", "machines", "feelings", "plants", "words", "numbers")
+
+
+def question_in(reply: str) -> str:
+    """The question in a sampled reply ('A curious person might ask: "What ...?"' -> 'What ...?'), or ''."""
+    quoted = re.findall(r'"([^"]{8,})"', reply)
+    text = quoted[0] if quoted else reply.split(":", 1)[-1] if re.match(r"^[^?]{0,60}:", reply) else reply
+    text = text.strip().split("\n")[0].strip()
+    return text if text.endswith("?") and 12 <= len(text) <= 200 else ""
+
+
+def self_written_questions(model, tokenizer, n: int, exclude: Sequence[str] = (), seed: int = 0,
+                           batch: int = 32) -> List[str]:
+    """``n`` distinct questions ``model`` writes itself (temperature 0.8, top-p 0.95, <= 40 tokens),
+    none containing a text of ``exclude`` (the evaluation prompts: it does write some of them).
+    Chat prompts worded the way the target words questions, which the templated pools are not."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(seed)
+    subjects = list(SELF_WRITTEN_SUBJECTS) + list(_TOPICS)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out, seen, i = [], set(), 0
+    try:
+        while len(out) < n and i < 10 * n:
+            asks = [SELF_WRITTEN_ASK.format(s=subjects[(i + b) % len(subjects)]) for b in range(batch)]
+            i += batch
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": a}], tokenize=False,
+                                                   add_generation_prompt=True) for a in asks]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(**enc, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=40,
+                                     pad_token_id=pad)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                text = question_in(tokenizer.decode(row, skip_special_tokens=True))
+                if text and text not in seen and not any(e in text for e in exclude):
+                    seen.add(text)
+                    out.append(text)
+    finally:
+        tokenizer.padding_side = side
+    return out[:n]
+

@@ -7,6 +7,10 @@ Sources are named on command lines by a spec string:
     chat prompts (chat template applied) answered by the target, plus openings of prose
     passages continued by the target (:mod:`training.text.corpus`); every prompt and
     generated position is labelled.
+``self[:chat=N,prose=M,seed=S]``
+    ``N`` chat questions the target writes itself (sampled; :func:`corpus.self_written_questions`)
+    and ``M`` training prose openings, all answered greedily by the target: chat worded the way
+    the target words questions, which the templated pools are not.
 ``prompts:FILE.jsonl``
     one JSON object per line, ``{"kind": "chat"|"prose", "text": ...}``, answered by the target.
 ``labels:FILE.pt``
@@ -112,6 +116,34 @@ def text_source(chat: int = 192, prose: int = 96, new: int = 96, seed: int = 0, 
 
 
 @dataclass
+class SelfWrittenSource:
+    """Questions the labelling model writes itself (plus training prose), answered by it."""
+
+    chat: int = 5000
+    prose: int = 0
+    seed: int = 0
+    batch_size: int = 48
+    name: str = "self"
+
+    def prompts(self, model, tokenizer) -> List[corpus.Prompt]:
+        held_out = corpus.eval_prompts()
+        texts = corpus.self_written_questions(model, tokenizer, self.chat, exclude=[p.text for p in held_out],
+                                              seed=self.seed, batch=self.batch_size)
+        corpus.check_disjoint(texts, held_out)
+        prose = [corpus.prose_prompt_from(t, 280) for t in corpus.prose_train_passages(self.prose, seed=self.seed)]
+        return ([corpus.Prompt("chat", t, "self-written") for t in texts]
+                + [corpus.Prompt("prose", t, "train-prose") for t in prose])
+
+    def labels(self, model, tokenizer, capture_layers=(), progress=None) -> Labels:
+        source = PromptSource(self.prompts(model, tokenizer), new_tokens_chat=128, new_tokens_prose=64,
+                              batch_size=self.batch_size, name=self.name)
+        return source.labels(model, tokenizer, capture_layers=capture_layers, progress=progress)
+
+    def __len__(self) -> int:
+        return self.chat + self.prose
+
+
+@dataclass
 class LabelsFileSource:
     path: str
     name: str = "labels"
@@ -140,6 +172,8 @@ def make_source(spec: str):
     kind, _, rest = spec.partition(":")
     if kind == "text":
         return text_source(**_parse_kv(rest))
+    if kind == "self":
+        return SelfWrittenSource(**_parse_kv(rest))
     if kind == "prompts":
         prompts = []
         with open(rest, encoding="utf-8") as handle:
@@ -154,7 +188,7 @@ def make_source(spec: str):
         module_name, _, factory = rest.rpartition(":")
         factory, _, args = factory.partition("?")
         return getattr(importlib.import_module(module_name), factory)(**_parse_kv(args))
-    raise ValueError(f"unknown data source {spec!r}: use text:..., prompts:FILE, labels:FILE or py:module:factory")
+    raise ValueError(f"unknown data source {spec!r}: use text:..., self:..., prompts:FILE, labels:FILE or py:module:factory")
 
 
 def cached_labels(source, model, tokenizer, capture_layers, cache_path: Optional[str], progress=None) -> Labels:

@@ -14,6 +14,12 @@ Loss, on every position from the last prompt token on (the ones a draft is asked
 
 The target's distribution is its LM head over its own state, so no top-k labels are stored.
 
+Two stages. The first (:data:`DEFAULT_RECIPE`) trains the draft from scratch on the target's
+answers to every training prompt of the corpus - a GPU's work. The second (:data:`FINETUNE_RECIPE`,
+``--finetune``) warm-starts the committed draft on chat questions the target writes itself, the
+target run in bfloat16 on a CPU's matrix units; it refuses a draft fine-tuned already, so it
+always starts from the first stage's weights.
+
 Committed artefact (``models/<name>/``): ``draft_config.json`` (the decoder layer's config,
 provenance, training stats), ``feature_draft.safetensors`` (fc, layer, norm in fp16; weights are
 rounded to fp16 in memory first, so the assembled draft is the trained one) and
@@ -22,6 +28,8 @@ the tokenizer under ``.cache/models/<name>/``.
 
     python -m training.text.feature_draft --target .cache/models/smollm2-135m-instruct \\
         --out models/smollm2-135m-feature-draft      # (scripts/make_models.py runs the same recipe)
+    python -m training.text.feature_draft --target .cache/models/smollm2-135m-instruct \\
+        --out models/smollm2-135m-feature-draft --finetune --label-batch 128    # the second stage
     python -m training.text.feature_draft --assemble models/smollm2-135m-feature-draft \\
         --target .cache/models/smollm2-135m-instruct --out .cache/models/smollm2-135m-feature-draft
 """
@@ -43,7 +51,7 @@ import torch.nn.functional as F
 from specdec.models.feature_draft import FEATURE_DRAFT_FILE, FEATURE_DRAFT_FORMAT, WEIGHTS_FILE, FeatureDraft
 from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
 from ..optim import clipped_step, warmup_cosine
-from ..teacher import Labels
+from ..teacher import Labels, labelling_model
 
 DRAFT_CONFIG = "draft_config.json"
 HEAD_IDS = "head_token_ids.safetensors"
@@ -145,6 +153,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     order = torch.randperm(len(seqs), generator=gen).tolist()
     held, train_rows = order[:held_out], order[held_out:]
     train_rows = train_rows[:max(1, int(len(train_rows) * train_fraction))]
+    if not train_rows:
+        raise ValueError(f"{len(seqs)} sequences leave none to train on after {held_out} held out")
     head_w = lm_head.detach()[head_ids]
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -218,6 +228,20 @@ def save_committed(draft: FeatureDraft, target, tokenizer, head_ids: torch.Tenso
     }
     with open(os.path.join(out_dir, DRAFT_CONFIG), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
+
+
+def load_committed(committed_dir: str, target) -> tuple:
+    """``(draft, head_ids, record)`` of a committed artefact, the draft float32 on the target's
+    device and in eval mode (a warm start, or the draft scored by scripts/experiments)."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(committed_dir, DRAFT_CONFIG), encoding="utf-8") as handle:
+        record = json.load(handle)
+    draft = FeatureDraft.for_target(target, record["recipe"]["layers"]).float()
+    weights = load_file(os.path.join(committed_dir, WEIGHTS_FILE))
+    draft.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)  # embeddings: the target's
+    head_ids = load_file(os.path.join(committed_dir, HEAD_IDS))["token_ids"].long()
+    return draft.eval(), head_ids, record
 
 
 def assemble(committed_dir: str, target_dir: str, out_dir: str, force: bool = False) -> str:
@@ -294,6 +318,41 @@ def train_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict
     return stats
 
 
+# The second stage, on a CPU with bfloat16 matrix units (AMX): the target writes 5,000 chat questions
+# of its own and answers them, with 1,500 training prose openings as replay, all labelled in
+# bfloat16, and the draft above trains on them for 1 epoch under bfloat16 autocast. The first
+# stage's chat prompts are templates; the evaluation's are hand-written, and the target's own
+# questions are closer to them (the first-stage draft agrees 61.8 % on their answers, 78 % on its
+# held-out split, 57.5 % on the evaluation chat).
+FINETUNE_RECIPE = {"data": "self:chat=5000,prose=1500,seed=0", "label_dtype": "bfloat16", "epochs": 1.0,
+                   "lr": 5e-4, "batch": 64, "held_out": 48, "autocast": True, "seed": 0, "version": 1}
+
+
+def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict, log=print) -> dict:
+    """Warm-start the committed draft in ``out_dir`` on ``labels`` with ``recipe`` (keys of
+    :data:`FINETUNE_RECIPE`) and commit it there again; the record keeps the first stage's recipe
+    and statistics and adds ``finetune`` and ``training_finetune``. The second stage applies to the
+    first stage's draft only: a draft fine-tuned already is refused (train the first stage again)."""
+    torch.manual_seed(recipe["seed"])
+    device = target.lm_head.weight.device
+    draft, head_ids, record = load_committed(out_dir, target)
+    if "finetune" in record:
+        raise ValueError(f"{out_dir}: this draft is fine-tuned already; the second stage starts from the first's")
+    seqs = [s.long().to(device) for s in labels.sequences]
+    states = [s.to(device) for s in target_states(labels, target.config.hidden_size)]
+    log(f"fine-tuning on {len(seqs)} sequences")
+    # no weight cache: autocast would otherwise cast each weight once for the whole loop, and every
+    # step would run (and score) the weights of the first step
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["autocast"]), cache_enabled=False):
+        stats = train(draft, seqs, states, list(labels.prompt_lens), head_ids.to(device), epochs=recipe["epochs"],
+                      lr=recipe["lr"], batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
+                      lm_head=target.lm_head.weight, log=log)
+    stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    keep = {k: record[k] for k in ("recipe", "training") if k in record}
+    save_committed(draft, target, tokenizer, head_ids, out_dir, {**keep, "finetune": recipe, "training_finetune": stats})
+    return stats
+
+
 def main(argv=None) -> int:
     from ..train_exits import load_target, set_threads
     from .data import cached_labels, make_source
@@ -310,6 +369,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the target labels and the draft trains")
     parser.add_argument("--label-batch", type=int, default=48, help="prompts the target answers at once")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop training past this many seconds")
+    parser.add_argument("--finetune", action="store_true",
+                        help="only the second stage (FINETUNE_RECIPE) on the draft committed in --out")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.assemble:
@@ -322,6 +383,16 @@ def main(argv=None) -> int:
 
     device = torch.device(resolve_device(args.device))
     target, tokenizer = load_target(args.target, device)
+    if args.finetune:
+        source = make_source(FINETUNE_RECIPE["data"])
+        source.batch_size = args.label_batch
+        labels = cached_labels(source, labelling_model(target, FINETUNE_RECIPE["label_dtype"]), tokenizer, [],
+                               args.labels_cache)
+        print(f"labelled {len(labels.sequences)} sequences in {time.time() - t0:.0f} s", flush=True)
+        stats = finetune_and_save(target, tokenizer, labels, args.out, dict(FINETUNE_RECIPE),
+                                  log=lambda m: print(m, flush=True))
+        print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
+        return 0
     source = make_source(recipe["data"])
     source.batch_size = args.label_batch
     labels = cached_labels(source, target, tokenizer, [], args.labels_cache)
