@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 from specdec.models import artefacts  # noqa: E402
 from training.text import corpus  # noqa: E402
 from training.text import feature_draft as fd  # noqa: E402
-from training.text.data import PromptSource, cached_labels  # noqa: E402
+from training.text.data import PromptSource, cached_labels, prose_prompts  # noqa: E402
 from training.train_exits import load_target, set_threads  # noqa: E402
 
 FIRST_POOL = 1875  # chat prompts of the committed recipe (training.text.feature_draft.DEFAULT_RECIPE)
@@ -128,8 +128,7 @@ def main() -> None:
         texts = corpus.chat_train_prompts(FIRST_POOL + args.new)[FIRST_POOL:]
     corpus.check_disjoint(texts, evaluation.prompts)
     prompts = [corpus.Prompt("chat", t, args.source) for t in texts]
-    prompts += [corpus.Prompt("prose", corpus.prose_prompt_from(t, 280), "train-prose")
-                for t in corpus.prose_train_passages(args.prose)]
+    prompts += prose_prompts(args.prose)
     new = PromptSource(prompts, new_tokens_chat=128, new_tokens_prose=64, batch_size=args.label_batch, name=args.source)
     t0 = time.time()
     new_labels = cached_labels(new, labeller, tokenizer, [],

@@ -106,12 +106,15 @@ class PromptSource:
         return len(self.prompts)
 
 
+def prose_prompts(n: int, seed: int = 0) -> List[corpus.Prompt]:
+    """Openings of ``n`` training prose passages, for the target to continue."""
+    return [corpus.Prompt("prose", corpus.prose_prompt_from(t, 280), "train-prose")
+            for t in corpus.prose_train_passages(n, seed=seed)]
+
+
 def text_source(chat: int = 192, prose: int = 96, new: int = 96, seed: int = 0, **kw) -> PromptSource:
     prompts = [corpus.Prompt("chat", t, "train-chat") for t in corpus.chat_train_prompts(chat, seed=seed)]
-    prompts += [
-        corpus.Prompt("prose", corpus.prose_prompt_from(t, 280), "train-prose")
-        for t in corpus.prose_train_passages(prose, seed=seed)
-    ]
+    prompts += prose_prompts(prose, seed)
     return PromptSource(prompts, new_tokens_chat=new, new_tokens_prose=max(16, new // 2), name="text", **kw)
 
 
@@ -130,9 +133,7 @@ class SelfWrittenSource:
         texts = corpus.self_written_questions(model, tokenizer, self.chat, exclude=[p.text for p in held_out],
                                               seed=self.seed, batch=self.batch_size)
         corpus.check_disjoint(texts, held_out)
-        prose = [corpus.prose_prompt_from(t, 280) for t in corpus.prose_train_passages(self.prose, seed=self.seed)]
-        return ([corpus.Prompt("chat", t, "self-written") for t in texts]
-                + [corpus.Prompt("prose", t, "train-prose") for t in prose])
+        return [corpus.Prompt("chat", t, "self-written") for t in texts] + prose_prompts(self.prose, self.seed)
 
     def labels(self, model, tokenizer, capture_layers=(), progress=None) -> Labels:
         source = PromptSource(self.prompts(model, tokenizer), new_tokens_chat=128, new_tokens_prose=64,
