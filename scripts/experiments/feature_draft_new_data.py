@@ -49,6 +49,7 @@ from specdec.models import artefacts  # noqa: E402
 from training.text import corpus  # noqa: E402
 from training.text import feature_draft as fd  # noqa: E402
 from training.text.data import PromptSource, cached_labels, prose_prompts  # noqa: E402
+from training.teacher import labelling_model  # noqa: E402
 from training.train_exits import load_target, set_threads  # noqa: E402
 
 FIRST_POOL = 1875  # chat prompts of the committed recipe (training.text.feature_draft.DEFAULT_RECIPE)
@@ -109,9 +110,7 @@ def main() -> None:
     if args.new <= 0:
         return
 
-    labeller = target
-    if args.label_dtype == "bfloat16":
-        labeller, _ = load_target(artefacts.text_target_dir(), torch.device("cpu"), torch.bfloat16)
+    labeller = labelling_model(target, args.label_dtype)
     tag = "" if args.label_dtype == "float32" else "-bf16"
     if args.source == "self":
         cache = os.path.join(work, f"experiment-self-{args.new}{tag}-prompts.json")
