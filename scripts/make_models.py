@@ -234,13 +234,15 @@ def _feature_draft_done() -> bool:
 
 def _feature_draft_run(ctx: Context) -> None:
     """Both stages; the first (a GPU's work: hours on a 2-core CPU) only when its recipe changed or
-    the committed draft is fine-tuned with another second-stage recipe."""
-    from training.text.feature_draft import DEFAULT_RECIPE, FINETUNE_RECIPE, finetune_and_save, train_and_save
+    its weights are gone (the second stage starts from the first's weights, kept with the draft)."""
+    from training.text.feature_draft import (DEFAULT_RECIPE, FINETUNE_RECIPE, STAGE1_WEIGHTS_FILE, finetune_and_save,
+                                             train_and_save)
 
     model, tokenizer = ctx.target()
     folder = artefacts.committed_text_feature_draft_dir()
     meta = _feature_meta() or {}
-    if ctx.force or meta.get("recipe") != DEFAULT_RECIPE or "finetune" in meta:  # stage 2 starts from stage 1
+    stage1_kept = "finetune" not in meta or os.path.isfile(os.path.join(folder, STAGE1_WEIGHTS_FILE))
+    if ctx.force or meta.get("recipe") != DEFAULT_RECIPE or not stage1_kept:
         labels = ctx.labels([], DEFAULT_RECIPE["data"], timing="feature_labels")
         stats = train_and_save(model, tokenizer, labels, folder, dict(DEFAULT_RECIPE), log=log)
         ctx.timings["feature_draft"] = stats["train_seconds"]

@@ -138,7 +138,18 @@ def test_fine_tuning_warm_starts_the_committed_draft_and_keeps_its_record(tiny_t
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         again = fd.evaluate(draft, seqs, states, list(tiny_labels.prompt_lens), sample, model.lm_head.weight[head_ids])
     assert abs(again["kl"] - tuned["train_sample_after"]["kl"]) < 1e-3 * max(1.0, again["kl"]), (again, tuned)
-    with pytest.raises(ValueError, match="fine-tuned already"):  # stage 2 starts from stage 1, not from itself
+    # the first stage's weights stay next to the fine-tuned ones, and a second fine-tuning starts from
+    # them, not from itself (same starting point as the first fine-tuning)
+    assert record["stage1_weights_sha256"] == first["weights_sha256"]
+    again = fd.finetune_and_save(model, tok, tiny_labels, folder, dict(recipe, epochs=1.0), log=lambda _m: None)
+    assert again["held_out_before"] == tuned["held_out_before"], (again, tuned)
+    assert json.load(open(os.path.join(folder, fd.DRAFT_CONFIG)))["stage1_weights_sha256"] == first["weights_sha256"]
+    stage1 = os.path.join(folder, fd.STAGE1_WEIGHTS_FILE)
+    shutil.copy(os.path.join(folder, "feature_draft.safetensors"), stage1)  # not the first stage any more
+    with pytest.raises(ValueError, match="not the first stage"):
+        fd.finetune_and_save(model, tok, tiny_labels, folder, recipe, log=lambda _m: None)
+    os.remove(stage1)
+    with pytest.raises(ValueError, match="train the first stage again"):
         fd.finetune_and_save(model, tok, tiny_labels, folder, recipe, log=lambda _m: None)
 
 
@@ -166,3 +177,26 @@ def test_self_written_source_asks_the_model_and_keeps_held_out_prompts_out(tiny_
     chat = [p.text for p in prompts if p.kind == "chat"]
     assert chat == ["Why do boats float on water?", "How do birds find their way home?", "What is a star made of?"]
     assert sum(p.kind == "prose" for p in prompts) == (2 if corpus.prose_train_passages(2) else 0)
+
+
+def test_question_writer_samples_the_nucleus_of_the_top_k():
+    """The question writer's sampler (temperature, top-p within the top k) draws each token with its
+    renormalised probability and never one outside the nucleus."""
+    from training.text.corpus import _sampling_processor
+
+    torch.manual_seed(0)
+    logits = torch.tensor([4.0, 3.5, 3.0, 1.0, 0.5, 0.0, -1.0, 2.0])
+    temperature, top_p, top_k = 0.8, 0.9, 6
+    probs = torch.softmax(logits / temperature, -1)
+    order = probs.argsort(descending=True)[:top_k]
+    p = probs[order] / probs[order].sum()
+    keep = order[(p.cumsum(0) - p) < top_p]
+    want = torch.zeros_like(probs)
+    want[keep] = probs[keep] / probs[keep].sum()
+    assert 0 < len(keep) < top_k  # the test exercises both cuts
+    rows = 40000
+    out = _sampling_processor(temperature, top_p, top_k)(None, logits.repeat(rows, 1))
+    assert bool(((out == 0).sum(-1) == 1).all()) and bool(torch.isinf(out).sum(-1).eq(len(logits) - 1).all())
+    freq = torch.bincount(out.argmax(-1), minlength=len(logits)).float() / rows
+    assert float(freq[want == 0].sum()) == 0.0
+    assert torch.allclose(freq, want, atol=4 * (0.25 / rows) ** 0.5), (freq, want)

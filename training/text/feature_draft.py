@@ -17,14 +17,15 @@ The target's distribution is its LM head over its own state, so no top-k labels 
 Two stages. The first (:data:`DEFAULT_RECIPE`) trains the draft from scratch on the target's
 answers to every training prompt of the corpus - a GPU's work. The second (:data:`FINETUNE_RECIPE`,
 ``--finetune``) warm-starts the committed draft on chat questions the target writes itself, the
-target run in bfloat16 on a CPU's matrix units; it refuses a draft fine-tuned already, so it
-always starts from the first stage's weights.
+target run in bfloat16 on a CPU's matrix units. It always starts from the first stage's weights,
+which a fine-tuned draft keeps next to its own (so the second stage reruns without a GPU).
 
 Committed artefact (``models/<name>/``): ``draft_config.json`` (the decoder layer's config,
 provenance, training stats), ``feature_draft.safetensors`` (fc, layer, norm in fp16; weights are
-rounded to fp16 in memory first, so the assembled draft is the trained one) and
-``head_token_ids.safetensors``. :func:`assemble` adds the target's embeddings, the head rows and
-the tokenizer under ``.cache/models/<name>/``.
+rounded to fp16 in memory first, so the assembled draft is the trained one),
+``head_token_ids.safetensors`` and, once fine-tuned, ``feature_draft_stage1.safetensors``.
+:func:`assemble` adds the target's embeddings, the head rows and the tokenizer under
+``.cache/models/<name>/``.
 
     python -m training.text.feature_draft --target .cache/models/smollm2-135m-instruct \\
         --out models/smollm2-135m-feature-draft      # (scripts/make_models.py runs the same recipe)
@@ -55,6 +56,9 @@ from ..teacher import Labels, labelling_model
 
 DRAFT_CONFIG = "draft_config.json"
 HEAD_IDS = "head_token_ids.safetensors"
+# a fine-tuned draft keeps its first stage's weights, so the second stage can be redone without the
+# first (a GPU's work)
+STAGE1_WEIGHTS_FILE = "feature_draft_stage1.safetensors"
 RECIPE_VERSION = 1
 
 
@@ -222,7 +226,7 @@ def save_committed(draft: FeatureDraft, target, tokenizer, head_ids: torch.Tenso
         "target": os.path.basename(os.path.normpath(getattr(target, "name_or_path", "") or "target")),
         "target_fingerprint": model_fingerprint(target),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": weights_digest(weights),
         "head_tokens": int(len(head_ids)),
         **info,
     }
@@ -230,15 +234,32 @@ def save_committed(draft: FeatureDraft, target, tokenizer, head_ids: torch.Tenso
         json.dump(record, handle, indent=2)
 
 
-def load_committed(committed_dir: str, target) -> tuple:
+def weights_digest(weights: dict) -> str:
+    """sha256 over a draft's fp16 weights, by name (the record's ``weights_sha256``)."""
+    digest = hashlib.sha256()
+    for key in sorted(weights):
+        digest.update(key.encode())
+        digest.update(weights[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_committed(committed_dir: str, target, stage1: bool = False) -> tuple:
     """``(draft, head_ids, record)`` of a committed artefact, the draft float32 on the target's
-    device and in eval mode (a warm start, or the draft scored by scripts/experiments)."""
+    device and in eval mode (a warm start, or the draft scored by scripts/experiments). ``stage1``:
+    the first stage's weights of a fine-tuned draft (checked against ``stage1_weights_sha256``)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(committed_dir, DRAFT_CONFIG), encoding="utf-8") as handle:
         record = json.load(handle)
     draft = FeatureDraft.for_target(target, record["recipe"]["layers"]).float()
-    weights = load_file(os.path.join(committed_dir, WEIGHTS_FILE))
+    path = os.path.join(committed_dir, WEIGHTS_FILE)
+    if stage1 and "finetune" in record:
+        path = os.path.join(committed_dir, STAGE1_WEIGHTS_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"{committed_dir}: fine-tuned without {STAGE1_WEIGHTS_FILE}; train the first stage again")
+    weights = load_file(path)
+    if stage1 and "finetune" in record and weights_digest(weights) != record.get("stage1_weights_sha256"):
+        raise ValueError(f"{path}: not the first stage this draft was fine-tuned from (sha256 differs)")
     draft.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)  # embeddings: the target's
     head_ids = load_file(os.path.join(committed_dir, HEAD_IDS))["token_ids"].long()
     return draft.eval(), head_ids, record
@@ -324,20 +345,21 @@ def train_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict
 # stage's chat prompts are templates; the evaluation's are hand-written, and the target's own
 # questions are closer to them (the first-stage draft agrees 61.8 % on their answers, 78 % on its
 # held-out split, 57.5 % on the evaluation chat).
-FINETUNE_RECIPE = {"data": "self:chat=5000,prose=1500,seed=0", "label_dtype": "bfloat16", "epochs": 1.0,
-                   "lr": 5e-4, "batch": 64, "held_out": 48, "autocast": True, "seed": 0, "version": 1}
+FINETUNE_RECIPE = {"data": "self:chat=8000,prose=2000,seed=0", "label_dtype": "bfloat16", "epochs": 1.0,
+                   "lr": 5e-4, "batch": 64, "held_out": 48, "autocast": True, "seed": 0, "version": 2}
 
 
 def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict, log=print) -> dict:
-    """Warm-start the committed draft in ``out_dir`` on ``labels`` with ``recipe`` (keys of
+    """Warm-start the first stage's draft in ``out_dir`` on ``labels`` with ``recipe`` (keys of
     :data:`FINETUNE_RECIPE`) and commit it there again; the record keeps the first stage's recipe
-    and statistics and adds ``finetune`` and ``training_finetune``. The second stage applies to the
-    first stage's draft only: a draft fine-tuned already is refused (train the first stage again)."""
+    and statistics and adds ``finetune`` and ``training_finetune``. A draft fine-tuned already is
+    fine-tuned again from its first stage's weights (:data:`STAGE1_WEIGHTS_FILE`), never from itself."""
     torch.manual_seed(recipe["seed"])
     device = target.lm_head.weight.device
-    draft, head_ids, record = load_committed(out_dir, target)
-    if "finetune" in record:
-        raise ValueError(f"{out_dir}: this draft is fine-tuned already; the second stage starts from the first's")
+    draft, head_ids, record = load_committed(out_dir, target, stage1=True)
+    stage1_sha = record.get("stage1_weights_sha256", record["weights_sha256"])
+    if "finetune" not in record:  # the committed weights are the first stage's: keep them
+        shutil.copy(os.path.join(out_dir, WEIGHTS_FILE), os.path.join(out_dir, STAGE1_WEIGHTS_FILE))
     seqs = [s.long().to(device) for s in labels.sequences]
     states = [s.to(device) for s in target_states(labels, target.config.hidden_size)]
     log(f"fine-tuning on {len(seqs)} sequences")
@@ -349,7 +371,8 @@ def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: d
                       lm_head=target.lm_head.weight, log=log)
     stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     keep = {k: record[k] for k in ("recipe", "training") if k in record}
-    save_committed(draft, target, tokenizer, head_ids, out_dir, {**keep, "finetune": recipe, "training_finetune": stats})
+    save_committed(draft, target, tokenizer, head_ids, out_dir,
+                   {**keep, "stage1_weights_sha256": stage1_sha, "finetune": recipe, "training_finetune": stats})
     return stats
 
 
@@ -370,7 +393,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label-batch", type=int, default=48, help="prompts the target answers at once")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop training past this many seconds")
     parser.add_argument("--finetune", action="store_true",
-                        help="only the second stage (FINETUNE_RECIPE) on the draft committed in --out")
+                        help="only the second stage (FINETUNE_RECIPE), from the first stage's draft committed in --out")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.assemble:
