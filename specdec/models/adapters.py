@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .fingerprint import tokenizer_fingerprint
+from . import lean_step
 from .images import ImageLike, to_pil
 from .layout import decoder_layout
 
@@ -124,6 +125,9 @@ class ModelAdapter:
     def __init__(self, model: nn.Module, processor=None, *, tokenizer=None, use_chat_template: Optional[bool] = None,
                  name: str = ""):
         self.model = model.eval()
+        # decode and verification steps without transformers' per-pass bookkeeping, bit for bit the
+        # same hidden states; on the model object, so baselines that run it (generate) get it too
+        self.lean_step = lean_step.install(model)
         self.processor = processor
         self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", processor)
         if self.tokenizer is None:
@@ -148,6 +152,11 @@ class ModelAdapter:
         self.clock = None  # a ComputeClock: forward passes take an emulated device's time
         config = getattr(model, "config", None)
         self._image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+
+    def use_lean_step(self, on: bool = True) -> None:
+        """Run steps with the lean step (:mod:`.lean_step`, the default where supported) or with the
+        model's own forward (``on=False``; side-by-side measurements and tests)."""
+        self.lean_step = lean_step.install(self.model) if on else lean_step.uninstall(self.model)
 
     # -- identity ------------------------------------------------------------------------
     def _eos_ids(self) -> List[int]:
@@ -228,8 +237,11 @@ class ModelAdapter:
             images = sum(1 for t in ids if t == self._image_token) if extra and self._image_token is not None else 0
             self.clock.begin(len(ids), start, images)
         tensor = torch.tensor([list(ids)], device=self.device)
-        out = self._decoder(input_ids=tensor, past_key_values=state.cache, use_cache=True,
-                            position_ids=self._positions(state, start, len(ids)), **extra)
+        # a step after the prefill goes straight to the lean step of the text stack: a VLM wrapper's
+        # own forward would only embed the tokens and pass them on
+        decoder = self.lean_step if self.lean_step is not None and not extra and start else self._decoder
+        out = decoder(input_ids=tensor, past_key_values=state.cache, use_cache=True,
+                      position_ids=self._positions(state, start, len(ids)), **extra)
         hidden = out.last_hidden_state[0]
         return hidden[-keep:] if keep else hidden
 

@@ -25,7 +25,7 @@ class DecoderLayout:
 _LANGUAGE_MODEL_ATTRS = ("language_model", "text_model")
 
 
-def _find_text_decoder(model: nn.Module) -> nn.Module:
+def text_decoder(model: nn.Module) -> nn.Module:
     """Return the module that owns ``layers`` and ``norm``."""
     candidates = [getattr(model, "model", None), model]
     for root in list(candidates):
@@ -42,7 +42,7 @@ def _find_text_decoder(model: nn.Module) -> nn.Module:
 
 
 def decoder_layout(model: nn.Module) -> DecoderLayout:
-    decoder = _find_text_decoder(model)
+    decoder = text_decoder(model)
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if lm_head is None:
         raise TypeError(f"{type(model).__name__} has no LM head")
