@@ -467,6 +467,11 @@ def _load_extra_steps() -> None:
         importlib.import_module(module.strip())
 
 
+def _use_seed(seed: int) -> None:
+    global SEED
+    SEED = DRAFT_RECIPE["seed"] = EXIT_RECIPE["seed"] = seed
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ensure", action="store_true", help="fast path: only rebuild .cache folders (no training)")
@@ -477,7 +482,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 2; for the Go2 pair also its data workers)")
     parser.add_argument("--list", action="store_true", help="list the steps and whether they are up to date")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="train the text draft and exits with this seed instead of their recipes' (a second "
+                             "training, for the spread between trainings; the artefact's recipe records it, so a "
+                             "later make models retrains the committed recipe)")
     args = parser.parse_args(argv)
+    if args.seed is not None:
+        _use_seed(args.seed)
 
     _load_extra_steps()
     if args.list:

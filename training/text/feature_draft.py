@@ -393,7 +393,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label-batch", type=int, default=48, help="prompts the target answers at once")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop training past this many seconds")
     parser.add_argument("--finetune", action="store_true",
-                        help="only the second stage (FINETUNE_RECIPE), from the first stage's draft committed in --out")
+                        help="only the second stage (FINETUNE_RECIPE with --seed), from the first stage's draft "
+                             "committed in --out")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.assemble:
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
         labels = cached_labels(source, labelling_model(target, FINETUNE_RECIPE["label_dtype"]), tokenizer, [],
                                args.labels_cache)
         print(f"labelled {len(labels.sequences)} sequences in {time.time() - t0:.0f} s", flush=True)
-        stats = finetune_and_save(target, tokenizer, labels, args.out, dict(FINETUNE_RECIPE),
+        stats = finetune_and_save(target, tokenizer, labels, args.out, dict(FINETUNE_RECIPE, seed=args.seed),
                                   log=lambda m: print(m, flush=True))
         print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
         return 0
