@@ -65,7 +65,9 @@ EXIT_RECIPE = {"data": TEXT_DATA, "layers": EXIT_LAYERS, "hint_layers": HINT_EXI
                "rank": 128, "least_squares_init": True, "epochs": 1.0, "batch": 512, "lr": 1e-4, "seed": SEED,
                "held_out_every": 10, "version": 1}
 # The held-out evaluation (>= 50 prompts; tokens per prompt sized so make models stays < 30 min).
-EVAL_RECIPE = {"gamma": 4, "max_new_tokens": 24, "n_chat": 32, "n_prose": 24, "all_positions": True, "version": 2}
+# "alternatives": the same decodes again with the draft's next-best token offered as a branch (a tree).
+EVAL_RECIPE = {"gamma": 4, "max_new_tokens": 24, "n_chat": 32, "n_prose": 24, "all_positions": True,
+               "alternatives": [1], "version": 3}
 DRAFT_RECIPE = {"data": TEXT_DATA, "layers": 4, "init": "first-k-1+last", "epochs": 2.5, "lr": 1e-3,
                 "max_tokens": 512, "seed": SEED, "version": 1}
 

@@ -23,7 +23,7 @@ import json
 import os
 import platform
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -106,6 +106,42 @@ def _draft_loader(draft_dir: str, tokenizer, device: str = "cpu", dtype: torch.d
     return plain
 
 
+def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt], ref, gamma: int,
+                 max_new_tokens: int, alternatives: int, progress: bool) -> List[dict]:
+    """Each prompt decoded speculatively (fixed ``gamma``, greedy, ``alternatives`` next-best tokens
+    offered as branches), one decoder per prompt style (chat template on / off): a row per prompt."""
+    from tqdm import tqdm
+
+    LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
+    rows, decoders = [], {}
+    try:
+        for kind in ("chat", "prose"):
+            use_template = kind == "chat"
+            decoders[kind] = LocalSpeculativeDecoder(
+                draft_adapter(use_template), wrap_model(target, tokenizer, use_chat_template=use_template),
+                gamma=gamma, max_new_tokens=max_new_tokens, draft_length="fixed", alternatives=alternatives)
+        label = f"eval: speculative, {alternatives} alternative(s)" if alternatives else "eval: speculative"
+        for i, prompt in enumerate(tqdm(prompts, desc=label, disable=not progress, leave=False)):
+            result = decoders[prompt.kind].generate(prompt.text, mode=DecodingMode.SPECULATIVE)
+            reference = ref.sequences[i][len(prompt_ids(tokenizer, prompt)):].tolist()
+            s = result.stats
+            rows.append({
+                "kind": prompt.kind,
+                "source": prompt.source,
+                "lossless": list(result.tokens) == reference,
+                "new_tokens": s.new_tokens,
+                "rounds": s.rounds,
+                "drafted": s.drafted_tokens,
+                "accepted": s.accepted_tokens,
+                "alternatives_taken": sum(r.alternative for r in s.round_log),
+                "prompt": prompt.text[:60],
+            })
+    finally:
+        for decoder in decoders.values():
+            decoder.close()
+    return rows
+
+
 def evaluate(
     target_dir: Optional[str] = None,
     draft_dir: Optional[str] = None,
@@ -117,19 +153,21 @@ def evaluate(
     n_prose: int = 24,
     progress: bool = True,
     all_positions: bool = False,
+    alternatives: Sequence[int] = (),
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     log=print,
 ) -> dict:
-    """The held-out engine evaluation. ``device``/``dtype``: where and in which precision both
-    models run (the per-token CPU cost is measured on the CPU only)."""
+    """The held-out engine evaluation. ``alternatives``: also run it with the draft's ``k`` next-best
+    tokens offered as one-token branches of each verification pass (a tree, ``DecodeConfig.alternatives``),
+    for each ``k``. ``device``/``dtype``: where and in which precision both models run (the per-token
+    CPU cost is measured on the CPU only)."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specdec.models.early_exit import EarlyExitHeads
     from ..train_exits import evaluate_exits
 
-    LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
     target_dir = target_dir or artefacts.text_target_dir()
     draft_dir = draft_dir or artefacts.text_draft_dir()
     exits_path = artefacts.committed_text_exits_sweep_path() if exits_path is None else exits_path  # "": none
@@ -146,35 +184,11 @@ def evaluate(
     ref_seconds = time.time() - start
 
     # the engine: one decoder per prompt style (chat template on / off), plain speculative mode
-    rows = []
     start = time.time()
-    decoders = {}
-    try:
-        for kind in ("chat", "prose"):
-            use_template = kind == "chat"
-            d = draft_adapter(use_template)
-            t = wrap_model(target, tokenizer, use_chat_template=use_template)
-            decoders[kind] = LocalSpeculativeDecoder(d, t, gamma=gamma, max_new_tokens=max_new_tokens,
-                                                     draft_length="fixed")
-        for i, prompt in enumerate(tqdm(prompts, desc="eval: speculative", disable=not progress, leave=False)):
-            result = decoders[prompt.kind].generate(prompt.text, mode=DecodingMode.SPECULATIVE)
-            n_prompt = len(prompt_ids(tokenizer, prompt))
-            reference = ref.sequences[i][n_prompt:].tolist()
-            s = result.stats
-            rows.append({
-                "kind": prompt.kind,
-                "source": prompt.source,
-                "lossless": list(result.tokens) == reference,
-                "new_tokens": s.new_tokens,
-                "rounds": s.rounds,
-                "drafted": s.drafted_tokens,
-                "accepted": s.accepted_tokens,
-                "prompt": prompt.text[:60],
-            })
-    finally:
-        for dec in decoders.values():
-            dec.close()
+    rows = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, 0, progress)
     spec_seconds = time.time() - start
+    tree_rows = {k: _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, k, progress)
+                 for k in alternatives}
 
     def summary(sel):
         drafted = sum(r["drafted"] for r in sel)
@@ -208,6 +222,10 @@ def evaluate(
             }
             if after_all:
                 exits[str(layer)]["agreement_all_positions"] = round(after_all[layer]["agreement"], 4)
+    trees = {str(k): {"overall": summary(sel), "chat": summary([r for r in sel if r["kind"] == "chat"]),
+                      "prose": summary([r for r in sel if r["kind"] == "prose"]),
+                      "rounds_taking_an_alternative": sum(r["alternatives_taken"] for r in sel)}
+             for k, sel in tree_rows.items()}
     result = {
         "target": os.path.basename(os.path.normpath(target_dir)),
         "draft": os.path.basename(os.path.normpath(draft_dir)),
@@ -219,6 +237,7 @@ def evaluate(
         "overall": summary(rows),
         "chat": summary([r for r in rows if r["kind"] == "chat"]),
         "prose": summary([r for r in rows if r["kind"] == "prose"]),
+        "alternatives": trees,
         "exit_agreement": exits,
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
@@ -250,6 +269,25 @@ def markdown(result: dict) -> str:
             f"| {name} ({s['prompts']}) | {100 * s['acceptance_rate']:.1f}% | {s['tokens_per_round']:.2f} "
             f"| {s['accepted_per_round']:.2f} | {s['lossless']}/{s['prompts']} |"
         )
+    trees = result.get("alternatives") or {}
+    if trees:
+        lines += [
+            "",
+            "The same decodes with the draft's next-best token(s) at each drafted position offered as one-token "
+            "branches of the same verification pass (`DecodeConfig.alternatives` = k: a tree of width 1 + k, "
+            f"gamma still {result['gamma']}, the pass {result['gamma']}k rows longer). A round that takes a branch "
+            "commits the branch token and the target's token after it:",
+            "",
+            "| alternatives | prompts | tokens / round | rounds taking an alternative | lossless (= target alone) |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for k, tree in sorted(trees.items(), key=lambda kv: int(kv[0])):
+            for name in ("overall", "chat", "prose"):
+                s = tree[name]
+                lines.append(f"| {k} | {'all' if name == 'overall' else name} ({s['prompts']}) | "
+                             f"{s['tokens_per_round']:.2f} | "
+                             + (f"{tree['rounds_taking_an_alternative']} of {s['rounds']}" if name == "overall" else "")
+                             + f" | {s['lossless']}/{s['prompts']} |")
     if result["exit_agreement"]:
         has_all = all("agreement_all_positions" in row for row in result["exit_agreement"].values())
         lines += [
@@ -291,6 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", default=artefacts.repo_path("docs", "models", "eval_smollm2.md"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--all-positions", action="store_true", help="also score exits on prompt positions")
+    parser.add_argument("--alternatives", type=int, nargs="*", default=[],
+                        help="also decode with this many of the draft's next-best tokens offered as branches")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     args = parser.parse_args(argv)
@@ -298,7 +338,8 @@ def main(argv=None) -> int:
     from specdec.models.loading import resolve_device, resolve_dtype
 
     result = evaluate(args.target, args.draft, args.exits, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                      all_positions=args.all_positions, device=resolve_device(args.device),
+                      all_positions=args.all_positions, alternatives=args.alternatives,
+                      device=resolve_device(args.device),
                       dtype=resolve_dtype(args.dtype))
     write(result, args.json, args.markdown)
     print(markdown(result))
