@@ -46,6 +46,7 @@ OURS = {  # name -> (EdgeDecoder settings, decoding mode name, draft: the pair's
     # the draft's next-best token at each position verified as a branch of the same pass
     "ours_feature_1_alt1": (dict(draft_length="fixed", gamma=1, alternatives=1), "SPECULATIVE", "feature"),
     "ours_feature_2_alt1": (dict(draft_length="fixed", gamma=2, alternatives=1), "SPECULATIVE", "feature"),
+    "ours_feature_fixed_alt1": (dict(draft_length="fixed", alternatives=1), "SPECULATIVE", "feature"),  # gamma 4
     "ours_feature_adaptive_alt1": (dict(draft_length="adaptive", alternatives=1), "SPECULATIVE", "feature"),
 }
 # Every row of ours verifies block 0 in the target's prefill pass, as transformers' assisted generation
