@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Dict, Sequence
 
+from specdec.engine.stats import hint_accuracy_by_layer
 from specdec.protocol import DecodingMode
 
 # name -> (protocol mode, EdgeDecoder overrides)
@@ -66,12 +67,7 @@ def check_lossless(cells: Dict[str, list], where: str) -> None:
 
 def _hint_accuracy_by_layer(stats) -> Dict[str, float]:
     """Progressive hints: how often each exit layer's hint named the round's exact result."""
-    right: Dict[int, list] = {}
-    for s in stats:
-        for r in s.round_log:
-            for layer, _, _, correct in r.layer_hints:
-                right.setdefault(layer, []).append(correct)
-    return {str(layer): sum(v) / len(v) for layer, v in sorted(right.items())}
+    return {str(layer): right / sent for layer, (right, sent) in hint_accuracy_by_layer(stats).items()}
 
 
 def summarise(results: Sequence, time_scale: float = 1.0) -> Dict[str, float]:

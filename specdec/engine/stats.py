@@ -222,3 +222,16 @@ class VerifierStats:
     stale: int = 0  # stale/unknown messages ignored
     errors: int = 0  # protocol errors answered with SessionEnd
     last_error: Optional[str] = None
+
+
+def hint_accuracy_by_layer(stats: Sequence["DecisionStats"]) -> Dict[int, Tuple[int, int]]:
+    """Progressive hints: for each exit layer, ``(hints right, hints sent)`` over the rounds of
+    ``stats`` (a hint is right when it named the round's exact result)."""
+    counts: Dict[int, List[int]] = {}
+    for decision in stats:
+        for r in decision.round_log:
+            for layer, _, _, correct in r.layer_hints:
+                pair = counts.setdefault(layer, [0, 0])
+                pair[0] += int(correct)
+                pair[1] += 1
+    return {layer: (right, sent) for layer, (right, sent) in sorted(counts.items())}

@@ -66,11 +66,12 @@ def test_generate_and_assisted_generation_are_bit_identical(arch):
 
     def generate(**extra):
         with torch.inference_mode():
-            out = adapter.model.generate(**inputs.generate_kwargs(), max_new_tokens=10, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                                         **extra)
+            out = adapter.model.generate(**inputs.generate_kwargs(), max_new_tokens=10, do_sample=False,
+                                         output_scores=True, return_dict_in_generate=True, **extra)
         return [out.sequences] + list(out.scores)
 
     own, lean, passes = _both(adapter, generate)
+    # one lean pass per generated token after the first (the prefill's); own = [sequences] + scores
     assert passes == len(own) - 2 > 0 and all(torch.equal(a, b) for a, b in zip(own, lean))
     if arch == "llama":  # verification blocks of several tokens under generate's attention mask
         own, lean, passes = _both(adapter, lambda: generate(assistant_model=assistant))

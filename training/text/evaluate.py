@@ -23,7 +23,7 @@ import json
 import os
 import platform
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -107,22 +107,26 @@ def _draft_loader(draft_dir: str, tokenizer, device: str = "cpu", dtype: torch.d
 
 
 def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt], ref, gamma: int,
-                 max_new_tokens: int, alternatives: int, progress: bool) -> List[dict]:
+                 max_new_tokens: int, alternatives: int, progress: bool, exit_heads=None) -> Tuple[List[dict], list]:
     """Each prompt decoded speculatively (fixed ``gamma``, greedy, ``alternatives`` next-best tokens
-    offered as branches), one decoder per prompt style (chat template on / off): a row per prompt."""
+    offered as branches; with ``exit_heads``, progressive hints from each of their layers), one decoder
+    per prompt style (chat template on / off): a row per prompt, and the decisions' stats."""
     from tqdm import tqdm
 
     LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
-    rows, decoders = [], {}
+    mode = DecodingMode.SPECULATIVE if exit_heads is None else DecodingMode.SPECULATIVE_EARLY_EXIT
+    rows, stats, decoders = [], [], {}
     try:
         for kind in ("chat", "prose"):
             use_template = kind == "chat"
             decoders[kind] = LocalSpeculativeDecoder(
                 draft_adapter(use_template), wrap_model(target, tokenizer, use_chat_template=use_template),
-                gamma=gamma, max_new_tokens=max_new_tokens, draft_length="fixed", alternatives=alternatives)
-        label = f"eval: speculative, {alternatives} alternative(s)" if alternatives else "eval: speculative"
+                exit_heads=exit_heads, gamma=gamma, max_new_tokens=max_new_tokens, draft_length="fixed",
+                alternatives=alternatives)
+        label = f"eval: {mode.name.lower()}" + (f", {alternatives} alternative(s)" if alternatives else "")
         for i, prompt in enumerate(tqdm(prompts, desc=label, disable=not progress, leave=False)):
-            result = decoders[prompt.kind].generate(prompt.text, mode=DecodingMode.SPECULATIVE)
+            result = decoders[prompt.kind].generate(prompt.text, mode=mode)
+            stats.append(result.stats)
             reference = ref.sequences[i][len(prompt_ids(tokenizer, prompt)):].tolist()
             s = result.stats
             rows.append({
@@ -139,7 +143,35 @@ def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt],
     finally:
         for decoder in decoders.values():
             decoder.close()
-    return rows
+    return rows, stats
+
+
+def _hint_layers(chain_stats, hint_stats, num_layers: int, gamma: int) -> dict:
+    """Choosing the hint layer by expected benefit: each exit layer's hint accuracy (progressive hints,
+    ``hint_stats``) and the time its hints would save per round
+    (:func:`specdec.engine.predraft.hint_saving_ms`), priced with the plain run's (``chain_stats``)
+    verification pass and drafting time on this machine; the exit cost is what the hints added to
+    the passes, shared evenly among the layers."""
+    from specdec.engine.predraft import hint_saving_ms
+    from specdec.engine.stats import hint_accuracy_by_layer
+
+    rounds = sum(s.rounds for s in chain_stats)
+    verify_ms = sum(s.verify_ms for s in chain_stats) / max(rounds, 1)
+    hinted_verify_ms = sum(s.verify_ms for s in hint_stats) / max(sum(s.rounds for s in hint_stats), 1)
+    draft_ms = sum(s.draft_ms for s in chain_stats) / max(sum(s.drafted_tokens for s in chain_stats), 1)
+    accuracy = hint_accuracy_by_layer(hint_stats)
+    exit_ms = max(0.0, hinted_verify_ms - verify_ms) / max(len(accuracy), 1)
+    layers = {}
+    for layer, (right, sent) in accuracy.items():
+        depth = (layer + 1) / num_layers
+        layers[str(layer)] = {
+            "depth": round(depth, 3), "hints": sent, "right": round(right / sent, 4),
+            "hidden_ms": round(hint_saving_ms(right / sent, depth, verify_ms, gamma * draft_ms), 2),
+            "saving_ms": round(hint_saving_ms(right / sent, depth, verify_ms, gamma * draft_ms, exit_ms), 2),
+        }
+    best = max(layers, key=lambda k: layers[k]["saving_ms"]) if layers else None
+    return {"verify_ms": round(verify_ms, 2), "draft_ms_per_token": round(draft_ms, 2),
+            "exit_ms": round(exit_ms, 2), "layers": layers, "best": best}
 
 
 def evaluate(
@@ -185,10 +217,17 @@ def evaluate(
 
     # the engine: one decoder per prompt style (chat template on / off), plain speculative mode
     start = time.time()
-    rows = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, 0, progress)
+    rows, chain_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, 0,
+                                     progress)
     spec_seconds = time.time() - start
-    tree_rows = {k: _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, k, progress)
-                 for k in alternatives}
+    tree_rows = {k: _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, k,
+                                 progress)[0] for k in alternatives}
+    hint_layers = {}
+    if heads is not None:  # progressive hints from every exit layer: which one to hint from
+        hint_rows, hint_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens,
+                                             0, progress, exit_heads=heads)
+        hint_layers = _hint_layers(chain_stats, hint_stats, target.config.num_hidden_layers, gamma)
+        hint_layers["lossless"] = sum(r["lossless"] for r in hint_rows)
 
     def summary(sel):
         drafted = sum(r["drafted"] for r in sel)
@@ -238,6 +277,7 @@ def evaluate(
         "chat": summary([r for r in rows if r["kind"] == "chat"]),
         "prose": summary([r for r in rows if r["kind"] == "prose"]),
         "alternatives": trees,
+        "hint_layers": hint_layers,
         "exit_agreement": exits,
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
@@ -306,6 +346,27 @@ def markdown(result: dict) -> str:
                 f"| {100 * row['lens_agreement']:.1f}% | {row['kl']:.3f} |"
                 + (f" {100 * row['agreement_all_positions']:.1f}% |" if has_all else "")
             )
+    hints = result.get("hint_layers") or {}
+    if hints.get("layers"):
+        lines += [
+            "",
+            "Choosing the hint layer by expected benefit: the same decodes in mode SPECULATIVE_EARLY_EXIT with a "
+            "hint from every exit layer as the pass reaches it (lossless "
+            f"{hints['lossless']}/{o['prompts']}). A hint is right when it names the round's exact result (accepted "
+            "count and the target's next token). Time it would save per round "
+            "(`specdec.engine.predraft.hint_saving_ms`): right x min(drafting a block, the rest of the pass) - the "
+            f"exit's cost, with this run's verification pass ({hints['verify_ms']} ms), drafting "
+            f"({hints['draft_ms_per_token']} ms a token) and exit cost ({hints['exit_ms']} ms a layer: what the hints "
+            "added to the passes, shared among the layers). The link does not enter: hint and result take the same "
+            "trip back.",
+            "",
+            "| exit layer | depth | hints right | drafting hidden per round | saving per round |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for layer, row in sorted(hints["layers"].items(), key=lambda kv: int(kv[0])):
+            best = " (best)" if hints["best"] == layer else ""
+            lines.append(f"| {layer} | {row['depth']:.2f} | {100 * row['right']:.1f}% | {row['hidden_ms']:.2f} ms "
+                         f"| {row['saving_ms']:.2f} ms{best} |")
     cost = result.get("per_token_cost")
     if cost:
         lines += ["", f"Per-token cost (`training.costs`: one decoded token, one torch thread, thread CPU time, best of 5):"
