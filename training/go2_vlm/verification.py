@@ -93,12 +93,15 @@ def verification_rows(draft, target, layers: Sequence[int], cfg: TrainConfig, fi
         for rs, rec in zip(rounds, passes):
             n = rs.drafted
             keep = min(rs.accepted, n) + 1  # rows 0..accepted: the ones a hint reads
+            committed = result.tokens[rs.position:rs.position + keep]
+            if target.logits(rec["final"][-(n + 1):][:keep]).argmax(-1).tolist() != committed:
+                continue  # not this round's pass: under load the verifier may fold passes together
             for layer in layers:
                 hidden[layer].append(rec[layer][-(n + 1):][:keep])
             finals.append(rec["final"][-(n + 1):][:keep])
             seq.extend([len(sequences)] * keep)
             pos.extend(rs.position + i for i in range(keep))
-            sequences.append(torch.tensor(result.tokens[rs.position:rs.position + keep]))
+            sequences.append(torch.tensor(committed))
             held_seq.append(in_held_episode)
         recorder.passes.clear()
         return result.text
