@@ -213,10 +213,6 @@ def save_committed(draft: FeatureDraft, target, tokenizer, head_ids: torch.Tenso
     save_file(weights, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": FEATURE_DRAFT_FORMAT})
     save_file({"token_ids": head_ids.contiguous()}, os.path.join(out_dir, HEAD_IDS),
               metadata={"format": FEATURE_DRAFT_FORMAT})
-    digest = hashlib.sha256()
-    for key in sorted(weights):
-        digest.update(key.encode())
-        digest.update(weights[key].numpy().tobytes())
     config = draft.config.to_dict()
     for key in ("_name_or_path", "transformers_version"):
         config.pop(key, None)
