@@ -58,18 +58,25 @@ def test_rejection_rule_exact_on_synthetic_distributions(chi_square):
     assert results["broken"] < 1e-6, results
 
 
-def _exact_joint(target, params):
-    """Exact distribution of the target's first two sampled tokens, from full forwards with the
-    warpers ``generate`` uses (independent of the engine's own warping code)."""
+def _exact_joint(target, params, image=None):
+    """Exact distribution of the target's first two sampled tokens, from full forwards (no cache:
+    never the engine's steps) with the warpers ``generate`` uses (independent of the engine's own
+    warping code)."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
     warpers = [TemperatureLogitsWarper(params.temperature), TopKLogitsWarper(params.top_k)]
-    ids = target.encode(PROMPT).input_ids
+    inputs = target.encode(PROMPT, image)
+    ids = inputs.input_ids
 
     def dist(prefix):
-        x = torch.tensor([prefix], device=target.device)
+        kwargs = inputs.generate_kwargs(target.device)
+        x = kwargs["input_ids"] = torch.tensor([prefix], device=target.device)
+        kwargs["attention_mask"] = torch.ones_like(x)
+        if "mm_token_type_ids" in kwargs:  # text tokens after the prompt
+            kwargs["mm_token_type_ids"] = torch.nn.functional.pad(kwargs["mm_token_type_ids"],
+                                                                  (0, len(prefix) - len(ids)))
         with torch.inference_mode():
-            scores = target.model(x).logits[:, -1].float()
+            scores = target.model(**kwargs, use_cache=False).logits[:, -1].float()
         for warp in warpers:
             scores = warp(x, scores)
         return torch.softmax(scores, -1)[0]
@@ -125,6 +132,30 @@ def test_end_to_end_sampling_matches_target(tiny_pair, chi_square):
         if name != "broken":
             assert pvalues[name] > 1e-3, pvalues
     assert pvalues["broken"] < 1e-6, pvalues
+
+
+def test_sampling_matches_target_on_a_vlm_after_an_image(tiny_pair, chi_square, image):
+    """Qwen2-VL (M-RoPE positions after an image), every draft and verification step through the
+    lean decode step; the reference is full forwards without a cache."""
+    draft, target = tiny_pair("qwen2_vl", noise=0.1, target_layers=2)
+    assert draft.lean_step is not None and target.lean_step is not None
+    params = SamplingParams(do_sample=True, temperature=1.0, top_k=TOP_K)
+    joint = _exact_joint(target, params, image)
+    assert abs(sum(joint.values()) - 1.0) < 1e-4
+    heads = EarlyExitHeads(target.model, [0])
+    pvalues = {}
+    for name, rule, runs in (("exact", rejection_accept, 300), ("broken", broken_rule, 200)):
+        counts, rejected = Counter(), 0
+        with LocalSpeculativeDecoder(draft, target, exit_heads=heads, verifier_kwargs={"sampling_rule": rule},
+                                     do_sample=True, temperature=1.0, top_k=TOP_K, gamma=2, max_new_tokens=3,
+                                     predraft_policy="eager") as runner:
+            for seed in range(runs):
+                result = runner.generate(PROMPT, image, DecodingMode.SPECULATIVE_EARLY_EXIT, seed=seed)
+                counts[tuple(result.tokens[:2])] += 1
+                rejected += sum(r.accepted < r.drafted for r in result.stats.round_log)
+        assert rejected > runs // 10, (name, rejected)
+        pvalues[name] = chi_square(counts, joint, runs)
+    assert pvalues["exact"] > 1e-3 and pvalues["broken"] < 1e-6, pvalues
 
 
 def test_sampling_is_reproducible(tiny_pair):
