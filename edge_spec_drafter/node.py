@@ -6,7 +6,8 @@ Subscribes
   instruction                  std_msgs/String, latched (transient local): what to do ("go to the
                                red ball"); one published before this node started still arrives
   action_status                edge_cloud_vlm_msgs/ActionStatus: decide when the last action ends
-                               (a stall stop fills a prompt template's {last_move} with "blocked")
+                               (a stall stop fills a prompt template's {last_move} with "blocked";
+                               the verbs and values it ran count a full circle for {turned})
   spec/to_edge/*               protocol replies from cloud_verifier_bridge
 Publishes
   decoded_action               edge_cloud_vlm_msgs/DecodedAction (valid only if it parsed;
@@ -57,8 +58,8 @@ PARAMETERS = [
     Param("device", "auto", "auto | cpu | cuda[:N]"),
     Param("dtype", "float32", "float32 | bfloat16 | float16"),
     Param("quantization", "none", "draft quantization: none | int8 | bf16 | 4bit (changes acceptance, never the output)"),
-    Param("prompt_template", "", "prompt around the instruction, with {instruction} once and {last_move} at most "
-                                 "once ('' = the draft folder's prompt_template.txt, else the instruction)"),
+    Param("prompt_template", "", "prompt around the instruction, with {instruction} once, {last_move} and {turned} "
+                                 "at most once ('' = the draft folder's prompt_template.txt, else the instruction)"),
     Param("mode", "speculative_early_exit", "speculative_early_exit | speculative | cloud_only | edge_only"),
     Param("gamma", 4, "draft tokens per verification block"),
     Param("max_new_tokens", 8, "longest decision in tokens (actions are a few tokens long)"),
@@ -173,7 +174,8 @@ class EdgeSpecDrafter(Node):
         if msg.state in FINISHED_STATES:
             self.scheduler.action_ended(msg.decision_id, estop=msg.estop,
                                         stalled=msg.state == ActionStatus.STATE_STOPPED
-                                        and msg.stop_cause == ActionStatus.CAUSE_STALL)
+                                        and msg.stop_cause == ActionStatus.CAUSE_STALL,
+                                        verb=msg.verb, value=msg.value)
 
     # -- decisions ---------------------------------------------------------------------------
     def _decision_loop(self):
@@ -218,7 +220,7 @@ class EdgeSpecDrafter(Node):
         try:
             rgb = image_to_rgb(frame)
             mode = DecodingMode.EDGE_ONLY if job.degraded else self.mode
-            prompt = apply_prompt_template(self.prompt_template, job.instruction, job.last_move_blocked)
+            prompt = apply_prompt_template(self.prompt_template, job.instruction, job.last_move_blocked, job.turned_deg)
             result = self.decoder.decode(prompt, rgb, mode)
             stats = result.stats
             out.session_id, out.text = result.session_id, result.text

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Optional
 
+from specdec.models.prompting import turned_after
 from specdec.protocol import EndReason
 from specdec.transport.base import TransportError
 
@@ -100,6 +101,7 @@ class Job:
     degraded: bool = False  # decide with the draft alone
     probe: bool = False
     last_move_blocked: bool = False  # the controller stopped the previous decision's motion as stalled
+    turned_deg: float = 0.0  # degrees turned in place since the robot last walked (the prompt's {turned})
 
 
 class DecisionScheduler:
@@ -117,6 +119,8 @@ class DecisionScheduler:
         self.next_probe = float("inf")
         self.last_failure = ""
         self.last_move_blocked = False  # how the latest decision's motion ended (the prompt's {last_move})
+        self.turned_deg = 0.0  # turning in place since the last translation (the prompt's {turned})
+        self._counted = 0  # the last decision whose motion is in turned_deg (statuses repeat)
         self._frame = None  # (arrival time, frame)
         self._link_change: Optional[str] = None
         self._running = False
@@ -133,6 +137,7 @@ class DecisionScheduler:
             self.instruction = text
             self.instruction_time = self.clock()
             self.last_move_blocked = False
+            self.turned_deg = 0.0
             self.pending = True
             self._cond.notify_all()
         return True
@@ -143,12 +148,17 @@ class DecisionScheduler:
             if self.pending:
                 self._cond.notify_all()
 
-    def action_ended(self, decision_id: int, estop: bool = False, stalled: bool = False) -> None:
-        """The controller finished (completed, stopped, rejected) the action of ``decision_id``;
-        ``stalled``: it stopped the motion as blocked (the next prompt says so)."""
+    def action_ended(self, decision_id: int, estop: bool = False, stalled: bool = False, verb: str = "",
+                     value: float = 0.0) -> None:
+        """The controller finished (completed, stopped, rejected) the action of ``decision_id``
+        (``verb value``, as it ran it); ``stalled``: it stopped the motion as blocked (the next
+        prompt says so). The controller repeats its status: a decision's motion is counted once."""
         if decision_id != self.decision_id:
             return
         self.last_move_blocked = stalled
+        if decision_id != self._counted:
+            self._counted = decision_id
+            self.turned_deg = turned_after(self.turned_deg, verb, value)
         if self.config.decide_on_completion and not estop:
             self.request()
 
@@ -201,7 +211,7 @@ class DecisionScheduler:
         self._running = True
         self.decision_id += 1
         return Job(self.decision_id, self.instruction, frame, degraded=self.degraded,
-                   last_move_blocked=self.last_move_blocked)
+                   last_move_blocked=self.last_move_blocked, turned_deg=self.turned_deg)
 
     def finished(self, job: Job, outcome: Outcome, detail: str = "") -> None:
         """Report how a job ended; sets the link state and when the next decision may run."""

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, List, Optional
 
 from go2_vlm_control.action_language import ActionLimits, try_parse_action
 from go2_vlm_control.motion import ActionExecutor, MotionLimits, Pose2D
+from specdec.models.prompting import turned_after
 
 from .episode import Go2Episode
 
@@ -43,7 +44,7 @@ class EpisodeResult:
 def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: bool = True,
                    settle_time: float = 0.2) -> bool:
     """Run one parsed motion to completion on ``env``; returns False when it stalled (and sets
-    ``env.last_move_blocked`` to that)."""
+    ``env.last_move_blocked`` to that, and counts it into ``env.turned_deg``)."""
     dt = executor.limits.dt
     pose = (lambda: Pose2D(*env.world.pose)) if use_odom else (lambda: None)
     executor.start(action, pose())
@@ -58,6 +59,7 @@ def execute_action(env: Go2Episode, action, executor: ActionExecutor, use_odom: 
         env.step(None, dt)
         t += dt
     env.last_move_blocked = bool(executor.timed_out)
+    env.turned_deg = turned_after(env.turned_deg, action.verb, action.value)
     return not executor.timed_out
 
 

@@ -44,6 +44,8 @@ class Go2Episode:
         # Whether the last motion was cut short as stalled (the controller's ``stall`` stop): all a
         # front camera cannot show about an obstacle beside or below it (set by closed_loop).
         self.last_move_blocked = False
+        # Degrees turned in place since the last translation (prompting.turned_after; set by closed_loop).
+        self.turned_deg = 0.0
         self._rng = np.random.default_rng(0)
 
     # -- episode ----------------------------------------------------------------------------
@@ -58,6 +60,7 @@ class Go2Episode:
         self.target = target
         self.seed = seed
         self.last_move_blocked = False
+        self.turned_deg = 0.0
         self._rng = np.random.default_rng([seed, 0xCA3])
         return self.observation(render=False)
 
@@ -65,11 +68,12 @@ class Go2Episode:
     def instruction(self) -> str:
         return instruction_for(self.target)
 
-    def prompt(self, template: str, instruction: Optional[str] = None) -> str:
+    def prompt(self, template: str, instruction: Optional[str] = None, turned_deg: Optional[float] = None) -> str:
         """What a model trained on ``template`` is asked now: ``instruction`` (default: this
-        episode's) in the template, ``{last_move}`` from how the last motion ended."""
+        episode's) in the template, ``{last_move}`` from how the last motion ended, ``{turned}``
+        from the turning since the last translation (``turned_deg``: another count instead)."""
         return apply_prompt_template(template, self.instruction if instruction is None else instruction,
-                                     self.last_move_blocked)
+                                     self.last_move_blocked, self.turned_deg if turned_deg is None else turned_deg)
 
     @property
     def distractors(self) -> List[SceneObject]:

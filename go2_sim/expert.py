@@ -9,7 +9,8 @@ language (see docs/action_language.md), first rule that applies:
    sideways offset with a clear path; otherwise turn toward / walk to the next waypoint of a
    grid path around the obstacles
 3. target outside the camera's view: search, ``left <search_turn_deg>`` (with ``search_walk_m``
-   set: ``forward`` instead while that much floor ahead is free, :func:`search_action`)
+   set: ``forward`` instead while that much floor ahead is free; with ``relocate_free_m`` set, the
+   same once the robot has turned a full circle in place: :func:`search_action`)
 4. bearing off by more than ``turn_threshold_deg``: ``left N`` / ``right N`` toward it
 5. otherwise ``forward`` by a chunk (<= the action limit) ending ``stop_gap`` short of it
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from go2_vlm_control.action_language import ActionLimits, format_action
+from specdec.models.prompting import TURNED_AROUND_DEG
 
 from .world import SceneObject, wrap_angle
 
@@ -37,6 +39,7 @@ class ExpertConfig:
     fov_margin_deg: float = 6.0      # the target counts as in view this far inside the edge
     clearance: float = 0.12          # extra lateral margin around obstacles
     search_walk_m: float = 0.0       # > 0: search by walking while this much floor ahead is free, else turn
+    relocate_free_m: float = 0.0     # > 0: after a full circle of turning in place, walk on where this much is free
     limits: ActionLimits = ActionLimits()
 
 
@@ -198,12 +201,18 @@ def free_ahead(env) -> float:
     return max(0.0, free)
 
 
-def search_action(env, cfg: Optional[ExpertConfig] = None) -> str:
+def search_action(env, cfg: Optional[ExpertConfig] = None, turned_deg: Optional[float] = None) -> str:
     """What to do while the target is not in sight. Turning in place sweeps the room but never
     looks behind an object; with ``cfg.search_walk_m`` the robot walks on while the floor ahead is
-    free for that far (an image shows it), so the view changes and hidden objects come out."""
+    free for that far (an image shows it), so the view changes and hidden objects come out. With
+    ``cfg.relocate_free_m`` it turns first and walks on (where that much floor is free) only once
+    it has turned a full circle since it last walked (``env.turned_deg``, or ``turned_deg``)."""
     cfg = cfg or ExpertConfig()
-    if cfg.search_walk_m > 0.0 and free_ahead(env) >= cfg.search_walk_m:
+    walk_m = cfg.search_walk_m
+    turned = env.turned_deg if turned_deg is None else turned_deg
+    if cfg.relocate_free_m > 0.0 and turned >= TURNED_AROUND_DEG:
+        walk_m = cfg.relocate_free_m
+    if walk_m > 0.0 and free_ahead(env) >= walk_m:
         return format_action("forward", cfg.limits.max_forward_m)
     return search_turn(cfg)
 

@@ -154,6 +154,42 @@ def test_a_motion_the_controller_stops_as_stalled_marks_the_next_decision():
     assert not env.last_move_blocked
 
 
+def test_the_episode_counts_turning_in_place_and_the_search_walks_on_after_a_full_circle():
+    """``env.turned_deg`` (the prompt's ``{turned}``) adds up turns the executor ran and starts
+    over at a translation; with ``relocate_free_m`` the search turns until a full circle, then walks
+    on where that much floor is free."""
+    from go2_sim.closed_loop import execute_action
+    from go2_sim.expert import ExpertConfig, free_ahead, search_action
+    from go2_vlm_control.motion import ActionExecutor, MotionLimits
+    from specdec.models.prompting import TURNED_AROUND_DEG
+
+    env = Go2Episode()
+    env.reset(4)
+    w = env.world
+    w.objects = [w.objects[0]]
+    w.x, w.y, w.yaw = 0.0, 0.0, 0.0
+    w.objects[0].x, w.objects[0].y = -2.5, 0.0  # behind the robot: out of view
+    executor = ActionExecutor(MotionLimits())
+    relocate = ExpertConfig(relocate_free_m=2.5)
+    assert search_action(env, relocate) == "left 60"
+    for turns in range(6):
+        assert env.prompt("{instruction} turned {turned}").endswith("turned little")
+        execute_action(env, parse_action("left 60"), executor)
+    assert env.turned_deg == TURNED_AROUND_DEG
+    assert env.prompt("{instruction} turned {turned}") == f"{env.instruction} turned around"
+    assert free_ahead(env) >= 2.5 and search_action(env, relocate) == "forward 1"  # a new place to look from
+    assert search_action(env, relocate, turned_deg=0.0) == search_action(env) == "left 60"
+    w.x = w.half - 1.0  # the wall 1 m ahead: go on turning until the floor is free
+    assert search_action(env, relocate) == "left 60"
+    w.x = 0.0
+    execute_action(env, parse_action("forward 0.5"), executor)
+    assert env.turned_deg == 0.0
+    execute_action(env, parse_action("right 30"), executor)
+    assert env.turned_deg == 30.0
+    env.reset(4)
+    assert env.turned_deg == 0.0
+
+
 def test_bumps_walk_into_what_is_close_ahead():
     from go2_sim.dataset import rollouts
 

@@ -294,3 +294,39 @@ def test_last_move_feedback_prompts_say_when_a_motion_stalled(tmp_path):
     target = go2_pair_paths(out).target
     assert folder_prompt_template(target) == vlm.load_prompt_template(out) == vlm.LAST_MOVE_TEMPLATE
     assert load_model(target, name="t").vocab_size == len(tok) == len(vlm.build_tokenizer()) + 3
+
+
+def test_relocation_labels_answer_hidden_objects_by_the_turning_done(tmp_path):
+    """With ``relocate_free_m`` every prompt ends "turned little" or "turned around"; an object
+    not in the picture is asked both ways - the search turn before a full circle, the walk on to a
+    new place to look from after it where the floor ahead is free - while an object in the
+    picture keeps the expert's answer whatever the count. The recipe has its own template,
+    vocabulary and hash."""
+    from specdec.models.prompting import TURNED_AROUND_DEG
+    from training.go2_vlm.config import prompt_template
+    from training.go2_vlm.data import DataJob, _gen_chunk
+
+    cfg = TrainConfig(**dict(TINY, relocate_free_m=2.5))
+    template = prompt_template(cfg)
+    assert template == "{instruction} turned {turned}"
+    assert prompt_template(TrainConfig(**dict(TINY, relocate_free_m=2.5, last_move_feedback=True))) == \
+        vlm.LAST_MOVE_TEMPLATE + " turned {turned}"
+    assert recipe_sha(cfg) != recipe_sha(TrainConfig(**TINY))
+    job = DataJob(seed=3, episodes=4, perturb_prob=0.25, supersample=1, blocked_prob=1.0, near_prob=0.0,
+                  absent_twins=False, learner_driven=False, prompt_template=template, relocate_free_m=2.5)
+    samples = _gen_chunk(job)["samples"]
+    tok = vlm.build_tokenizer(template)
+    around, little = tok.convert_tokens_to_ids("around"), tok.convert_tokens_to_ids("little")
+    assert tok.unk_token_id not in samples["ids"][0] and len({len(ids) for ids in samples["ids"]}) == 1
+    by_key = {}
+    for frame, combo, ids, action, state in zip(samples["frame"], samples["combo"], samples["ids"],
+                                                samples["action"], samples["state"]):
+        assert (around in ids) != (little in ids)
+        by_key.setdefault((frame, combo, state[0] > 0), {})[around in ids] = action
+    hidden = [answers for (_, _, shown), answers in by_key.items() if not shown]
+    assert hidden and all(len(answers) == 2 for answers in hidden)  # every hidden object asked both ways
+    assert all(answers[False] == "left 60" for answers in hidden)
+    assert {answers[True] for answers in hidden} == {"left 60", "forward 1"}  # walks on where it is free
+    shown_both = [answers for (_, _, shown), answers in by_key.items() if shown and len(answers) == 2]
+    assert shown_both and all(answers[False] == answers[True] for answers in shown_both)
+    assert TURNED_AROUND_DEG == 360.0

@@ -74,6 +74,22 @@ def test_prompt_template_rules():
     assert apply_prompt_template(moved, "go {last_move}", True) == "go {last_move} last move blocked"
     with pytest.raises(ValueError, match="at most once"):
         check_prompt_template("{instruction} {last_move} {last_move}")
+    turned = "{instruction} last move {last_move} turned {turned}"
+    assert apply_prompt_template(turned, "go", True, 359.0) == "go last move blocked turned little"
+    assert apply_prompt_template(turned, "go", False, 360.0) == "go last move ok turned around"
+    with pytest.raises(ValueError, match="at most once"):
+        check_prompt_template("{instruction} {turned} {turned}")
+
+
+def test_turning_in_place_adds_up_until_the_robot_walks():
+    from specdec.models.prompting import turned_after
+
+    assert turned_after(0.0, "left", 60.0) == 60.0
+    assert turned_after(60.0, "right", -30.0) == 90.0  # a magnitude, whatever its sign
+    for verb in ("forward", "backward", "strafe_left", "strafe_right"):
+        assert turned_after(300.0, verb, 0.3) == 0.0
+    for verb in ("stop", "done", ""):
+        assert turned_after(300.0, verb, 0.0) == 300.0
 
 
 def test_a_model_folder_carries_its_prompt_template(tmp_path):

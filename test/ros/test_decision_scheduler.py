@@ -81,6 +81,27 @@ def test_a_stalled_motion_is_carried_into_the_next_decision_only():
     assert not s.poll(clock()).last_move_blocked
 
 
+def test_turning_in_place_is_counted_once_per_decision_until_the_robot_walks():
+    """The prompt's ``{turned}``: the degrees the controller turned in place since it last
+    translated. The controller repeats its status, so a decision counts once; a walk or a new
+    instruction starts the count over; ``done``/``stop`` leave it."""
+    s, clock = scheduler()
+    for verb, value, expected in (("left", 60.0, 0.0), ("right", 45.0, 60.0), ("stop", 0.0, 105.0),
+                                  ("forward", 0.5, 105.0), ("left", 60.0, 0.0)):
+        s.frame("f")
+        job = s.poll(clock())
+        assert job.turned_deg == expected, (verb, job.turned_deg)
+        s.finished(job, Outcome.VALID)
+        for _ in range(3):  # the same status, again and again
+            s.action_ended(job.decision_id, verb=verb, value=value)
+        s.action_ended(job.decision_id - 1, verb="left", value=90.0)  # an older decision's: not ours
+    assert s.turned_deg == 60.0
+    clock.t += 0.1
+    s.set_instruction("now the blue box")
+    s.frame("g")
+    assert s.poll(clock()).turned_deg == 0.0
+
+
 def test_done_waits_for_a_new_instruction():
     s, clock = scheduler()
     s.frame("f")
@@ -217,5 +238,7 @@ def test_the_node_reads_a_stall_stop_from_the_controllers_status():
         s.frame("f")
         job = s.poll(clock())
         s.finished(job, Outcome.VALID)
-        EdgeSpecDrafter._on_status(node, ActionStatus(state=state, stop_cause=cause, decision_id=job.decision_id))
+        EdgeSpecDrafter._on_status(node, ActionStatus(state=state, stop_cause=cause, decision_id=job.decision_id,
+                                                      verb="right", value=30.0))
         assert s.last_move_blocked == blocked, (state, cause)
+    assert s.turned_deg == 90.0  # the verbs and values it ran: three turns of 30 degrees

@@ -12,7 +12,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Dict
 
-from .pair import DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, LAST_MOVE_TEMPLATE, MERGE, PATCH, TARGET_SPEC, vocabulary
+from .pair import (DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, LAST_MOVE_TEMPLATE, MERGE, PATCH, PLACEHOLDER, TARGET_SPEC,
+                   TURNED_SUFFIX, vocabulary)
 
 
 @dataclass
@@ -63,6 +64,9 @@ class TrainConfig:
     search_walk_m: float = 0.0     # > 0: answer an object not in the picture by the walking search
                                    # (expert.search_action), not by the expert's planned path
     last_move_feedback: bool = False  # prompts say whether the last motion stalled (pair.LAST_MOVE_TEMPLATE)
+    relocate_free_m: float = 0.0   # > 0: prompts say whether the robot turned a full circle in place ({turned});
+                                   # an object not in the picture is answered by the search that then walks on
+                                   # where this much floor is free (expert.search_action)
     bump_prob: float = 0.0         # decisions near an obstacle that walk into it instead (dataset.rollouts)
     # On-policy distillation of the draft (distill.py), after its expert-data training: frames of
     # rollouts driven by the target and by the draft (plus the expert's), every object asked,
@@ -89,7 +93,10 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, str]) -> TrainConfig:
 
 def prompt_template(cfg: TrainConfig) -> str:
     """The prompt template the pair of ``cfg`` is trained and served with ('' = the instruction)."""
-    return LAST_MOVE_TEMPLATE if cfg.last_move_feedback else ""
+    template = LAST_MOVE_TEMPLATE if cfg.last_move_feedback else ""
+    if cfg.relocate_free_m > 0.0:
+        template = (template or PLACEHOLDER) + TURNED_SUFFIX
+    return template
 
 
 def draft_init_layers(cfg: TrainConfig):
@@ -107,7 +114,8 @@ def draft_init_layers(cfg: TrainConfig):
 _NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "object_min_tokens": 4, "vision_warmup_steps": 0, "vision_warmup_frames": 16,
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
-            "draft_init": "scratch", "search_walk_m": 0.0, "last_move_feedback": False, "bump_prob": 0.0}
+            "draft_init": "scratch", "search_walk_m": 0.0, "last_move_feedback": False, "bump_prob": 0.0,
+            "relocate_free_m": 0.0}
 
 
 # How the work is spread (data workers, torch threads), not what is trained: the data are the same

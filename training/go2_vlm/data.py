@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from specdec.models.prompting import TURNED_AROUND_DEG
+
 from .config import TrainConfig, prompt_template
 from .pair import (IMAGE_H, IMAGE_W, MERGE, NUMBER_WORDS, PATCH, bgr_to_rgb, build_processor,
                    build_tokenizer, prompt_text)
@@ -25,6 +27,9 @@ def twin_of(colour: str, shape: str) -> tuple:
     """The look-alike of an object: same colour, the other shape."""
     return colour, "box" if shape == "ball" else "ball"
 
+# relocate_free_m: share of the frames' visible-object samples also labelled after the other count of
+# turning (the answer is the same: a full circle matters only while the object is not in the picture)
+RELOCATE_FLIP_PROB = 0.25
 REGION_MIN_PIXELS = 8  # camera pixels (of 160x120) of an object for it to count as present (regions, visibility)
 
 
@@ -63,7 +68,9 @@ class DataJob:
     move_step_m: float = 0.05
     search_walk_m: float = 0.0  # > 0: an object not in the picture is answered by the walking search
     bump_prob: float = 0.0   # decisions near an obstacle that walk into it (go2_sim.dataset.rollouts)
-    prompt_template: str = ""  # the prompt around the instruction (pair.LAST_MOVE_TEMPLATE or bare)
+    prompt_template: str = ""  # the prompt around the instruction (config.prompt_template)
+    relocate_free_m: float = 0.0  # > 0: an object not in the picture is answered by the search that walks on
+                                  # after a full circle (ExpertConfig.relocate_free_m); prompts say {turned}
 
 
 def prompt_ids(processor, instruction: str, n_image: int) -> List[int]:
@@ -112,7 +119,9 @@ def _gen_chunk(job: DataJob):
     from go2_sim.expert import ExpertConfig, _blocker, expert_action, in_view, search_action, search_turn
 
     expert_cfg = ExpertConfig()
-    walk_cfg = ExpertConfig(search_walk_m=job.search_walk_m)
+    search_cfg = ExpertConfig(search_walk_m=job.search_walk_m, relocate_free_m=job.relocate_free_m)
+    camera_search = job.search_walk_m > 0.0 or job.relocate_free_m > 0.0
+    flip_rng = np.random.default_rng([job.seed, 0x7E5])
     search = search_turn(expert_cfg)
     proc = build_processor(template=job.prompt_template)
     frames: Dict[str, list] = {"pix": [], "regions": [], "episode": [], "objects": [], "blocked": []}
@@ -133,32 +142,38 @@ def _gen_chunk(job: DataJob):
         try:
             for obj in env.world.objects:
                 env.target = obj
-                seen = in_view(env, expert_cfg.fov_margin_deg)
-                if job.search_walk_m > 0.0 and info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS:
-                    # Not in the picture (out of view, hidden behind another object or too small):
-                    # the answer is the search the camera can show, not the path the expert plans.
-                    action, seen = search_action(env, walk_cfg), True
-                elif obj is true_target:
-                    action = label
-                elif seen:
-                    action = expert_action(env, expert_cfg)
-                elif _blocker(env, env.world.cfg.robot_radius, expert_cfg.clearance) is None:
-                    action = search  # what expert_action answers here, without planning a path
-                else:
-                    continue  # out of view and the expert would follow a planned path: not observable
-                action = coarse_action(action, job.turn_step_deg, job.move_step_m)
-                ids = prompt_ids(proc, env.prompt(job.prompt_template, instruction_for(obj)), n_image)
-                if obj is true_target:
-                    assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
-                visible = info.visible_pixels.get(obj.name, 0) >= REGION_MIN_PIXELS
-                samples["frame"].append(frame)
-                samples["ids"].append(np.asarray(ids, dtype=np.int32))
-                samples["action"].append(action)
-                samples["combo"].append(COMBOS.index((obj.color, obj.shape)))
-                samples["state"].append((float(visible), math.degrees(env.bearing()), env.surface_distance()))
-                samples["true"].append(obj is true_target)
-                samples["in_view"].append(seen)
-                samples["absent"].append(False)
+                hidden = info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS
+                turns = [env.turned_deg]
+                if job.relocate_free_m > 0.0 and (hidden or flip_rng.random() < RELOCATE_FLIP_PROB):
+                    # the same frame after the other count of turning: rollouts seldom turn a full
+                    # circle, and a hidden object's answer is what changes with it
+                    turns.append(0.0 if env.turned_deg >= TURNED_AROUND_DEG else TURNED_AROUND_DEG)
+                for turned in turns:
+                    seen = in_view(env, expert_cfg.fov_margin_deg)
+                    if camera_search and hidden:
+                        # Not in the picture (out of view, hidden behind another object or too small):
+                        # the answer is the search the camera can show, not the path the expert plans.
+                        action, seen = search_action(env, search_cfg, turned), True
+                    elif obj is true_target:
+                        action = label
+                    elif seen:
+                        action = expert_action(env, expert_cfg)
+                    elif _blocker(env, env.world.cfg.robot_radius, expert_cfg.clearance) is None:
+                        action = search  # what expert_action answers here, without planning a path
+                    else:
+                        continue  # out of view and the expert would follow a planned path: not observable
+                    action = coarse_action(action, job.turn_step_deg, job.move_step_m)
+                    ids = prompt_ids(proc, env.prompt(job.prompt_template, instruction_for(obj), turned), n_image)
+                    if obj is true_target and turned == env.turned_deg:
+                        assert ids == batch["input_ids"][0].tolist(), "prompt ids differ from the processor's"
+                    samples["frame"].append(frame)
+                    samples["ids"].append(np.asarray(ids, dtype=np.int32))
+                    samples["action"].append(action)
+                    samples["combo"].append(COMBOS.index((obj.color, obj.shape)))
+                    samples["state"].append((float(not hidden), math.degrees(env.bearing()), env.surface_distance()))
+                    samples["true"].append(obj is true_target)
+                    samples["in_view"].append(seen)
+                    samples["absent"].append(False)
             if job.absent_twins:
                 # The visible objects' twins that are not in the room (same colour, other shape): the
                 # answer is the search turn. Without these the colour alone predicts most answers and
@@ -358,7 +373,8 @@ def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven:
                     supersample=2 if k % cfg.exact_camera_every == 0 else cfg.supersample,
                     blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
                     learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m,
-                    search_walk_m=cfg.search_walk_m, bump_prob=cfg.bump_prob, prompt_template=prompt_template(cfg))
+                    search_walk_m=cfg.search_walk_m, bump_prob=cfg.bump_prob, prompt_template=prompt_template(cfg),
+                    relocate_free_m=cfg.relocate_free_m)
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from specdec.models.artefacts import go2_pair_paths  # noqa: E402
-from specdec.models.prompting import (LAST_MOVE, LAST_MOVE_WORDS, PLACEHOLDER, TEMPLATE_FILE,  # noqa: E402
+from specdec.models.prompting import (LAST_MOVE, LAST_MOVE_WORDS, PLACEHOLDER, TEMPLATE_FILE, TURNED, TURNED_WORDS,  # noqa: E402
                                      check_prompt_template, folder_prompt_template)
 
 # -- tokenizer ---------------------------------------------------------------------------------
@@ -38,14 +38,17 @@ PIECES = [f"##{d}" for d in "0123456789"] + ["##."]
 WORDS = CHAT_WORDS + INSTRUCTION_WORDS + ACTION_WORDS + NUMBER_WORDS + ["0"] + PIECES
 # The prompt of a pair trained with ``TrainConfig.last_move_feedback`` (else the bare instruction).
 LAST_MOVE_TEMPLATE = "{instruction} last move {last_move}"
+# ... and, trained with ``TrainConfig.relocate_free_m``, this after it (whether it turned a full circle)
+TURNED_SUFFIX = " turned {turned}"
 
 
 def vocabulary(template: str = "") -> List[str]:
     """The pair's words: ``WORDS`` and, after them (so no other id moves), the words a prompt
-    ``template`` adds, including what its ``{last_move}`` becomes."""
-    extra = template.replace(PLACEHOLDER, " ").replace(LAST_MOVE, " ").split()
-    if LAST_MOVE in template:
-        extra += [LAST_MOVE_WORDS[False], LAST_MOVE_WORDS[True]]
+    ``template`` adds, including what its ``{last_move}`` and ``{turned}`` become."""
+    extra = template.replace(PLACEHOLDER, " ").replace(LAST_MOVE, " ").replace(TURNED, " ").split()
+    for slot, words in ((LAST_MOVE, LAST_MOVE_WORDS), (TURNED, TURNED_WORDS)):
+        if slot in template:
+            extra += [words[False], words[True]]
     return WORDS + [w for w in dict.fromkeys(extra) if w not in WORDS]
 
 # -- image / model shapes ----------------------------------------------------------------------
