@@ -519,7 +519,7 @@ def render(out_dir: Optional[str] = None) -> str:
         "them from `ActionStatus`), the search walks on to a new place to look from where the floor ahead is",
         "free, and the camera-restricted expert needs far less of the object to succeed",
         "(`go2_camera_expert.py --search-walk-m 0 --min-pixels 8 16 20 30 60 120 --relocate-free-m 0 1.5 2.5`,",
-        "validation seeds):",
+        "validation seeds; this table and the sweep rows `relocate_free_m` above: 2026-12-05):",
         "",
         "| object counts as seen from | search by turning | + walk on after a full circle, 1.5 m free | 2.5 m free |",
         "|---:|---:|---:|---:|",
