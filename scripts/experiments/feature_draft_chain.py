@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Where does the text feature draft's chain lose tokens? Teacher-forced agreement against what the
+engine sees, on the held-out evaluation prompts (``models/smollm2_eval_prompts.json``).
+
+1. Teacher-forced on the target's decodes of the prompts (128 chat / 64 prose tokens, as
+   ``feature_draft_new_data.py``): agreement with the target's next token after ``d`` of the
+   draft's own guesses in a row (``d = 0``: the target's state, what a block's first token sees),
+   over all positions and over the first 24 generated ones; and, among those 24, at a position right
+   after one the draft got wrong (where every block but the first starts: the correction token is
+   the target's).
+   Also the share of the target's tokens the reduced head can propose at all.
+2. The engine (gamma 4, greedy, 24 new tokens, as ``make models-eval``): how often the first drafted
+   token of a block is kept, per prompt kind, apart from the first round (drafted before the cloud
+   returned any state).
+
+    python scripts/experiments/feature_draft_chain.py --threads 2
+
+2026-12-05 (committed draft): the own-guess chain costs chat 6 points at the first step and 1-2
+after (59.9 -> 54.1 -> 52.4 -> 50.6 % at depths 0-3), prose 2 points over three (79.6 -> 77.8 %);
+the head covers 98.0 / 99.3 % of the target's tokens. What costs most is where blocks start: the
+first 24 positions agree 58.1 / 64.8 % and, among them, a position after a wrong one 53.3 / 56.6 %
+(chat / prose) - what the engine keeps of a block's first token (52.4 / 58.4 %). Training and
+decoding match; the positions after a rejection are the hard ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from feature_draft_new_data import eval_source, unpack  # noqa: E402
+from specdec.models import artefacts  # noqa: E402
+from training.text import evaluate as text_eval  # noqa: E402
+from training.text import feature_draft as fd  # noqa: E402
+from training.text.data import cached_labels  # noqa: E402
+from training.train_exits import load_target, set_threads  # noqa: E402
+
+DEPTHS = 5
+FIRST = 24  # the engine evaluation's new tokens
+
+
+@torch.no_grad()
+def teacher_forced(draft, data, rows, head_w, head_ids) -> dict:
+    """Agreement by own-guess depth, over the first ``FIRST`` positions, after a wrong position."""
+    seqs, states, prompt_lens = data
+    by_depth, first, after_wrong, n = [0.0] * DEPTHS, [], [], 0
+    for r in rows:
+        ids, s_in, s_out, mask = fd._batch(seqs, states, prompt_lens, [r])
+        wanted = (s_out[0][mask[0]] @ head_w.t()).argmax(-1)
+        inputs = s_in
+        for depth in range(DEPTHS):
+            guess = draft(ids, inputs)
+            right = (guess[0][mask[0]] @ head_w.t()).argmax(-1) == wanted
+            by_depth[depth] += float(right.sum())
+            if depth == 0:
+                first.append(right[:FIRST])
+                after_wrong += [bool(b) for a, b in zip(right[:FIRST - 1], right[1:FIRST]) if not a]
+            inputs = fd._shift_guesses(guess, s_in, prompt_lens, [r])
+        n += int(mask.sum())
+    tokens = torch.cat([seqs[r][prompt_lens[r]:] for r in rows])
+    return {"by_depth": [round(x / n, 4) for x in by_depth], "first_positions": round(float(torch.cat(first).float().mean()), 4),
+            "after_a_wrong_one": round(sum(after_wrong) / max(1, len(after_wrong)), 4),
+            "head_coverage": round(float(torch.isin(tokens, head_ids).float().mean()), 4), "positions": n}
+
+
+def engine_first_token(target, tokenizer, draft_dir: str, prompts, kind: str) -> dict:
+    LocalSpeculativeDecoder, wrap_model, DecodingMode = text_eval._engine()
+    template = kind == "chat"
+    decoder = LocalSpeculativeDecoder(text_eval._draft_loader(draft_dir, tokenizer)(template),
+                                      wrap_model(target, tokenizer, use_chat_template=template),
+                                      gamma=4, max_new_tokens=FIRST, draft_length="fixed")
+    kept, rounds = 0, 0
+    try:
+        for prompt in prompts:
+            for r in decoder.generate(prompt.text, mode=DecodingMode.SPECULATIVE).stats.round_log[1:]:
+                kept += r.kept >= 1
+                rounds += 1
+    finally:
+        decoder.close()
+    return {"first_token_kept": round(kept / max(1, rounds), 4), "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    target, tokenizer = load_target(artefacts.text_target_dir(), torch.device("cpu"))
+    draft, head_ids, _ = fd.load_committed(os.path.join(ROOT, "models", "smollm2-135m-feature-draft"), target)
+    head_w = target.lm_head.weight.detach().float()[head_ids]
+    evaluation = eval_source()
+    labels = cached_labels(evaluation, target, tokenizer, [],
+                           os.path.join(artefacts.cache_root(), "_work", "experiment-eval-prompts.pt"))
+    data = unpack(labels, target)
+    draft_dir = os.path.join(artefacts.cache_root(), "smollm2-135m-feature-draft")
+    for kind in ("chat", "prose"):
+        rows = [i for i, k in enumerate(labels.kinds) if k == kind]
+        prompts = [p for p in evaluation.prompts if p.kind == kind]
+        print(json.dumps({"kind": kind, **teacher_forced(draft, data, rows, head_w, head_ids),
+                          **engine_first_token(target, tokenizer, draft_dir, prompts, kind)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
