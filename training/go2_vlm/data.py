@@ -143,13 +143,14 @@ def _gen_chunk(job: DataJob):
             for obj in env.world.objects:
                 env.target = obj
                 hidden = info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS
+                in_sight = in_view(env, expert_cfg.fov_margin_deg)
                 turns = [env.turned_deg]
                 if job.relocate_free_m > 0.0 and (hidden or flip_rng.random() < RELOCATE_FLIP_PROB):
                     # the same frame after the other count of turning: rollouts seldom turn a full
                     # circle, and a hidden object's answer is what changes with it
                     turns.append(0.0 if env.turned_deg >= TURNED_AROUND_DEG else TURNED_AROUND_DEG)
                 for turned in turns:
-                    seen = in_view(env, expert_cfg.fov_margin_deg)
+                    seen = in_sight
                     if camera_search and hidden:
                         # Not in the picture (out of view, hidden behind another object or too small):
                         # the answer is the search the camera can show, not the path the expert plans.
