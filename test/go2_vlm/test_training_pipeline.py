@@ -330,3 +330,26 @@ def test_relocation_labels_answer_hidden_objects_by_the_turning_done(tmp_path):
     shown_both = [answers for (_, _, shown), answers in by_key.items() if shown and len(answers) == 2]
     assert shown_both and all(answers[False] == answers[True] for answers in shown_both)
     assert TURNED_AROUND_DEG == 360.0
+
+
+def test_objects_below_seen_min_pixels_are_answered_by_the_search():
+    """``seen_min_pixels`` decides which objects the labels treat as seen: one covering fewer camera
+    pixels is answered by the search (as if hidden), so raising it turns expert answers into search
+    answers on the same frames and leaves the frames themselves alone."""
+    from dataclasses import replace
+
+    from training.go2_vlm.config import prompt_template
+    from training.go2_vlm.data import REGION_MIN_PIXELS, DataJob, _gen_chunk
+
+    cfg = TrainConfig(**dict(TINY, relocate_free_m=1.5, seen_min_pixels=20))
+    assert recipe_sha(cfg) != recipe_sha(TrainConfig(**dict(TINY, relocate_free_m=1.5)))
+    assert recipe_sha(TrainConfig(seen_min_pixels=REGION_MIN_PIXELS)) != recipe_sha(TrainConfig())
+    job = DataJob(seed=3, episodes=3, perturb_prob=0.25, supersample=1, blocked_prob=0.5, near_prob=0.0,
+                  absent_twins=False, learner_driven=False, prompt_template=prompt_template(cfg),
+                  relocate_free_m=1.5)
+    base, blind = _gen_chunk(job), _gen_chunk(replace(job, seen_min_pixels=10 ** 6))
+    assert len(base["frames"]["pix"]) == len(blind["frames"]["pix"])
+    assert any(state[0] > 0 for state in base["samples"]["state"])
+    assert not any(state[0] > 0 for state in blind["samples"]["state"])
+    assert set(blind["samples"]["action"]) <= {"left 60", "forward 1"}  # the search, nothing else
+    assert set(base["samples"]["action"]) - {"left 60", "forward 1"}

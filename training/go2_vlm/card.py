@@ -112,26 +112,29 @@ def _agreement_history(ev: dict, d: dict) -> list:
         "robot (the target's validation success stayed where it was), and the same draft distilled on the new",
         "target reached 84 % held-out agreement with the committed recipe (6,000 steps).",
         "",
-        "Previous pair -> committed pair, 200 benchmark frames and the closed loop (the engine of this tree for both):",
+        "The pair at the issue's start (previous), the pair of 2026-12-03 (5 deg grid, on-policy draft, exits on",
+        "verification rows, search by turning; its `make models-eval` report) and the committed pair, 200",
+        "benchmark frames and the closed loop (the engine of this tree for all):",
         "",
-        "| | previous | committed |",
-        "|---|---:|---:|",
-        f"| acceptance: drafted tokens the target agreed with (bench frames) | 61.5 % | **{_pct(frames.get('acceptance_rate'))}** |",
+        "| | previous | 2026-12-03 | committed |",
+        "|---|---:|---:|---:|",
+        f"| acceptance: drafted tokens the target agreed with (bench frames) | 61.5 % | 83.3 % |"
+        f" **{_pct(frames.get('acceptance_rate'))}** |",
         f"| acceptance (closed loop) | n/a (36.0 % by the engine's earlier count, which left out agreed end tokens) |"
-        f" **{_pct(spec.get('acceptance_rate'))}** |",
-        f"| tokens per round (bench frames / closed loop) | 1.82 / 1.87 | {frames.get('tokens_per_round')} /"
+        f" 84.4 % | **{_pct(spec.get('acceptance_rate'))}** |",
+        f"| tokens per round (bench frames / closed loop) | 1.82 / 1.87 | 2.376 / 2.441 | {frames.get('tokens_per_round')} /"
         f" {spec.get('tokens_per_round')} |",
-        f"| draft alone = target, whole answer (bench frames) | 52 % | {_pct(frames.get('draft_alone_agreement'))} |",
-        f"| draft alone, closed-loop success | 34 % | {_pct((ev.get('draft') or {}).get('success_rate'))} |",
+        f"| draft alone = target, whole answer (bench frames) | 52 % | 80 % | {_pct(frames.get('draft_alone_agreement'))} |",
+        f"| draft alone, closed-loop success | 34 % | 92 % | {_pct((ev.get('draft') or {}).get('success_rate'))} |",
         f"| hint accuracy, closed loop (all rounds / rounds followed by another) | 11.4 % (scored before the end-token"
-        f" fix) / n/a | {_pct(spec.get('hint_accuracy'))} / {_pct(spec.get('open_hint_accuracy'))} |",
-        f"| hint accuracy, bench frames (all / followed by another) | 57.0 % / 16.5 % | {_pct(frames.get('hint_accuracy'))}"
-        f" / {_pct(frames.get('open_hint_accuracy'))} |",
-        f"| pre-draft hit rate (closed loop) | n/a | {_pct(spec.get('predraft_hit_rate'))} |",
-        f"| target success, evaluation / validation seeds | 92 % / 88 % | {_pct((ev.get('target') or {}).get('success_rate'))}"
-        f" / {_pct(val.get('success_rate'))} |",
-        f"| cost of a drafted token / a target token | 0.56x | {cost.get('ratio', 'n/a')}x |",
-        f"| draft parameters | 142,752 | {d.get('params', 0):,} |",
+        f" fix) / n/a | 73.9 % / 25.0 % | {_pct(spec.get('hint_accuracy'))} / {_pct(spec.get('open_hint_accuracy'))} |",
+        f"| hint accuracy, bench frames (all / followed by another) | 57.0 % / 16.5 % | 62.5 % / 33.3 % |"
+        f" {_pct(frames.get('hint_accuracy'))} / {_pct(frames.get('open_hint_accuracy'))} |",
+        f"| pre-draft hit rate (closed loop) | n/a | 66.7 % | {_pct(spec.get('predraft_hit_rate'))} |",
+        f"| target success, evaluation / validation seeds | 92 % / 88 % | 90 % / 88 % |"
+        f" {_pct((ev.get('target') or {}).get('success_rate'))} / {_pct(val.get('success_rate'))} |",
+        f"| cost of a drafted token / a target token | 0.56x | 0.622x | {cost.get('ratio', 'n/a')}x |",
+        f"| draft parameters | 142,752 | 531,968 | {d.get('params', 0):,} |",
     ]
 
 
@@ -209,7 +212,7 @@ def _spread_lines(ev: dict, out_dir: Optional[str]) -> List[str]:
     seconds = ", ".join(f"{label} {train.get('total_seconds')} s" for label, _, train in runs[1:] if train)
     return [
         "",
-        "Spread of the committed recipe (5 deg grid, on-policy draft, exits on verification rows): other",
+        "Spread of the committed recipe (twice the data, DAgger, search memory, seen from 20 pixels): other",
         "trainings with only the seed changed (`python -m training.go2_vlm --train --eval --force --out DIR",
         f"--set seed=N threads=1`; {seconds} on one thread), their reports in `models/go2_vlm_spread/`:",
         "",
@@ -291,6 +294,14 @@ def render(out_dir: Optional[str] = None) -> str:
         "  Every frame is labelled for every object in the room as the instructed one (same image, other",
         "  instruction, the expert's answer for it), except answers that depend on what the camera cannot",
         f"  see. {train.get('data', {}).get('frames', '?')} samples; every {cfg.get('held_out_every')}th episode held out.",
+        (f"* **Search memory** (`relocate_free_m {cfg.get('relocate_free_m')}`): every prompt ends `turned little`, or"
+         " `turned around` once the robot has turned a full circle in place since it last walked (counted from the"
+         " actions the controller ran: `specdec.models.prompting.turned_after`). An instructed object that covers"
+         f" fewer than {cfg.get('seen_min_pixels', 8)} of the camera's 160x120 pixels (`seen_min_pixels`: hidden,"
+         " out of view or too small to make out) is answered by the search the camera can show: the search turn,"
+         f" and after a full circle a walk on (`forward 1`) where {cfg.get('relocate_free_m')} m of floor ahead are"
+         " free; such frames are asked both ways." if cfg.get("relocate_free_m") else
+         "* **Search memory**: off in this recipe (`relocate_free_m 0`)."),
         f"* **Target**: {t.get('steps')} steps of AdamW (lr {t.get('lr')}, batch {t.get('batch')}), cross-entropy on the",
         "  answer with ordinal label smoothing of the magnitudes, plus training-only auxiliary heads (objects",
         "  per image token scored against the colour/shape word embeddings; instructed object per image",
@@ -390,8 +401,11 @@ def render(out_dir: Optional[str] = None) -> str:
         "| previous recipe: near-object starts, 4000 steps | `object_weight=0 vision_warmup_steps=0` | 82 % | 10 % | 30.1 % |",
         "| + object colour/shape loss, vision warm-up (the previous pair) | `turn_step_deg=1 move_step_m=0.05"
         " draft_init=scratch draft_steps=1500 distill_steps=0 exit_episodes=0` | 92 % | 34 % | 36.0 % |",
-        f"| **committed**: + 5 deg / 0.1 m grid, draft from the target's layers, on-policy distillation, exits on"
-        f" verification rows | (none) | **{_pct((ev.get('target') or {}).get('success_rate'))}** | "
+        "| 2026-12-03 recipe: + 5 deg / 0.1 m grid, draft from the target's layers, on-policy distillation, exits on"
+        " verification rows | `episodes=350 target_steps=4000 dagger_episodes=0 relocate_free_m=0 seen_min_pixels=8`"
+        " | 90 % | 92 % | 84.4 % |",
+        f"| **committed**: + twice the data, a DAgger round, search memory, objects seen from 20 camera pixels on"
+        f" (validation sweep below) | (none) | **{_pct((ev.get('target') or {}).get('success_rate'))}** | "
         f"{_pct((ev.get('draft') or {}).get('success_rate'))} | {_pct(spec.get('acceptance_rate'))} |",
         "",
         "### Validation seeds (recipe sweep)",
@@ -409,56 +423,64 @@ def render(out_dir: Optional[str] = None) -> str:
         "| previous + `boundary_repeat=4 target.vision_dim=96 target.vision_depth=3` | 66 / 100 | 22 | 814 |",
         "| previous + `boundary_repeat=4 image=128x96` (48 image tokens) | 70 / 100 | 21 | 874 |",
         "| previous + `object_weight=1 vision_warmup_steps=2500` (sweep run) | **87 / 100** | **0** | 668 |",
-        f"| committed weights (`make models-eval`) | {_validation_row(ev, t.get('seconds'))} |",
-        "| committed recipe + `dagger_episodes=150` (a DAgger round) | 92 / 100 | 1 | 676 (1 thread) |",
-        "| committed recipe + `search_walk_m=2.5` (hidden objects: the walking search) | 89 / 100 | 0 | 513 |",
-        "| committed recipe + both | 88 / 100 | 3 | 609 (1 thread) |",
-        "| committed recipe + `image=128x96` (48 image tokens) | 92 / 100 | 0 | 932 (1 thread) |",
-        "| committed recipe + `image=128x96 dagger_episodes=150` | 91 / 100 | 0 | 923 (1 thread) |",
-        "| committed recipe + `image=128x96 seed=1` (a second training) | 91 / 100 | 0 | 750 |",
-        "| committed recipe + `search_walk_m=100` (the search turn wherever the object is not in the picture,"
+        "| the 2026-12-03 recipe (`12-03 recipe` below), its weights (`make models-eval` then) | 88 / 100 | 1 |"
+        " 626.2 (1 thread) |",
+        "| 12-03 recipe + `dagger_episodes=150` (a DAgger round) | 92 / 100 | 1 | 676 (1 thread) |",
+        "| 12-03 recipe + `search_walk_m=2.5` (hidden objects: the walking search) | 89 / 100 | 0 | 513 |",
+        "| 12-03 recipe + both | 88 / 100 | 3 | 609 (1 thread) |",
+        "| 12-03 recipe + `image=128x96` (48 image tokens) | 92 / 100 | 0 | 932 (1 thread) |",
+        "| 12-03 recipe + `image=128x96 dagger_episodes=150` | 91 / 100 | 0 | 923 (1 thread) |",
+        "| 12-03 recipe + `image=128x96 seed=1` (a second training) | 91 / 100 | 0 | 750 |",
+        "| 12-03 recipe + `search_walk_m=100` (the search turn wherever the object is not in the picture,"
         " not the expert's planned path) | 85 / 100 | 2 | 711 (1 thread) |",
-        "| committed recipe + `episodes=700 target_steps=6000` (twice the data) | 91 / 100 | 0 | 1095 (1 thread) |",
-        "| committed recipe + `blocked_prob=0.45 dagger_episodes=150` | 92 / 100 | 1 | 781 (1 thread) |",
-        "| committed recipe + `small_repeat=3` (object in at most 2 image tokens: samples x3) | 92 / 100 | 1 |"
+        "| 12-03 recipe + `episodes=700 target_steps=6000` (twice the data) | 91 / 100 | 0 | 1095 (1 thread) |",
+        "| 12-03 recipe + `blocked_prob=0.45 dagger_episodes=150` | 92 / 100 | 1 | 781 (1 thread) |",
+        "| 12-03 recipe + `small_repeat=3` (object in at most 2 image tokens: samples x3) | 92 / 100 | 1 |"
         " 717 (1 thread) |",
-        "| committed recipe + `small_repeat=3 dagger_episodes=150` | 85 / 100 | 3 | 717 (1 thread) |",
-        "| committed recipe + `image=160x128` (80 image tokens, the camera's own resolution) | 90 / 100 | 1 |"
+        "| 12-03 recipe + `small_repeat=3 dagger_episodes=150` | 85 / 100 | 3 | 717 (1 thread) |",
+        "| 12-03 recipe + `image=160x128` (80 image tokens, the camera's own resolution) | 90 / 100 | 1 |"
         " 1999 (1 thread) |",
-        "| committed recipe + `object_weight=3` (the per-object colour/shape loss x3) | 89 / 100 | 2 | 757 (1 thread) |",
-        "| committed recipe + `object_weight=3 vision_warmup_steps=5000` (held-out shape 0.86 after the"
+        "| 12-03 recipe + `object_weight=3` (the per-object colour/shape loss x3) | 89 / 100 | 2 | 757 (1 thread) |",
+        "| 12-03 recipe + `object_weight=3 vision_warmup_steps=5000` (held-out shape 0.86 after the"
         " warm-up, 0.81 with 2500 steps) | 91 / 100 | 0 | 787 (1 thread) |",
-        "| committed recipe + `object_min_tokens=1` (the shape of objects in 1-3 image tokens scored too; held-out"
+        "| 12-03 recipe + `object_min_tokens=1` (the shape of objects in 1-3 image tokens scored too; held-out"
         " shape 0.93) | 90 / 100 | 1 | 578 (1 thread) |",
-        "| committed recipe + `object_min_tokens=1 object_weight=3` (held-out shape 0.93) | 89 / 100 | 2 |"
+        "| 12-03 recipe + `object_min_tokens=1 object_weight=3` (held-out shape 0.93) | 89 / 100 | 2 |"
         " 580 (1 thread) |",
-        "| committed recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3` (walking search; the"
+        "| 12-03 recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3` (walking search; the"
         " prompt says whether the last motion stalled; 30 % of the decisions near an obstacle walk into it)"
         " | 90 / 100 | 0 | 472 (1 thread) |",
-        "| committed recipe + `last_move_feedback=true bump_prob=0.3` (the same, search by turning) | 90 / 100 |"
+        "| 12-03 recipe + `last_move_feedback=true bump_prob=0.3` (the same, search by turning) | 90 / 100 |"
         " 1 | 485 (1 thread) |",
-        "| committed recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3 dagger_episodes=150` |"
+        "| 12-03 recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3 dagger_episodes=150` |"
         " 87 / 100 | 0 | 440 (1 thread) |",
-        "| committed recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3 target.hidden=192"
+        "| 12-03 recipe + `search_walk_m=2.5 last_move_feedback=true bump_prob=0.3 target.hidden=192"
         " target.heads=6 target.intermediate=384` (a 1.5x wider decoder) | 87 / 100 | 2 | 692 (1 thread) |",
-        "| committed recipe + `relocate_free_m=2.5` (search memory: the prompt ends `turned around` once the robot"
+        "| 12-03 recipe + `relocate_free_m=2.5` (search memory: the prompt ends `turned around` once the robot"
         " has turned a full circle in place since it last walked; an object not in the picture is answered by"
         " the search turn before that, by walking on where 2.5 m of floor are free after it) | 88 / 100 | 0 |"
         " 376 (1 thread) |",
-        "| committed recipe + `relocate_free_m=2.5 seed=1` | 86 / 100 | 3 | 370 (1 thread) |",
-        "| committed recipe + `relocate_free_m=2.5 dagger_episodes=150` | 87 / 100 | 1 | 395 (1 thread) |",
-        "| committed recipe + `relocate_free_m=1.5 dagger_episodes=150` | 89 / 100 | 1 | 409 (1 thread) |",
-        "| committed recipe + `relocate_free_m=1.5 dagger_episodes=150 episodes=700 target_steps=6000` (twice"
+        "| 12-03 recipe + `relocate_free_m=2.5 seed=1` | 86 / 100 | 3 | 370 (1 thread) |",
+        "| 12-03 recipe + `relocate_free_m=2.5 dagger_episodes=150` | 87 / 100 | 1 | 395 (1 thread) |",
+        "| 12-03 recipe + `relocate_free_m=1.5 dagger_episodes=150` | 89 / 100 | 1 | 409 (1 thread) |",
+        "| 12-03 recipe + `relocate_free_m=1.5 dagger_episodes=150 episodes=700 target_steps=6000` (twice"
         " the data) | 93 / 100 | 1 | 624 (1 thread) |",
         "| the same, `seed=1` / `seed=2` | 91 / 100, 93 / 100 | 1, 1 | 599, 522 (1 thread) |",
-        "| committed recipe + `relocate_free_m=1.5 episodes=700 target_steps=6000 target.hidden=192 target.heads=6"
+        "| 12-03 recipe + `relocate_free_m=1.5 episodes=700 target_steps=6000 target.hidden=192 target.heads=6"
         " target.intermediate=384` (twice the data, a 1.5x wider decoder) | **94 / 100** | 0 | 1023 (1 thread) |",
         "| the same, `seed=1` / `seed=2` | 91 / 100, 89 / 100 | 0, 2 | 985, 915 (1 thread) |",
         "| the same (seed 0) + `dagger_episodes=150` | 86 / 100 | 3 | 996 (1 thread) |",
         "| the same (seed 0) without the search memory (`episodes=700 target_steps=6000 target.hidden=192"
         " target.heads=6 target.intermediate=384`) | 89 / 100 | 2 | 977 (1 thread) |",
+        "| 12-03 recipe + `relocate_free_m=1.5 dagger_episodes=150 episodes=700 target_steps=6000"
+        " seen_min_pixels=20` (twice the data, a DAgger round, the memory, and an object counts as seen - answered"
+        " by the expert - only from 20 camera pixels on, below that by the search) | **95 / 100** | 0 | 536 (1 thread) |",
+        "| the same, `seed=1` / `seed=2` | 92 / 100, 95 / 100 | 1, 0 | 564, 544 (1 thread) |",
+        "| the same (seed 0) with the 1.5x wider decoder instead of the DAgger round | 93 / 100 | 0 | 954 (1 thread) |",
+        f"| **committed recipe** (the `seen_min_pixels=20` row), its weights (`make models-eval`) |"
+        f" {_validation_row(ev, t.get('seconds'))} |",
         "",
-        "What is left of the committed target's validation failures (2026-12-03): in 8 of its 12 the",
+        "What is left of the 12-03 target's validation failures (2026-12-03): in 8 of its 12 the",
         "instructed object stands behind another one (the straight path is blocked), hidden or showing",
         "as a sliver at the obstacle's edge, and the target answers the search turn in front of it for 40",
         "decisions. The expert restricted to what the camera shows (its own answer when the object covers",
@@ -472,8 +494,8 @@ def render(out_dir: Optional[str] = None) -> str:
         "hidden objects but got stuck walking into objects beside or below the camera's view, where the",
         "picture shows free floor: 89 / 100. A DAgger round gave 92 / 100, twice the image tokens 92 / 100",
         "(91 in a second training; the same hard seeds fail: 1004, 1008, 1012, 1064), no better than the",
-        "committed recipe's own second training (seed 1: 92 / 100, spread table below) and within the spread",
-        "of one evaluation (binomial: about 3 points at 90 % on 100 seeds; 3 of the committed target's 12",
+        "12-03 recipe's own second training (seed 1: 92 / 100) and within the spread",
+        "of one evaluation (binomial: about 3 points at 90 % on 100 seeds; 3 of the 12-03 target's 12",
         "failures turn into successes when only the render noise of later frames changes). None of these",
         "is committed.",
         "",
@@ -491,11 +513,11 @@ def render(out_dir: Optional[str] = None) -> str:
         "| 60 pixels | 62 / 100 | 94 / 100 | 95 / 100 |",
         "| 120 pixels | 36 / 100 | 78 / 100 | 92 / 100 |",
         "",
-        "Every variant of the committed recipe that searches by turning lands",
+        "Every variant of the 12-03 recipe that searches by turning lands",
         "at 85-92 / 100, like a policy that notices objects from about 20-30 camera pixels on. Its hardest",
         "seeds are that policy's too: 1004, 1008 and 1064 fail in every variant and with the 30-pixel",
         "expert (the object 2.5-4.7 m away, 10-60 pixels, often at the edge of its same-colour twin or of",
-        "another object in front of it; traced frame by frame with the committed target). 60 camera pixels are",
+        "another object in front of it; traced frame by frame with the 12-03 target). 60 camera pixels are",
         "19 of the 96x64 model input, 7 % of one image token. With the turning search, 95 % needs the",
         "policy to act on objects of about 16 pixels (5 model pixels); the walking search tolerates 30-60",
         "pixels (the robot walks until the object is larger), but the target trained on it walks into",
@@ -507,7 +529,7 @@ def render(out_dir: Optional[str] = None) -> str:
         "the controller stopped as stalled, the same signal the edge node takes from `ActionStatus`;",
         "`bump_prob` puts such frames in the data, about 10 % of them) no longer walks into what the picture does",
         "not show - its failed episodes hold 0-1 decisions taken after a stall (`go2_recipe_sweep.py --evaluate"
-        " DIR`: `failed_blocked_decisions`; the committed target's 0, except one episode stuck for 32) - but"
+        " DIR`: `failed_blocked_decisions`; the 12-03 target's 0, except one episode stuck for 32) - but"
         " reaches only 90 / 100 with the walking",
         "search and 90 with the turning one, and 87 with a DAgger round or a 1.5x wider decoder: the",
         "failures move to search loops (turn, turn, walk, walk without the object coming into view),",
@@ -535,14 +557,25 @@ def render(out_dir: Optional[str] = None) -> str:
         "",
         "So a policy that notices objects from 20-30 pixels on, as the target does, could reach 98-100 with it.",
         "The targets trained on it (rows `relocate_free_m` above) use it - traced episode by episode, seeds",
-        "the committed target loses in front of a hidden object (1008, 1010, 1020) now end with `turned around`,",
+        "the 12-03 target loses in front of a hidden object (1008, 1010, 1020) now end with `turned around`,",
         "`forward 1` and the object found - but land at 86-89 / 100 all the same: the failures move to other",
         "imitation errors (strafing left and right in front of an obstacle where the expert turns or walks",
         "on, turning past an object 0.3 m away, a search that walks on and turns around again). With twice",
         "the data and a 1.5x wider decoder as well it reached 94 / 100, the best of any run, but 91 and 89",
         "in two more trainings and 86 with a DAgger round (the same decoder and data without the memory: 89;",
         "twice the data with a DAgger round and the memory: 93, 91 and 93): within the 85-94 every recipe",
-        "spreads over. None of these is committed; 95 / 100 is not reached.",
+        "spreads over. None of these was committed.",
+        "",
+        "What moved it was asking for less (2026-12-05). Those recipes still label an object of 8 camera pixels",
+        "with the expert's approach: two or three model pixels, which the target cannot make out beside an",
+        "obstacle, so it learns noise there. With `seen_min_pixels=20` an object of fewer than 20 pixels is",
+        "answered by the search, like a hidden one; with the memory that costs the camera-restricted expert",
+        "nothing (100 / 100 at 20 pixels, table above). Twice the data, a DAgger round, the memory and this",
+        "threshold gave 95, 92 and 95 / 100 in three trainings (mean 94.0; without the threshold 93, 91 and 93,",
+        "mean 92.3), with the wider decoder instead of the DAgger round 93. The gain is about the size of one",
+        "evaluation's spread, but it is the first recipe whose trainings reach 95. It is the committed recipe:",
+        "its `make models-eval` result is the last row of the sweep table, its second training is in the",
+        "spread table below.",
         "",
         "The previous recipe sat at a plateau near 70 % on validation seeds, and nearly all its failures were",
         "the same: it said `done` at the same-colour object of the other shape. The cause was its vision",
@@ -554,7 +587,7 @@ def render(out_dir: Optional[str] = None) -> str:
         "shape of each object from the mean of the tokens it covers (a silhouette is spread over tokens)",
         "and the colour of each token, trained alone on the vision tower for a short warm-up (shape learning",
         "starts slowly) and then kept in the target's auxiliary loss.",
-        "`--diagnose`, previous -> committed weights: shape accuracy of the image features 57 % -> 90 % held",
+        "`--diagnose`, previous -> 12-03 weights: shape accuracy of the image features 57 % -> 90 % held",
         "out (60 % -> 100 % on training frames); verb accuracy on samples with the twin in view 29 % -> 74 %",
         "held out (41 % -> 87 % on training rows); wrong-object `done`s on the validation seeds 23 -> 1.",
         "Three trainings of that recipe (not bit-exact): the sweep run, its `make models`",

@@ -19,7 +19,7 @@ from .pair import (DRAFT_SPEC, EXIT_LAYERS, IMAGE_H, IMAGE_W, LAST_MOVE_TEMPLATE
 @dataclass
 class TrainConfig:
     seed: int = 0
-    episodes: int = 350            # expert rollouts (about 11 decisions each, each frame labelled per object)
+    episodes: int = 700            # expert rollouts (about 11 decisions each, each frame labelled per object)
     chunk: int = 25                # episodes per data job (fixes the data whatever the worker count)
     perturb_prob: float = 0.25     # executed action replaced by a random one (label stays the expert's)
     blocked_prob: float = 0.25     # episodes that start behind another object (dataset.blocked_start)
@@ -30,7 +30,7 @@ class TrainConfig:
     held_out_every: int = 20       # every n-th chunk of episodes is held out
     workers: int = 2
     threads: int = 2
-    target_steps: int = 4000
+    target_steps: int = 6000
     target_batch: int = 32
     target_lr: float = 2e-3
     draft_init: str = "target:0,3"  # the draft: DRAFT_SPEC from random weights, or "target:0,3" - the target's
@@ -38,7 +38,7 @@ class TrainConfig:
     draft_steps: int = 0           # draft steps on the expert data (0: none, e.g. after a target init)
     draft_batch: int = 32
     draft_lr: float = 3e-3
-    dagger_episodes: int = 0       # rollouts driven by the trained target, labelled by the expert (0: off)
+    dagger_episodes: int = 150     # rollouts driven by the trained target, labelled by the expert (0: off)
     dagger_steps: int = 700        # target fine-tuning steps on expert + DAgger data
     dagger_lr: float = 1e-3
     rare_repeat: int = 3           # strafe samples (rare: ~2%) are repeated this often per epoch
@@ -64,9 +64,12 @@ class TrainConfig:
     search_walk_m: float = 0.0     # > 0: answer an object not in the picture by the walking search
                                    # (expert.search_action), not by the expert's planned path
     last_move_feedback: bool = False  # prompts say whether the last motion stalled (pair.LAST_MOVE_TEMPLATE)
-    relocate_free_m: float = 0.0   # > 0: prompts say whether the robot turned a full circle in place ({turned});
+    relocate_free_m: float = 1.5   # > 0: prompts say whether the robot turned a full circle in place ({turned});
                                    # an object not in the picture is answered by the search that then walks on
                                    # where this much floor is free (expert.search_action)
+    seen_min_pixels: int = 20      # camera pixels (of 160x120) the instructed object must cover to be answered by
+                                   # the expert; fewer: by the search (with search_walk_m / relocate_free_m), so
+                                   # the labels ask only for objects the target can make out
     bump_prob: float = 0.0         # decisions near an obstacle that walk into it instead (dataset.rollouts)
     # On-policy distillation of the draft (distill.py), after its expert-data training: frames of
     # rollouts driven by the target and by the draft (plus the expert's), every object asked,
@@ -115,7 +118,7 @@ _NEUTRAL = {"boundary_repeat": 1, "small_repeat": 1, "object_weight": 0.0, "obje
             "vision_warmup_lr": 2e-3, "distill_target_episodes": 0, "distill_draft_episodes": 0, "distill_steps": 0,
             "distill_batch": 32, "distill_lr": 1e-3, "exit_episodes": 0, "turn_step_deg": 1.0, "move_step_m": 0.05,
             "draft_init": "scratch", "search_walk_m": 0.0, "last_move_feedback": False, "bump_prob": 0.0,
-            "relocate_free_m": 0.0}
+            "relocate_free_m": 0.0, "seen_min_pixels": 8}
 
 
 # How the work is spread (data workers, torch threads), not what is trained: the data are the same

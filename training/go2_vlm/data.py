@@ -71,6 +71,7 @@ class DataJob:
     prompt_template: str = ""  # the prompt around the instruction (config.prompt_template)
     relocate_free_m: float = 0.0  # > 0: an object not in the picture is answered by the search that walks on
                                   # after a full circle (ExpertConfig.relocate_free_m); prompts say {turned}
+    seen_min_pixels: int = REGION_MIN_PIXELS  # ... and so is one covering fewer camera pixels than this
 
 
 def prompt_ids(processor, instruction: str, n_image: int) -> List[int]:
@@ -142,7 +143,7 @@ def _gen_chunk(job: DataJob):
         try:
             for obj in env.world.objects:
                 env.target = obj
-                hidden = info.visible_pixels.get(obj.name, 0) < REGION_MIN_PIXELS
+                hidden = info.visible_pixels.get(obj.name, 0) < job.seen_min_pixels
                 in_sight = in_view(env, expert_cfg.fov_margin_deg)
                 turns = [env.turned_deg]
                 if job.relocate_free_m > 0.0 and (hidden or flip_rng.random() < RELOCATE_FLIP_PROB):
@@ -375,7 +376,7 @@ def data_jobs(cfg: TrainConfig, first_chunk: int, episodes: int, learner_driven:
                     blocked_prob=cfg.blocked_prob, near_prob=cfg.near_prob, absent_twins=cfg.absent_twins,
                     learner_driven=learner_driven, turn_step_deg=cfg.turn_step_deg, move_step_m=cfg.move_step_m,
                     search_walk_m=cfg.search_walk_m, bump_prob=cfg.bump_prob, prompt_template=prompt_template(cfg),
-                    relocate_free_m=cfg.relocate_free_m)
+                    relocate_free_m=cfg.relocate_free_m, seen_min_pixels=cfg.seen_min_pixels)
             for k in range(first_chunk, first_chunk + n_chunks)]
 
 
