@@ -29,17 +29,18 @@ def test_target_labels_are_the_targets_greedy_decodes(pair):
     _draft, target, _heads = pair
     job = data_jobs(CFG, 0, 1)[0]
     data, logp = label_with_target(target.model, collect_chunks([job], 1, progress=False), CFG, progress=False)
-    images, rooms = [], []
+    images, rooms, prompts = [], [], []
     for env, _ep, _seed, _step, image, _info, _label in job_rollouts(job, with_info=True):
         images.append(vlm.bgr_to_rgb(image))
         rooms.append(sorted(COMBOS.index((o.color, o.shape)) for o in env.world.objects))
+        prompts.append({c: env.prompt(job.prompt_template, INSTRUCTIONS[c]) for c in rooms[-1]})
     assert len(images) == int(data.pix.shape[0])
     for frame, room in enumerate(rooms):  # every object of the room asked, once
         assert data.combo[data.frame == frame].tolist() == room
     for row in range(len(data)):
         frame, combo = int(data.frame[row]), int(data.combo[row])
         answer = [t for t in data.targets[row].tolist() if t >= 0]
-        assert answer == greedy_decode(target, INSTRUCTIONS[combo], images[frame])[:len(answer)]
+        assert answer == greedy_decode(target, prompts[frame][combo], images[frame])[:len(answer)]
         assert answer[-1] == target.eos_token_ids[0] or len(answer) == data.answer_len
         assert logp[row, :len(answer)].float().argmax(-1).tolist() == answer
 

@@ -25,15 +25,17 @@ def pair():
 
 @pytest.fixture(scope="module")
 def frames():
-    """(instruction, RGB frame) from a few seeded episodes: the start view and two other headings."""
+    """(prompt, RGB frame) from a few seeded episodes: the start view and two other headings; the
+    prompt is the instruction in the pair's own template, as the edge node and the simulator ask."""
     from go2_sim.episode import Go2Episode
 
+    template = vlm.load_prompt_template()
     env = Go2Episode()
     out = []
     for seed in FRAME_SEEDS:
         env.reset(seed)
         for _ in range(3):
-            out.append((env.instruction, vlm.bgr_to_rgb(env.render())))
+            out.append((env.prompt(template), vlm.bgr_to_rgb(env.render())))
             env.world.yaw += 2.1  # another heading, same room
     return out
 
@@ -44,7 +46,9 @@ def test_pair_loads_and_shares_tokenizer(pair):
     draft, target, heads = pair
     assert draft.fingerprint == target.fingerprint
     # the committed tokenizer is the one the code builds
-    assert target.fingerprint == tokenizer_fingerprint(vlm.build_tokenizer())
+    from training.go2_vlm.config import TrainConfig, prompt_template
+
+    assert target.fingerprint == tokenizer_fingerprint(vlm.build_tokenizer(prompt_template(TrainConfig())))
     assert draft.vocab_size == target.vocab_size
     assert type(target.model).__name__ == type(draft.model).__name__ == "Qwen2VLForConditionalGeneration"
     n_target = sum(p.numel() for p in target.model.parameters())
