@@ -143,13 +143,20 @@ def test_pipeline_on_bag_matches_cloud_only_and_stays_in_limits(storage, tmp_pat
               for t, _, _, m in read_bag(BAGS[storage]) if t == "/camera/image_raw"}
     torch.set_num_threads(1)
     target = load_model(os.path.join(GO2_MODELS, "target"))
+    # the node asks in the pair's template; {turned} counts the turns run so far (prompting.turned_after)
+    from specdec.models.prompting import apply_prompt_template, folder_prompt_template, turned_after
+
+    template, turned = folder_prompt_template(os.path.join(GO2_MODELS, "draft")), 0.0
     for action in actions:
         frame = frames[(action.header.stamp.sec, action.header.stamp.nanosec)]
-        inputs = target.encode(action.instruction, image_to_rgb(frame)).generate_kwargs()
+        prompt = apply_prompt_template(template, action.instruction, False, turned)
+        inputs = target.encode(prompt, image_to_rgb(frame)).generate_kwargs()
         with torch.inference_mode():
             out = target.model.generate(**inputs, do_sample=False, max_new_tokens=8)
         expected = target.decode_text(out[0, inputs["input_ids"].shape[1]:].tolist())
         assert action.text == expected, (action.text, expected)
+        if action.valid:
+            turned = turned_after(turned, action.action, action.value)
         assert action.valid, action.reject_reason
 
     # Every command stays within the controller's configured limits.
