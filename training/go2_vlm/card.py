@@ -477,8 +477,7 @@ def render(out_dir: Optional[str] = None) -> str:
         " by the expert - only from 20 camera pixels on, below that by the search) | **95 / 100** | 0 | 536 (1 thread) |",
         "| the same, `seed=1` / `seed=2` | 92 / 100, 95 / 100 | 1, 0 | 564, 544 (1 thread) |",
         "| the same (seed 0) with the 1.5x wider decoder instead of the DAgger round | 93 / 100 | 0 | 954 (1 thread) |",
-        f"| **committed recipe** (the `seen_min_pixels=20` row), its weights (`make models-eval`) |"
-        f" {_validation_row(ev, t.get('seconds'))} |",
+        f"| committed weights (`make models-eval`) | {_validation_row(ev, t.get('seconds'))} |",
         "",
         "What is left of the 12-03 target's validation failures (2026-12-03): in 8 of its 12 the",
         "instructed object stands behind another one (the straight path is blocked), hidden or showing",
