@@ -286,7 +286,7 @@ def test_last_move_feedback_prompts_say_when_a_motion_stalled(tmp_path):
         assert (blocked in ids) == stalled[frame] and (ok in ids) != stalled[frame]
     assert tok.unk_token_id not in samples["ids"][0]
 
-    cfg = TrainConfig(**dict(TINY, episodes=8, target_steps=2, vision_warmup_steps=0, last_move_feedback=True,
+    cfg = TrainConfig(**dict(TINY, relocate_free_m=0.0, episodes=8, target_steps=2, vision_warmup_steps=0, last_move_feedback=True,
                              bump_prob=0.3))
     assert recipe_sha(cfg) != recipe_sha(TrainConfig(**TINY))
     out = str(tmp_path / "feedback")
@@ -342,7 +342,7 @@ def test_objects_below_seen_min_pixels_are_answered_by_the_search():
     from training.go2_vlm.data import REGION_MIN_PIXELS, DataJob, _gen_chunk
 
     cfg = TrainConfig(**dict(TINY, relocate_free_m=1.5, seen_min_pixels=20))
-    assert recipe_sha(cfg) != recipe_sha(TrainConfig(**dict(TINY, relocate_free_m=1.5)))
+    assert recipe_sha(cfg) != recipe_sha(TrainConfig(**dict(TINY, relocate_free_m=1.5, seen_min_pixels=8)))
     assert recipe_sha(TrainConfig(seen_min_pixels=REGION_MIN_PIXELS)) != recipe_sha(TrainConfig())
     job = DataJob(seed=3, episodes=3, perturb_prob=0.25, supersample=1, blocked_prob=0.5, near_prob=0.0,
                   absent_twins=False, learner_driven=False, prompt_template=prompt_template(cfg),
