@@ -22,7 +22,7 @@ from training.go2_vlm.train import OBJECT_MIN_TOKENS, object_loss, warm_up_visio
 
 TINY = dict(episodes=16, chunk=8, workers=1, threads=1, target_steps=12, draft_steps=8, exit_epochs=1.0,
             held_out_every=4, boundary_repeat=3, object_weight=1.0, vision_warmup_steps=3, vision_warmup_frames=4,
-            turn_step_deg=5.0, move_step_m=0.1)
+            turn_step_deg=5.0, move_step_m=0.1, dagger_episodes=0)  # the recipe's DAgger round: 150 rollouts
 # the draft from the target's layers, distilled on target- and draft-driven frames; exits from verification rows
 ON_POLICY = dict(draft_init="target:0,3", distill_target_episodes=2, distill_draft_episodes=2, distill_steps=3,
                  exit_episodes=2, chunk=2)
@@ -286,8 +286,8 @@ def test_last_move_feedback_prompts_say_when_a_motion_stalled(tmp_path):
         assert (blocked in ids) == stalled[frame] and (ok in ids) != stalled[frame]
     assert tok.unk_token_id not in samples["ids"][0]
 
-    cfg = TrainConfig(**dict(TINY, relocate_free_m=0.0, episodes=8, target_steps=2, vision_warmup_steps=0, last_move_feedback=True,
-                             bump_prob=0.3))
+    cfg = TrainConfig(**dict(TINY, relocate_free_m=0.0, episodes=8, target_steps=2, vision_warmup_steps=0,
+                             last_move_feedback=True, bump_prob=0.3))
     assert recipe_sha(cfg) != recipe_sha(TrainConfig(**TINY))
     out = str(tmp_path / "feedback")
     build(out, force=True, config=cfg, progress=False, log=lambda m: None, target_only=True)
