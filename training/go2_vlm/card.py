@@ -600,9 +600,9 @@ def render(out_dir: Optional[str] = None) -> str:
         "* A toy-sized pair for a toy world: it knows 8 objects, one room and one camera; it is here so",
         "  the whole system runs, is tested and is measured end to end on a CPU. For a real robot use a",
         "  released VLM pair (e.g. Qwen2-VL-2B / 7B) and train its exits with `training.train_exits`.",
-        "* Remaining failures: see the failure kinds above - mostly the target never found: the search turn",
-        "  repeated while the object stands behind another one, often a sliver of a few pixels at its edge",
-        "  (see the validation sweep).",
+        "* Remaining failures: see the failure kinds above. The search memory took most of the episodes the",
+        "  earlier targets lost turning in front of a hidden object; what is left is a few of each kind",
+        "  (imitation errors: strafing at an obstacle, `done` at the wrong object; see the validation sweep).",
         "",
     ]
     return "\n".join(lines)
