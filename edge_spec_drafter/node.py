@@ -69,6 +69,8 @@ PARAMETERS = [
     Param("seed", 0, "sampling seed"),
     Param("predraft", True, "pre-draft on early-exit hints"),
     Param("predraft_policy", "hint", "hint: the paper's (on the hint) | eager: from the moment a block is sent"),
+    Param("hint_min_confidence", 0.0, "pre-draft only on hints whose exit gives the outcome they name at least "
+                                      "this probability (0: every hint)"),
     Param("draft_length", "adaptive", "fixed: gamma tokens | confidence: stop below confidence_threshold | "
                                    "adaptive: the length with the most expected tokens per second"),
     Param("confidence_threshold", 0.4, "draft_length confidence: stop after a token below this probability"),
@@ -137,7 +139,8 @@ class EdgeSpecDrafter(Node):
             self.draft, self.transport, robot_id=p["robot_id"], gamma=p["gamma"],
             max_new_tokens=p["max_new_tokens"], do_sample=p["do_sample"], temperature=p["temperature"],
             top_k=p["top_k"], seed=p["seed"], timeout_s=p["cloud_timeout_s"], predraft=p["predraft"],
-            predraft_policy=p["predraft_policy"], draft_length=p["draft_length"],
+            predraft_policy=p["predraft_policy"], hint_min_confidence=p["hint_min_confidence"],
+            draft_length=p["draft_length"],
             confidence_threshold=p["confidence_threshold"], alternatives=p["alternatives"],
             merge_first_block=p["merge_first_block"],
             cloud_finish_tokens=p["cloud_finish_tokens"],

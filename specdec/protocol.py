@@ -150,7 +150,7 @@ class EarlyExitHint(Message):
     exit_layer: int = 0  # decoder layer index whose output the exit head read
     predicted_accepted: int = 0  # guessed number of accepted draft tokens
     predicted_next_token: int = 0  # guessed corrected / bonus token
-    confidence: float = 0.0  # exit head's probability of its guess, 0..1
+    confidence: float = 0.0  # exit head's probability of the outcome it names (count and token), 0..1
     exit_ms: float = 0.0  # time from verification start to this hint
 
 

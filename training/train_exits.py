@@ -66,9 +66,17 @@ def load_target(path: str, device: torch.device, dtype: torch.dtype = torch.floa
     return model, tokenizer
 
 
+# exit-head probabilities at which the held-out evaluation reports a selective exit: one that fires
+# (its hint is acted on) only when its top token has at least this probability
+FIRE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
+
+
 @torch.no_grad()
-def evaluate_exits(heads: EarlyExitHeads, labels: Labels, batch: int = 512, lens: bool = False) -> Dict[int, dict]:
-    """Per exit layer: top-1 agreement with the final layer and KL (full vocabulary)."""
+def evaluate_exits(heads: EarlyExitHeads, labels: Labels, batch: int = 512, lens: bool = False,
+                   thresholds: Sequence[float] = ()) -> Dict[int, dict]:
+    """Per exit layer: top-1 agreement with the final layer and KL (full vocabulary); with
+    ``thresholds``, also ``"fires"``: for each threshold, the share of positions whose exit top token
+    has at least that probability and the agreement on those positions."""
     layout = heads._layout
     device = layout.lm_head.weight.device
     dtype = layout.lm_head.weight.dtype
@@ -76,16 +84,25 @@ def evaluate_exits(heads: EarlyExitHeads, labels: Labels, batch: int = 512, lens
     n = len(labels)
     for layer in heads.exit_layers:
         agree = kl = 0.0
+        top_p, right = [], []
         for start in range(0, n, batch):
             h = labels.hidden[layer][start : start + batch].to(device, dtype)
             h = h if lens else heads.adapters[str(layer)](h)
             logits = layout.lm_head(layout.final_norm(h))
-            a, k = full_vocab_stats(
-                logits, labels.topk_ids[start : start + batch].to(device), labels.topk_logp[start : start + batch].to(device)
-            )
+            ids = labels.topk_ids[start : start + batch].to(device)
+            a, k = full_vocab_stats(logits, ids, labels.topk_logp[start : start + batch].to(device))
             agree += a
             kl += k
+            if thresholds:
+                top_p.append(torch.softmax(logits.float(), -1).amax(-1).cpu())
+                right.append((logits.argmax(-1) == ids[:, 0]).cpu())
         out[layer] = {"agreement": agree / max(1, n), "kl": kl / max(1, n)}
+        if thresholds and n:
+            top_p, right = torch.cat(top_p), torch.cat(right)
+            out[layer]["fires"] = {
+                tau: {"share": float((top_p >= tau).float().mean()),
+                      "agreement": float(right[top_p >= tau].float().mean()) if bool((top_p >= tau).any()) else 0.0}
+                for tau in thresholds}
     return out
 
 

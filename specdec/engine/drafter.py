@@ -10,7 +10,8 @@
      block 0 and verifies both in one forward pass);
   2. prefill the draft and propose block 0;
   3. send the block; the pre-draft strategy starts working on the next one;
-  4. await the result - early-exit hints (one per exit layer) re-aim the pre-draft;
+  4. await the result - early-exit hints (one per exit layer) re-aim the pre-draft when their exit
+     is confident enough (``hint_min_confidence``);
   5. commit the accepted draft tokens and the cloud's token; stop on a finished result;
   6. the next block: the pre-drafted one if its guess was right, else a fresh one.
 
@@ -119,6 +120,9 @@ class DecodeConfig:
     # "eager": ours (predraft.py), pre-draft from the moment a block is sent, re-aim on hints,
     # stop the moment the result arrives.
     predraft_policy: str = "hint"
+    # pre-draft only on hints whose exit puts at least this probability on the outcome they name
+    # (count and token); the others are recorded, not acted on. 0: act on every hint.
+    hint_min_confidence: float = 0.0
     # "fixed": gamma tokens per block; "confidence": stop after a token below
     # confidence_threshold; "adaptive": the length that maximises expected tokens per second.
     # (the robot node defaults to "adaptive"; the library keeps "fixed": with a policy that learns
@@ -155,6 +159,8 @@ class DecodeConfig:
             problems.append(f"draft_length must be one of {', '.join(DRAFT_LENGTHS)}, got {self.draft_length!r}")
         if not 0 <= self.alternatives <= MAX_ALTERNATIVES:
             problems.append(f"alternatives must be 0..{MAX_ALTERNATIVES} (got {self.alternatives})")
+        if not 0.0 <= self.hint_min_confidence <= 1.0:
+            problems.append(f"hint_min_confidence must be in [0, 1] (got {self.hint_min_confidence})")
         if not 0.0 <= self.confidence_threshold <= 1.0:
             problems.append(f"confidence_threshold must be in [0, 1] (got {self.confidence_threshold})")
         if not self.timeout_s > 0:
@@ -457,7 +463,8 @@ class EdgeDecoder:
             if isinstance(msg, EarlyExitHint):
                 if msg.round == round_no:
                     t_hint = time.perf_counter()
-                    strategy.on_hint(self._hinted(committed, block, msg, stop))
+                    if msg.confidence >= cfg.hint_min_confidence:
+                        strategy.on_hint(self._hinted(committed, block, msg, stop))
                     rs.add_hint(msg, (time.perf_counter() - t_hint) * 1000)
                 continue
             if isinstance(msg, SessionEnd):

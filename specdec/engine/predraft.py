@@ -27,14 +27,19 @@ from .interfaces import DraftProposal, PredraftStrategy
 from .proposer import Proposer
 
 
-def hint_saving_ms(right: float, depth: float, verify_ms: float, redraft_ms: float, exit_ms: float = 0.0) -> float:
+def hint_saving_ms(right: float, depth: float, verify_ms: float, redraft_ms: float, exit_ms: float = 0.0,
+                   wrong: float = 0.0) -> float:
     """Time one exit layer's hints are expected to save per round - the measure to choose a hint layer
-    by (how early it fires x how often it is right). A right hint lets the edge draft the next block
-    while the rest of the pass runs (``1 - depth`` of ``verify_ms``; hint and result take the same trip
-    back, so the link adds nothing), up to the block's own drafting time ``redraft_ms``; a wrong one
-    hides nothing (the edge redrafts as without hints). ``exit_ms``: what computing the hint adds to
-    the pass. ``right``: the fraction of rounds the layer's hint is right. Below zero: do not hint."""
-    return right * min(redraft_ms, max(0.0, 1.0 - depth) * verify_ms) - exit_ms
+    (and the confidence a hint needs, ``DecodeConfig.hint_min_confidence``) by: how early it fires x
+    how often it is right. A right hint lets the edge draft the next block while the rest of the pass
+    runs (``1 - depth`` of ``verify_ms``; hint and result take the same trip back, so the link adds
+    nothing), up to the block's own drafting time ``redraft_ms``. ``right`` / ``wrong``: the fractions
+    of rounds with a right / wrong hint acted on. The paper's policy drafts a whole block on a hint and
+    cannot stop at the result, so a wrong one delays the real block by what its drafting runs past the
+    result (an interruptible pre-draft, ``eager``, stops there: pass ``wrong=0``). ``exit_ms``: what
+    computing the hint adds to the pass. Below zero: do not hint."""
+    rest = max(0.0, 1.0 - depth) * verify_ms
+    return right * min(redraft_ms, rest) - wrong * max(0.0, redraft_ms - rest) - exit_ms
 
 
 class NoPredraft(PredraftStrategy):

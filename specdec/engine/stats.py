@@ -60,8 +60,9 @@ class RoundStats:
     predraft_ms: float = 0.0  # edge time spent pre-drafting on hints as they arrived (the paper's policy)
     elapsed_ms: float = 0.0  # send -> result at the edge
     continued: int = 0  # tokens the cloud decoded itself after next_token (cloud_finish_tokens)
-    # every hint of the round, in arrival order (one per exit layer): (layer, accepted, next token, correct)
-    layer_hints: List[Tuple[int, int, int, bool]] = field(default_factory=list)
+    # every hint of the round, in arrival order (one per exit layer):
+    # (layer, accepted, next token, correct, the exit's probability of that outcome)
+    layer_hints: List[Tuple[int, int, int, bool, float]] = field(default_factory=list)
     _hint_at: float = field(default=0.0, repr=False, compare=False)
 
     def add_hint(self, hint, predraft_ms: float = 0.0) -> None:
@@ -74,7 +75,8 @@ class RoundStats:
             self.exit_ms = hint.exit_ms
             self._hint_at = time.perf_counter()
         self.predraft_ms += predraft_ms
-        self.layer_hints.append((hint.exit_layer, hint.predicted_accepted, hint.predicted_next_token, False))
+        self.layer_hints.append((hint.exit_layer, hint.predicted_accepted, hint.predicted_next_token, False,
+                                 hint.confidence))
 
     def set_result(self, result, blocked_ms: float, elapsed_ms: float, block: Sequence[int] = ()) -> None:
         """The round's ``VerifyResult`` for the drafted ``block``; scores the hints against it.
@@ -97,7 +99,7 @@ class RoundStats:
         self.wait_ms = blocked_ms
         self.elapsed_ms = elapsed_ms
         right = (result.accepted, result.next_token)
-        self.layer_hints = [(layer, a, t, (a, t) == right) for layer, a, t, _ in self.layer_hints]
+        self.layer_hints = [(layer, a, t, (a, t) == right, p) for layer, a, t, _, p in self.layer_hints]
         if self.hint:
             self.hint_correct = (self.hint_accepted, self.hint_next_token) == right
             self.hint_lead_ms = (time.perf_counter() - self._hint_at) * 1000
@@ -224,14 +226,18 @@ class VerifierStats:
     last_error: Optional[str] = None
 
 
-def hint_accuracy_by_layer(stats: Sequence["DecisionStats"]) -> Dict[int, Tuple[int, int]]:
-    """Progressive hints: for each exit layer, ``(hints right, hints sent)`` over the rounds of
-    ``stats`` (a hint is right when it named the round's exact result)."""
-    counts: Dict[int, List[int]] = {}
+def hint_outcomes_by_layer(stats: Sequence["DecisionStats"]) -> Dict[int, List[Tuple[float, bool]]]:
+    """Progressive hints: for each exit layer, ``(confidence, right)`` of every hint it sent over the
+    rounds of ``stats`` (a hint is right when it named the round's exact result)."""
+    out: Dict[int, List[Tuple[float, bool]]] = {}
     for decision in stats:
         for r in decision.round_log:
-            for layer, _, _, correct in r.layer_hints:
-                pair = counts.setdefault(layer, [0, 0])
-                pair[0] += int(correct)
-                pair[1] += 1
-    return {layer: (right, sent) for layer, (right, sent) in sorted(counts.items())}
+            for layer, _, _, correct, confidence in r.layer_hints:
+                out.setdefault(layer, []).append((confidence, correct))
+    return dict(sorted(out.items()))
+
+
+def hint_accuracy_by_layer(stats: Sequence["DecisionStats"]) -> Dict[int, Tuple[int, int]]:
+    """For each exit layer, ``(hints right, hints sent)``."""
+    return {layer: (sum(right for _, right in hints), len(hints))
+            for layer, hints in hint_outcomes_by_layer(stats).items()}

@@ -1,11 +1,13 @@
 """Early-exit hints: sent from inside the forward pass, used for pre-drafting, never change the output."""
 
+import dataclasses
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from specdec.engine.drafter import EdgeDecoder
+from specdec.engine.drafter import DecodeConfig, EdgeDecoder
 from specdec.engine.verifier import Verifier
 from specdec.models.early_exit import EarlyExitHeads
 from specdec.models.layout import decoder_layout
@@ -86,11 +88,14 @@ def test_hint_leaves_before_remaining_layers_run(tiny_pair, prompt):
             assert at_result == at_hint + 1  # the last layer ran once, after the hint left
             assert hint.exit_layer == 1 and 0 <= hint.predicted_accepted <= 4
             assert 0 < hint.exit_ms <= result.verify_ms
-            row = exit_states[-1][0, -5:][hint.predicted_accepted:hint.predicted_accepted + 1]
+            a = hint.predicted_accepted
             with torch.inference_mode():
-                probs = torch.softmax(heads.exit_logits(1, row)[0].float(), -1)
-            assert hint.predicted_next_token == int(probs.argmax())
-            assert hint.confidence == pytest.approx(float(probs[hint.predicted_next_token]), rel=1e-4)
+                probs = torch.softmax(heads.exit_logits(1, exit_states[-1][0, -5:]).float(), -1)
+            assert [int(t) for t in probs[:a].argmax(-1)] == tokens[:a]  # the exit agreed up to the hint's count
+            assert hint.predicted_next_token == int(probs[a].argmax())
+            # confidence: the exit's probability of the whole named outcome (the kept drafts, then the token)
+            outcome = [float(probs[j, tokens[j]]) for j in range(a)] + [float(probs[a, hint.predicted_next_token])]
+            assert hint.confidence == pytest.approx(float(np.prod(outcome)), rel=1e-4)
             committed += tokens[:result.accepted] + [result.next_token]
     finally:
         handle.remove()
@@ -114,3 +119,38 @@ def test_hint_arrives_while_verification_continues(tiny_pair, prompt):
         handle.remove()
     hinted = [r for r in result.stats.round_log if r.hint]
     assert hinted and all(r.hint_lead_ms > 10 for r in hinted)  # ~ the 50 ms still to run, minus slack
+
+
+def test_hints_below_min_confidence_are_recorded_not_acted_on(tiny_pair, reference, prompt):
+    """``hint_min_confidence``: the edge pre-drafts only on hints whose exit is confident enough;
+    the others still count in the stats. Right hints, confident on odd rounds only."""
+    draft, target = tiny_pair("llama", noise=0.03)
+    ref = reference(target, prompt, None, max_new_tokens=14)
+    right = oracle_for(ref)
+
+    def odd_rounds_confident(hint, block):
+        return dataclasses.replace(right(hint, block), confidence=0.9 if hint.round % 2 else 0.5)
+
+    for min_confidence, acted_rounds in ((0.7, {1}), (0.0, {0, 1}), (0.95, set())):
+        verifier = Verifier(target, EarlyExitHeads(target.model, [1]))
+        transport = HintRewriter(InProcessTransport(verifier), odd_rounds_confident)
+        try:
+            result = EdgeDecoder(draft, transport, gamma=2, max_new_tokens=14,
+                                 hint_min_confidence=min_confidence).decode(prompt, None)
+        finally:
+            transport.close()
+        s = result.stats
+        assert result.tokens == ref
+        assert s.hints == s.hints_correct == sum(r.drafted > 0 for r in s.round_log)
+        log = s.round_log
+        # a block is pre-drafted exactly when the previous round's hint was acted on (and was not its last)
+        expected = [i > 0 and log[i - 1].drafted > 0 and log[i - 1].round % 2 in acted_rounds
+                    for i in range(len(log))]
+        assert [r.predrafted for r in log] == expected
+        assert any(expected) == bool(acted_rounds)
+        assert all(h[-1] == (0.9 if r.round % 2 else 0.5) for r in log for h in r.layer_hints)
+
+
+def test_hint_min_confidence_is_checked():
+    with pytest.raises(ValueError, match="hint_min_confidence must be in"):
+        DecodeConfig(hint_min_confidence=1.5)

@@ -138,3 +138,26 @@ def test_train_exits_cli(tiny_target, tiny_labels, tmp_path):
     assert set(data["per_layer"]) == {"1", "2"} and data["held_out_positions"] > 0
     reloaded, _ = train_exits.load_target(str(folder), torch.device("cpu"))
     EarlyExitHeads.load(reloaded, str(out))
+
+
+def test_selective_exit_reports_where_it_fires_and_how_often_it_agrees_there(tiny_target, tiny_labels):
+    model, _tok = tiny_target
+    heads = EarlyExitHeads(model, [1, 2])
+    taus = (0.0, 0.05, 0.2, 1.01)
+    out = evaluate_exits(heads, tiny_labels, thresholds=taus, batch=64)  # batches: the curve spans them
+    layout = heads._layout
+    for layer in (1, 2):
+        fires = out[layer]["fires"]
+        assert fires[0.0]["share"] == 1.0 and fires[0.0]["agreement"] == pytest.approx(out[layer]["agreement"])
+        assert fires[1.01] == {"share": 0.0, "agreement": 0.0}  # never fires
+        with torch.no_grad():  # by hand, all positions at once
+            h = tiny_labels.hidden[layer].to(layout.lm_head.weight.dtype)
+            logits = layout.lm_head(layout.final_norm(heads.adapters[str(layer)](h)))
+        top = torch.softmax(logits.float(), -1).amax(-1)
+        right = logits.argmax(-1) == tiny_labels.topk_ids[:, 0]
+        for tau in (0.05, 0.2):
+            mask = top >= tau
+            assert fires[tau]["share"] == pytest.approx(float(mask.float().mean()))
+            if mask.any():
+                assert fires[tau]["agreement"] == pytest.approx(float(right[mask].float().mean()))
+        assert fires[0.05]["share"] >= fires[0.2]["share"]

@@ -147,31 +147,49 @@ def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt],
 
 
 def _hint_layers(chain_stats, hint_stats, num_layers: int, gamma: int) -> dict:
-    """Choosing the hint layer by expected benefit: each exit layer's hint accuracy (progressive hints,
-    ``hint_stats``) and the time its hints would save per round
-    (:func:`specdec.engine.predraft.hint_saving_ms`), priced with the plain run's (``chain_stats``)
-    verification pass and drafting time on this machine; the exit cost is what the hints added to
-    the passes, shared evenly among the layers."""
+    """Choosing the hint layer, and the confidence a hint needs to be acted on, by expected benefit:
+    each exit layer's hints (progressive hints, ``hint_stats``) and the time they would save per round
+    (:func:`specdec.engine.predraft.hint_saving_ms`) for each pre-draft policy: ``eager`` stops at the
+    result, so a wrong hint costs nothing; ``hint`` (the paper's) drafts a whole block on each hint it
+    acts on - every hint, or with the best of the gates ``FIRE_THRESHOLDS`` on the exit's probability of
+    the outcome it names. Priced with the plain run's (``chain_stats``) verification pass and drafting
+    time on this machine; the exit cost is what the hints added to the passes, shared evenly among the
+    layers."""
     from specdec.engine.predraft import hint_saving_ms
-    from specdec.engine.stats import hint_accuracy_by_layer
+    from specdec.engine.stats import hint_outcomes_by_layer
+    from ..train_exits import FIRE_THRESHOLDS
 
     rounds = sum(s.rounds for s in chain_stats)
     verify_ms = sum(s.verify_ms for s in chain_stats) / max(rounds, 1)
     hinted_verify_ms = sum(s.verify_ms for s in hint_stats) / max(sum(s.rounds for s in hint_stats), 1)
     draft_ms = sum(s.draft_ms for s in chain_stats) / max(sum(s.drafted_tokens for s in chain_stats), 1)
-    accuracy = hint_accuracy_by_layer(hint_stats)
-    exit_ms = max(0.0, hinted_verify_ms - verify_ms) / max(len(accuracy), 1)
+    outcomes = hint_outcomes_by_layer(hint_stats)
+    exit_ms = max(0.0, hinted_verify_ms - verify_ms) / max(len(outcomes), 1)
     layers = {}
-    for layer, (right, sent) in accuracy.items():
-        depth = (layer + 1) / num_layers
+    for layer, hints in outcomes.items():
+        depth, sent = (layer + 1) / num_layers, len(hints)
+
+        def saving(right: float, wrong: float = 0.0, exit_cost: float = exit_ms) -> float:
+            return round(hint_saving_ms(right, depth, verify_ms, gamma * draft_ms, exit_cost, wrong), 2)
+
+        def gated(tau: float) -> dict:
+            acted = [right for p, right in hints if p >= tau]
+            return {"min_confidence": tau, "acted": round(len(acted) / sent, 4),
+                    "right_when_acted": round(sum(acted) / len(acted), 4) if acted else 0.0,
+                    "saving_ms": saving(sum(acted) / sent, (len(acted) - sum(acted)) / sent)}
+
+        every = gated(0.0)
         layers[str(layer)] = {
-            "depth": round(depth, 3), "hints": sent, "right": round(right / sent, 4),
-            "hidden_ms": round(hint_saving_ms(right / sent, depth, verify_ms, gamma * draft_ms), 2),
-            "saving_ms": round(hint_saving_ms(right / sent, depth, verify_ms, gamma * draft_ms, exit_ms), 2),
+            "depth": round(depth, 3), "hints": sent, "right": every["right_when_acted"],
+            "hidden_ms": saving(every["right_when_acted"], exit_cost=0.0),
+            "saving_ms": saving(every["right_when_acted"]),  # eager: a wrong hint costs nothing
+            "hint_policy": {"every": every, "best_gate": max([every] + [gated(tau) for tau in FIRE_THRESHOLDS],
+                                                             key=lambda g: g["saving_ms"])},
         }
-    best = max(layers, key=lambda k: layers[k]["saving_ms"]) if layers else None
+    best = {"eager": max(layers, key=lambda k: layers[k]["saving_ms"]) if layers else None,
+            "hint": max(layers, key=lambda k: layers[k]["hint_policy"]["best_gate"]["saving_ms"]) if layers else None}
     return {"verify_ms": round(verify_ms, 2), "draft_ms_per_token": round(draft_ms, 2),
-            "exit_ms": round(exit_ms, 2), "layers": layers, "best": best}
+            "exit_ms": round(exit_ms, 2), "gates": [0.0, *FIRE_THRESHOLDS], "layers": layers, "best": best}
 
 
 def evaluate(
@@ -198,7 +216,7 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specdec.models.early_exit import EarlyExitHeads
-    from ..train_exits import evaluate_exits
+    from ..train_exits import FIRE_THRESHOLDS, evaluate_exits
 
     target_dir = target_dir or artefacts.text_target_dir()
     draft_dir = draft_dir or artefacts.text_draft_dir()
@@ -248,7 +266,7 @@ def evaluate(
     gen_rows = ref.generated_rows()
     if heads is not None:
         generated = ref.subset(gen_rows)
-        after = evaluate_exits(heads, generated)
+        after = evaluate_exits(heads, generated, thresholds=FIRE_THRESHOLDS)
         lens = evaluate_exits(heads, generated, lens=True)
         after_all = evaluate_exits(heads, ref) if all_positions else {}
         n_layers = target.config.num_hidden_layers
@@ -258,6 +276,7 @@ def evaluate(
                 "agreement": round(after[layer]["agreement"], 4),
                 "lens_agreement": round(lens[layer]["agreement"], 4),
                 "kl": round(after[layer]["kl"], 4),
+                "fires": {str(tau): {k: round(v, 4) for k, v in f.items()} for tau, f in after[layer]["fires"].items()},
             }
             if after_all:
                 exits[str(layer)]["agreement_all_positions"] = round(after_all[layer]["agreement"], 4)
@@ -330,20 +349,26 @@ def markdown(result: dict) -> str:
                              + f" | {s['lossless']}/{s['prompts']} |")
     if result["exit_agreement"]:
         has_all = all("agreement_all_positions" in row for row in result["exit_agreement"].values())
+        taus = list(next(iter(result["exit_agreement"].values())).get("fires", {}))
         lines += [
             "",
             f"Early exits ({result['exits']}): top-1 agreement with the final layer on the "
             f"{result['exit_positions']} generated positions of the target's own held-out decodes (what a "
             "verifier sees)" + (f"; the last column counts all {result['exit_positions_all']} positions, prompts "
-                                "included." if has_all else "."),
+                                "included." if has_all else ".")
+            + (" A selective exit fires only where its top token has at least probability p: the columns p = ... "
+               "give the share of positions where it fires / its agreement there." if taus else ""),
             "",
-            "| exit layer | depth | top-1 agreement | logit lens (untrained) | KL |" + (" all positions |" if has_all else ""),
-            "|---:|---:|---:|---:|---:|" + ("---:|" if has_all else ""),
+            "| exit layer | depth | top-1 agreement | logit lens (untrained) | KL |"
+            + "".join(f" p = {tau}: fires / agrees |" for tau in taus) + (" all positions |" if has_all else ""),
+            "|---:|---:|---:|---:|---:|" + "---:|" * len(taus) + ("---:|" if has_all else ""),
         ]
         for layer, row in sorted(result["exit_agreement"].items(), key=lambda kv: int(kv[0])):
             lines.append(
                 f"| {layer} | {int(layer) + 1}/30 ({row['depth']:.2f}) | {100 * row['agreement']:.1f}% "
                 f"| {100 * row['lens_agreement']:.1f}% | {row['kl']:.3f} |"
+                + "".join(f" {100 * row['fires'][tau]['share']:.0f}% / {100 * row['fires'][tau]['agreement']:.1f}% |"
+                          for tau in taus)
                 + (f" {100 * row['agreement_all_positions']:.1f}% |" if has_all else "")
             )
     hints = result.get("hint_layers") or {}
@@ -358,15 +383,24 @@ def markdown(result: dict) -> str:
             f"exit's cost, with this run's verification pass ({hints['verify_ms']} ms), drafting "
             f"({hints['draft_ms_per_token']} ms a token) and exit cost ({hints['exit_ms']} ms a layer: what the hints "
             "added to the passes, shared among the layers). The link does not enter: hint and result take the same "
-            "trip back.",
+            "trip back. With the `eager` pre-draft (it stops at the result) a wrong hint costs nothing; the paper's "
+            "policy (`hint`) drafts a whole block on each hint it acts on, so a wrong one also costs what that "
+            "drafting runs past the result. It can act on every hint, or only on those whose exit gives the named "
+            "outcome at least a probability p (`hint_min_confidence`; of p = "
+            + ", ".join(str(g) for g in hints["gates"]) + " the one that saves the most is shown).",
             "",
-            "| exit layer | depth | hints right | drafting hidden per round | saving per round |",
-            "|---:|---:|---:|---:|---:|",
+            "| exit layer | depth | hints right | drafting hidden per round | saving per round, eager "
+            "| saving per round, paper's policy, every hint | paper's policy, best gate: min confidence "
+            "| hints acted on | right when acted on | saving per round |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for layer, row in sorted(hints["layers"].items(), key=lambda kv: int(kv[0])):
-            best = " (best)" if hints["best"] == layer else ""
+            mark = {policy: " (best)" if hints["best"][policy] == layer else "" for policy in ("eager", "hint")}
+            every, gate = row["hint_policy"]["every"], row["hint_policy"]["best_gate"]
             lines.append(f"| {layer} | {row['depth']:.2f} | {100 * row['right']:.1f}% | {row['hidden_ms']:.2f} ms "
-                         f"| {row['saving_ms']:.2f} ms{best} |")
+                         f"| {row['saving_ms']:.2f} ms{mark['eager']} | {every['saving_ms']:.2f} ms "
+                         f"| {gate['min_confidence']} | {100 * gate['acted']:.0f}% | {100 * gate['right_when_acted']:.1f}% "
+                         f"| {gate['saving_ms']:.2f} ms{mark['hint']} |")
     cost = result.get("per_token_cost")
     if cost:
         lines += ["", f"Per-token cost (`training.costs`: one decoded token, one torch thread, thread CPU time, best of 5):"
