@@ -584,6 +584,9 @@ def run(processes: List[Process], timeout: Optional[float] = None, stop_all_on_e
     """Start every process and wait; as ``ros2 launch``, the others keep running when one exits
     (unless ``stop_all_on_exit``). Returns the first non-zero exit code of a process that ended
     by itself, else 0."""
+    # Started with SIGINT ignored (a background job of a script), the runner would ignore the stop
+    # request and pass the ignore on to every node; ros2 launch handles SIGINT whatever it inherits.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     children = []
     for proc in processes:
         print(f"[launch] {proc.name}: {' '.join(shlex.quote(c) for c in proc.cmd)}", flush=True)

@@ -226,3 +226,43 @@ def test_env_sh_puts_every_console_script_the_readme_names_on_path():
     out = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/env.sh && {check}"], capture_output=True,
                          text=True, timeout=60, env={"HOME": os.environ.get("HOME", "/"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and "missing" not in out.stdout, out.stdout + out.stderr
+
+
+def test_sigint_stops_a_runner_started_with_sigint_ignored_and_its_files_go(tmp_path):
+    """A background job of a script starts with SIGINT ignored: the runner still stops on it (as ros2
+    launch does), its processes get it too, and the parameter files it generated are removed."""
+    import signal
+    import time
+
+    marks = tmp_path / "marks"
+    child = ("import pathlib, sys, time\n"
+             "marks = pathlib.Path(sys.argv[1])\n"
+             "marks.write_text('started\\n')\n"
+             "try:\n"
+             "    time.sleep(60)\n"
+             "except KeyboardInterrupt:\n"
+             "    marks.write_text('started\\ninterrupted\\n')\n")
+    (tmp_path / "child.py").write_text(child)
+    path = write(tmp_path, "bg.launch.yaml", [
+        exe(f"python3 {tmp_path / 'child.py'} {marks}"),
+        {"node": {"pkg": "edge_cloud_vlm", "exec": "go2_sim", "param": [{"name": "seed", "value": "3"}]}}])
+    runner = subprocess.Popen(["launch_runner", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while not (marks.exists() and marks.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the node has its parameters file open by now
+        start = time.monotonic()
+        runner.send_signal(signal.SIGINT)
+        out, _ = runner.communicate(timeout=30)
+        stopped_s = time.monotonic() - start
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    assert marks.read_text() == "started\ninterrupted\n", out  # the child had SIGINT handled, not ignored
+    assert stopped_s < 5.0, out  # not the escalation to SIGTERM after 5 s
+    params_files = [arg for line in out.splitlines() if line.startswith("[launch] go2_sim")
+                    for i, arg in enumerate(line.split()) if i and line.split()[i - 1] == "--params-file"]
+    assert len(params_files) == 1 and not os.path.exists(params_files[0]), out
