@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,7 +124,7 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
                  robot_ids: Sequence[str] = ("bench",), profile: Optional[str] = None,
                  extra_args: Sequence[str] = (), handshake_timeout_s: float = BENCH_HANDSHAKE_TIMEOUT_S):
     """Start verifier_server pinned to ``cores`` (emulating ``profile``'s cloud device when given);
-    yield its port and a valid token per robot."""
+    yield its port and a valid token per robot. Its folder (tokens, logs, stats) goes with it."""
     tokens = {robot: secrets.token_hex(16) for robot in robot_ids}
     workdir = tempfile.mkdtemp(prefix="bench_cloud_")
     tokens_path = os.path.join(workdir, "tokens.yaml")
@@ -155,6 +156,8 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

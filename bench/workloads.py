@@ -79,7 +79,10 @@ BENCH_GO2_SEED = 777_777  # rollout seeds of the benchmark frames (training uses
 
 
 def tiny_workload(n_items: int, max_new_tokens: int) -> Workload:
-    """A random-init tiny Qwen2-VL pair (plumbing smoke test; its speed numbers mean nothing)."""
+    """A random-init tiny Qwen2-VL pair (plumbing smoke test; its speed numbers mean nothing), in a
+    temporary folder removed when the process exits."""
+    import atexit
+    import shutil
     import tempfile
 
     import torch
@@ -89,6 +92,7 @@ def tiny_workload(n_items: int, max_new_tokens: int) -> Workload:
 
     torch.manual_seed(0)
     root = tempfile.mkdtemp(prefix="bench_tiny_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     draft, target = tiny_pair("qwen2_vl", noise=0.1, draft_image_size=28)
     for name, adapter in (("draft", draft), ("target", target)):
         adapter.model.save_pretrained(os.path.join(root, name))
