@@ -392,7 +392,10 @@ def write(report: dict, out_dir: str) -> str:
         f"{'Quick settings. ' if s['quick'] else ''}Block 0 merged with the cloud's prefill: "
         f"{'yes' if s['merge_first_block'] else 'no'}; the cloud finishes up to "
         f"{_finish_tokens(report)} token(s) itself after a verified block; greedy blocks offer "
-        f"{s.get('alternatives', 0)} alternative(s) per position. Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
+        f"{s.get('alternatives', 0)} alternative(s) per position; the edge pre-drafts on "
+        + (f"hints with an exit probability >= {s['hint_min_confidence']}" if s.get("hint_min_confidence")
+           else "every hint")
+        + f". Elapsed {report.get('elapsed_s', 0):.0f} s.", "",
         "Every lossless mode produced exactly cloud-only's greedy tokens on every input, measured and emulated "
         "(checked in the run).", "",
         "EMULATED rows run the real models and the real system; forward passes and the link take the profile's "

@@ -84,6 +84,9 @@ class Settings:
     # greedy speculative modes: the draft's next-best tokens per block position, verified as branches
     # (DecodeConfig.alternatives; 0, the library's default, unless --alternatives sets it)
     alternatives: int = 0
+    # hinted modes act only on hints whose exit gives their outcome at least this probability
+    # (DecodeConfig.hint_min_confidence; 0, every hint, unless --hint-min-confidence sets it)
+    hint_min_confidence: float = 0.0
     workloads: List[str] = field(default_factory=lambda: ["text", "go2"])
     profiles: Optional[List[str]] = None  # None: every device profile in profiles/ (quick: the paper's)
     fleet_think_s: Optional[float] = None  # robot's pause between decisions (None: the Go2's motion time; 0: saturated)
@@ -177,7 +180,7 @@ class WorkloadBench:
         if finish is None:
             finish = CLOUD_FINISH_TOKENS.get(workload.name, 0)
         self.decide = dict(merge_first_block=cfg.merge_first_block, cloud_finish_tokens=finish,
-                           alternatives=cfg.alternatives)
+                           alternatives=cfg.alternatives, hint_min_confidence=cfg.hint_min_confidence)
         self.out = {"workload": workload.name, "description": workload.description, "items": len(workload.items),
                     "max_new_tokens": workload.max_new_tokens, "rtt_sweep": [], "gamma_sweep": [],
                     "exit_fraction": exit_fraction(workload.exits), "emulated": [], "fleet": [], "map": []}
@@ -516,6 +519,9 @@ def main(argv=None):
     parser.add_argument("--alternatives", type=int, default=0,
                         help="greedy speculative modes send the draft's next-best N tokens per position, verified as "
                              "branches of the same pass (DecodeConfig.alternatives; default 0)")
+    parser.add_argument("--hint-min-confidence", type=float, default=0.0,
+                        help="hinted modes pre-draft only on hints whose exit gives their outcome at least this "
+                             "probability (DecodeConfig.hint_min_confidence; default 0: every hint)")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     parser.add_argument("--assisted-only", action="store_true",
                         help="only section 5: transformers' assisted generation vs our engine, text pair in process")
@@ -541,6 +547,7 @@ def main(argv=None):
     cfg.merge_first_block = not args.no_merge_first_block
     cfg.cloud_finish_tokens = args.cloud_finish_tokens
     cfg.alternatives = args.alternatives
+    cfg.hint_min_confidence = args.hint_min_confidence
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 

@@ -49,6 +49,7 @@ def test_bench_quick_tiny(tmp_path):
     text = (out / "report.md").read_text()
     assert (out / "latency_vs_rtt.png").exists()
     assert "measured on" in text and "cpu-self" in text
+    assert "the edge pre-drafts on every hint" in text  # --hint-min-confidence not given
 
 
 def test_lossless_check_catches_a_mismatch():
