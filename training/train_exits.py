@@ -66,8 +66,8 @@ def load_target(path: str, device: torch.device, dtype: torch.dtype = torch.floa
     return model, tokenizer
 
 
-# exit-head probabilities at which the held-out evaluation reports a selective exit: one that fires
-# (its hint is acted on) only when its top token has at least this probability
+# probabilities at which the held-out evaluation reports a selective exit (it fires only where its top
+# token is at least this probable) and tries the edge's gate on hints (hint_min_confidence)
 FIRE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
 
 

@@ -10,7 +10,11 @@ continued raw):
    decoding, ``gamma`` drafts per round, greedy) and must produce exactly the reference tokens
    (lossless check); its acceptance rate and tokens per round are recorded;
 3. every exit head's top-1 agreement with the final layer is measured on the reference
-   positions (prompt + generated), next to the untrained logit lens.
+   positions (prompt + generated), next to the untrained logit lens, and as a selective exit
+   (where its top token is at least that probable, for each of ``FIRE_THRESHOLDS``);
+4. with exits, the pair decodes again with a hint from every exit layer, and each layer is priced
+   by the time its hints would save per round, per pre-draft policy and confidence gate
+   (:func:`_hint_layers`).
 
     python -m training.text.evaluate [--target DIR] [--draft DIR] [--exits FILE] \\
         [--json models/eval_smollm2.json] [--markdown docs/models/eval_smollm2.md]
