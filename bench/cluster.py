@@ -122,11 +122,16 @@ def link_timeouts(one_way_ms: float, jitter_ms: float = 0.0) -> dict:
 @contextmanager
 def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
                  robot_ids: Sequence[str] = ("bench",), profile: Optional[str] = None,
-                 extra_args: Sequence[str] = (), handshake_timeout_s: float = BENCH_HANDSHAKE_TIMEOUT_S):
+                 extra_args: Sequence[str] = (), handshake_timeout_s: float = BENCH_HANDSHAKE_TIMEOUT_S,
+                 workdir: Optional[str] = None):
     """Start verifier_server pinned to ``cores`` (emulating ``profile``'s cloud device when given);
-    yield its port and a valid token per robot. Its folder (tokens, logs, stats) goes with it."""
+    yield its port and a valid token per robot. Its tokens, logs and stats (the final totals are
+    written as it exits) go to ``workdir``, the caller's to keep; by default a temporary folder,
+    removed when the server has stopped."""
     tokens = {robot: secrets.token_hex(16) for robot in robot_ids}
-    workdir = tempfile.mkdtemp(prefix="bench_cloud_")
+    owned = workdir is None
+    workdir = tempfile.mkdtemp(prefix="bench_cloud_") if owned else workdir
+    os.makedirs(workdir, exist_ok=True)
     tokens_path = os.path.join(workdir, "tokens.yaml")
     with open(tokens_path, "w") as handle:
         handle.write("robots:\n" + "".join(f"  {robot}: {{token_sha256: {hash_token(token)}}}\n"
@@ -157,7 +162,8 @@ def cloud_server(model: str, exits: Optional[str], cores=None, threads: int = 1,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

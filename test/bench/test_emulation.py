@@ -129,7 +129,7 @@ def test_verifier_server_emulates_the_profile_and_reports_overruns(tmp_path):
     slow = _profile(tmp_path / "slow.yaml", cloud_ms=40.0)
     impossible = _profile(tmp_path / "impossible.yaml", cloud_ms=0.001)  # no forward pass takes a microsecond
     draft = load_model(w.draft)
-    with cluster.cloud_server(w.target, w.exits, profile=slow) as cloud, \
+    with cluster.cloud_server(w.target, w.exits, profile=slow, workdir=str(tmp_path / "slow_cloud")) as cloud, \
             cluster.cloud_server(w.target, w.exits, profile=impossible) as fast_cloud:
         results = {}
         for name, server in (("slow", cloud), ("impossible", fast_cloud)):
