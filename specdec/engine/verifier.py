@@ -1013,19 +1013,21 @@ class Verifier:
             for row, job in rows:
                 n, end = len(job.tokens), hidden.shape[1] if job.feed is None else len(job.feed)
                 # every row in one head call (one pass over the head's weights), read until a disagreement
-                exit_probs = torch.softmax(heads.exit_logits(layer, hidden[row, end - (n + 1):end]).float(), -1)
+                exit_logits = heads.exit_logits(layer, hidden[row, end - (n + 1):end]).float()
                 accepted = 0
                 while True:
-                    guess = int(torch.argmax(exit_probs[accepted]))
+                    guess = int(torch.argmax(exit_logits[accepted]))
                     if accepted < n and guess == job.tokens[accepted]:
                         accepted += 1
                         continue
                     break
                 # the result cuts at a stop token / max_new_tokens: predict it as the result will say it
                 accepted, guess, _ = self._finish_rules(job.sess, job.tokens, accepted, guess)
-                # the exit's probability of the whole outcome it names: the edge gates pre-drafting on it
-                kept = exit_probs[torch.arange(accepted), torch.tensor(job.tokens[:accepted], dtype=torch.long)]
-                confidence = float(kept.prod() * exit_probs[accepted, guess])
+                # the exit's probability of the whole outcome it names (the edge gates pre-drafting on
+                # it): only the rows up to the named token need normalising
+                named = torch.tensor(job.tokens[:accepted] + [guess], dtype=torch.long)
+                logp = torch.log_softmax(exit_logits[:accepted + 1], -1)[torch.arange(accepted + 1), named]
+                confidence = float(logp.sum().exp())
                 hints.append((job, EarlyExitHint(
                     session_id=job.sess.sid, round=job.msg.round, position=job.msg.position, exit_layer=layer,
                     predicted_accepted=accepted, predicted_next_token=guess, confidence=confidence)))
