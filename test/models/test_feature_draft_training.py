@@ -200,3 +200,88 @@ def test_question_writer_samples_the_nucleus_of_the_top_k():
     freq = torch.bincount(out.argmax(-1), minlength=len(logits)).float() / rows
     assert float(freq[want == 0].sum()) == 0.0
     assert torch.allclose(freq, want, atol=4 * (0.25 / rows) ** 0.5), (freq, want)
+
+
+@pytest.mark.parametrize("block_start", [0, 3])  # offset from the last prompt token
+def test_unrolled_guesses_are_what_decoding_drafts(block_start):
+    """Step ``j`` of the unrolled training pass is the draft's guess ``j`` tokens into a block as the
+    decoding adapter makes it: target-fed cache up to the block's start, its own guesses after."""
+    from specdec.models.tiny import build_tiny
+
+    model, tok = build_tiny("llama", layers=2, hidden=64, seed=3)
+    model = model.double()  # float64: the two ways may differ only in rounding far below the tolerance
+    torch.manual_seed(0)
+    draft = FeatureDraft.for_target(model, 2).eval()
+    with torch.no_grad():
+        for p in draft.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))  # away from the identity start, so contexts matter
+    adapter = FeatureDraftAdapter(draft, tok, lm_head=model.lm_head)
+    prompt_len, n, steps = 5, 14, 4
+    ids = torch.randint(3, 60, (n,))
+    states = torch.randn(n, model.config.hidden_size).double()  # float32 values: _batch's rounding is exact
+    seqs, prompt_lens = [ids], [prompt_len]
+    _ids, s_in, _out, _mask = fd._batch(seqs, [states], prompt_lens, [0])
+    with torch.no_grad():
+        unrolled = fd.unrolled_guesses(draft, ids[None], s_in, prompt_lens, [0], steps)
+    start = prompt_len - 1 + block_start
+    state = adapter.prefill(type("Inputs", (), {"input_ids": ids[:prompt_len].tolist()})())
+    adapter.receive_states(state, 0, states[prompt_len - 1:start])
+    hidden = adapter.forward_hidden(state, ids[prompt_len - 1:start + steps].tolist())
+    assert state.exact[block_start] and not any(state.exact[block_start + 1:])
+    for j in range(steps):
+        assert torch.allclose(hidden[block_start + j], unrolled[j][0, start + j], atol=1e-9), j
+    with torch.no_grad():
+        # step 0 is the plain forward over the target's states
+        assert torch.allclose(unrolled[0], draft(ids[None], s_in), atol=1e-9)
+        # guesses everywhere, context included (the first recipe's second pass), are another input
+        everywhere = draft(ids[None], fd._shift_guesses(unrolled[0], s_in, prompt_lens, [0]))
+    assert not torch.allclose(everywhere[0, start + 2], unrolled[1][0, start + 2], atol=1e-2)
+
+
+def test_accepted_per_block_counts_each_blocks_leading_run_of_agreements():
+    """``evaluate(unroll=4)``'s accepted_per_block against a plain loop over every block start."""
+    from specdec.models.tiny import build_tiny
+
+    model, _tok = build_tiny("llama", layers=2, hidden=64, seed=3)
+    torch.manual_seed(1)
+    draft = FeatureDraft.for_target(model, 2).eval()
+    head_w = model.lm_head.weight[:3]  # three tokens: agreement near a third, so runs of every length occur
+    seqs = [torch.randint(3, 60, (n,)) for n in (12, 17, 9)]
+    prompt_lens = [4, 6, 3]
+    states = [torch.randn(len(s), model.config.hidden_size) for s in seqs]
+    got = fd.evaluate(draft, seqs, states, prompt_lens, [0, 1, 2], head_w, batch=2, unroll=4)
+    runs, blocks, lengths = 0, 0, set()
+    for r, (ids, p) in enumerate(zip(seqs, prompt_lens)):
+        _ids, s_in, _out, _mask = fd._batch(seqs, states, prompt_lens, [r])
+        with torch.no_grad():
+            steps = fd.unrolled_guesses(draft, ids[None], s_in, prompt_lens, [r], 4)
+        for t in range(p - 1, len(ids) - 4):  # every step of the block has a label (position <= n - 2)
+            run = 0
+            while run < 4 and int((steps[run][0, t + run] @ head_w.t()).argmax()) == int(
+                    (states[r][t + run] @ head_w.t()).argmax()):
+                run += 1
+            runs, blocks = runs + run, blocks + 1
+            lengths.add(run)
+    assert len(lengths) >= 3, lengths  # the comparison is not between two zeros
+    assert got["accepted_per_block"] == round(runs / blocks, 4), (got, runs, blocks)
+    assert len(got["agreement_steps"]) == 4
+
+
+def test_fine_tuning_on_decodings_view_raises_what_a_block_keeps(tiny_target, tiny_labels, trained, tmp_path):
+    """The second stage with ``step_weights`` trains every step of a block as decoding feeds it and
+    reports the agreement per step and the drafts a block keeps, before and after."""
+    import shutil
+
+    model, tok = tiny_target
+    _stats, committed = trained
+    folder = str(tmp_path / "committed")
+    shutil.copytree(committed, folder)
+    recipe = dict(fd.FINETUNE_RECIPE, epochs=4.0, lr=2e-3, batch=8, held_out=8, autocast=False,
+                  step_weights=[1.0, 1.0, 0.5, 0.25])
+    tuned = fd.finetune_and_save(model, tok, tiny_labels, folder, recipe, log=lambda _m: None)
+    before, after = tuned["train_sample_before"], tuned["train_sample_after"]
+    assert tuned["steps_done"] == tuned["steps"] > 0
+    assert len(after["agreement_steps"]) == 4 and after["agreement_steps"][0] == after["agreement_exact_input"]
+    assert after["accepted_per_block"] > before["accepted_per_block"] + 0.1, (before, after)
+    assert after["agreement_steps"][3] > before["agreement_steps"][3], (before, after)

@@ -12,6 +12,9 @@ Loss, on every position from the last prompt token on (the ones a draft is asked
 * pass 2 - inputs are the draft's own pass-1 guesses (what the second drafted token onwards
   sees), same loss: a draft trained only on exact inputs falls apart after one step.
 
+Or, with ``step_weights`` (``--step-weights``), every step of a block as decoding feeds it
+(:func:`unrolled_guesses`): on the second stage it scores the same (the model card has the table).
+
 The target's distribution is its LM head over its own state, so no top-k labels are stored.
 
 Two stages. The first (:data:`DEFAULT_RECIPE`) trains the draft from scratch on the target's
@@ -48,6 +51,7 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from specdec.models.feature_draft import FEATURE_DRAFT_FILE, FEATURE_DRAFT_FORMAT, WEIGHTS_FILE, FeatureDraft
 from specdec.models.fingerprint import model_fingerprint, tokenizer_fingerprint
@@ -113,11 +117,75 @@ def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -
     return out
 
 
-def _loss(draft_states, target_states_, mask, head_w):
+def _block_mask(width: int, step: int, device) -> torch.Tensor:
+    """Which keys a query at block step ``step`` (0: the block's first token) sees, as decoding
+    caches them: keys of steps 0..step side by side, ``[width, (step + 1) * width]``. The block
+    started at ``s - step``; positions up to there were computed from the target's states (step
+    0's keys), and block position ``k`` (at ``s - step + k``) from the draft's ``k``-th guess."""
+    s = torch.arange(width, device=device)[:, None]
+    t = torch.arange(width, device=device)[None, :]
+    blocks = [t <= s - step] + [t == s - (step - k) for k in range(1, step + 1)]
+    return torch.cat(blocks, dim=1)
+
+
+def unrolled_guesses(draft: FeatureDraft, ids: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows,
+                     steps: int) -> List[torch.Tensor]:
+    """The draft's guesses at every position as decoding makes them ``steps`` tokens into a block:
+    element ``j`` is step ``j``'s, whose input at ``s`` is step ``j - 1``'s guess at ``s - 1`` (the
+    target's state for ``j = 0``) and whose attention sees the target-fed keys up to the block's
+    start and then each earlier step's key at its own position (:func:`_block_mask`) - what
+    :class:`specdec.models.feature_draft.FeatureDraftAdapter` caches while it drafts. (Training on
+    guesses everywhere, context included, teaches a context decoding never shows.)"""
+    model = draft.model
+    embeds = model.embed_tokens(ids)
+    width = ids.shape[1]
+    position_ids = torch.arange(width, device=ids.device)[None]
+    cos, sin = model.rotary_emb(embeds, position_ids)
+    keys: List[List[tuple]] = [[] for _ in model.layers]  # per layer, per step: (k, v)
+    guesses: List[torch.Tensor] = []
+    fed = s_in
+    for step in range(steps):
+        if step:
+            fed = _shift_guesses(guesses[-1].detach(), s_in, prompt_lens, rows)
+        h = draft.fc(torch.cat([embeds, fed.to(embeds.dtype)], dim=-1))
+        mask = _block_mask(width, step, ids.device)
+        for layer, cache in zip(model.layers, keys):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            shape = (*x.shape[:2], -1, attn.head_dim)
+            q = attn.q_proj(x).view(shape).transpose(1, 2)
+            k = attn.k_proj(x).view(shape).transpose(1, 2)
+            v = attn.v_proj(x).view(shape).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            cache.append((k, v))
+            k_all = torch.cat([kv[0] for kv in cache], dim=2)
+            v_all = torch.cat([kv[1] for kv in cache], dim=2)
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=attn.scaling,
+                                                 enable_gqa=True)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        guesses.append(model.norm(h))
+    return guesses
+
+
+def _step_mask(mask: torch.Tensor, prompt_lens, rows, step: int) -> torch.Tensor:
+    """``mask`` less the positions whose block would start before the last prompt token (decoding
+    starts its first block there)."""
+    out = mask.clone()
+    for b, r in enumerate(rows):
+        out[b, :prompt_lens[r] - 1 + step] = False
+    return out
+
+
+def _loss(draft_states, target_states_, mask, head_w, p_t=None):
+    """KL(target || draft) over the head's tokens, the smooth-L1 pull towards the target's state and
+    the top-1 agreement, over ``mask``. ``p_t``: the target's distribution at ``mask`` when known
+    (the steps of a block share it)."""
     h_d, h_t = draft_states[mask], target_states_[mask]
     logp_d = F.log_softmax(h_d @ head_w.t(), dim=-1)
     with torch.no_grad():
-        p_t = F.softmax(h_t @ head_w.t(), dim=-1)
+        if p_t is None:
+            p_t = F.softmax(h_t @ head_w.t(), dim=-1)
         agree = (logp_d.argmax(-1) == p_t.argmax(-1)).float().mean()
     kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logp_d)).sum(-1).mean()
     reg = F.smooth_l1_loss(h_d, h_t)
@@ -125,8 +193,14 @@ def _loss(draft_states, target_states_, mask, head_w):
 
 
 @torch.no_grad()
-def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, features=None) -> dict:
+def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, features=None, unroll: int = 0) -> dict:
+    """KL and top-1 agreement with the target's states in and with the draft's own guesses in
+    everywhere. ``unroll``: also decoding's view (:func:`unrolled_guesses`) - the agreement at
+    each step of a block and ``accepted_per_block``, the draft tokens a greedy verifier would
+    accept from a block of ``unroll`` started at every position (the engine's accepted drafts per
+    round, over all positions rather than the ones its rounds happen to start at)."""
     totals = {"kl1": 0.0, "agree1": 0.0, "agree2": 0.0, "n": 0}
+    step_hits, step_n, runs, blocks = [0.0] * unroll, [0] * unroll, 0.0, 0
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
         ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part, features)
@@ -139,20 +213,44 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, fea
         totals["agree1"] += float(a1) * n
         totals["agree2"] += float(a2) * n
         totals["n"] += n
+        if unroll:
+            want = (s_out @ head_w.t()).argmax(-1)
+            hits = [(g @ head_w.t()).argmax(-1) == want for g in unrolled_guesses(draft, ids, s_in, prompt_lens, part,
+                                                                                      unroll)]
+            for j, hit in enumerate(hits):
+                valid = _step_mask(mask, prompt_lens, part, j)
+                step_hits[j] += float(hit[valid].sum())
+                step_n[j] += int(valid.sum())
+            # a block started at t: its step j is at t + j; every step must have a label
+            width = max(0, mask.shape[1] - unroll + 1)
+            start = _step_mask(mask, prompt_lens, part, 0)[:, :width] & mask[:, unroll - 1:unroll - 1 + width]
+            alive = torch.ones_like(start)
+            for j, hit in enumerate(hits):
+                alive = alive & hit[:, j:j + width]
+                runs += float(alive[start].sum())
+            blocks += int(start.sum())
     n = max(1, totals["n"])
-    return {"kl": round(totals["kl1"] / n, 4), "agreement_exact_input": round(totals["agree1"] / n, 4),
-            "agreement_own_input": round(totals["agree2"] / n, 4), "positions": totals["n"]}
+    out = {"kl": round(totals["kl1"] / n, 4), "agreement_exact_input": round(totals["agree1"] / n, 4),
+           "agreement_own_input": round(totals["agree2"] / n, 4), "positions": totals["n"]}
+    if unroll:
+        out["agreement_steps"] = [round(h / max(1, c), 4) for h, c in zip(step_hits, step_n)]
+        out["accepted_per_block"] = round(runs / max(1, blocks), 4)
+    return out
 
 
 def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
           batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
-          train_fraction: float = 1.0, features=None, max_seconds: Optional[float] = None, log=print) -> dict:
+          train_fraction: float = 1.0, features=None, max_seconds: Optional[float] = None,
+          step_weights: Sequence[float] = (), log=print) -> dict:
     """``lm_head``: the target's LM head weight (its distribution is that head over its state).
     ``train_fraction``: train on that share of the training sequences only, the held-out ones
     unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py). ``features``:
     per sequence, wider input rows than ``states`` (scripts/experiments/feature_draft_layers.py).
     ``max_seconds``: stop early past that much training time (a leased GPU's budget); the stats say
-    at which step."""
+    at which step. ``step_weights``: train decoding's view of a block (:func:`unrolled_guesses`),
+    one weight per step, instead of the target's states in and then the draft's guesses in
+    everywhere."""
+    unroll = len(step_weights)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(seqs), generator=gen).tolist()
     held, train_rows = order[:held_out], order[held_out:]
@@ -165,8 +263,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     steps = max(1, int(math.ceil(len(train_rows) / batch) * epochs))
     sched = warmup_cosine(opt, steps)
     sample = train_rows[:held_out]  # training sequences scored like the held-out ones (fit vs generalisation)
-    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features)
-    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features)
+    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll)
+    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll)
     log(f"held-out before: {before}")
     t0 = time.time()
     step, losses = 0, []
@@ -180,11 +278,23 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
                 break
             rows = [train_rows[j] for j in perm[i:i + batch]]
             ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows, features)
-            g1 = draft(ids, s_in)
-            kl1, reg1, a1 = _loss(g1, s_out, mask, head_w)
-            g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
-            kl2, reg2, a2 = _loss(g2, s_out, mask, head_w)
-            losses.append(clipped_step(opt, sched, params, kl1 + kl2 + reg_weight * (reg1 + reg2)))
+            if unroll:  # decoding's view, step by step (unrolled_guesses)
+                loss, agree = 0.0, []
+                with torch.no_grad():
+                    p_all = F.softmax(s_out[mask] @ head_w.t(), dim=-1)
+                for j, (g, w) in enumerate(zip(unrolled_guesses(draft, ids, s_in, prompt_lens, rows, unroll),
+                                               step_weights)):
+                    valid = _step_mask(mask, prompt_lens, rows, j)
+                    kl, reg, a = _loss(g, s_out, valid, head_w, p_all[valid[mask]])
+                    loss, agree = loss + w * (kl + reg_weight * reg), agree + [a]
+                a1, a2 = agree[0], agree[1]
+            else:
+                g1 = draft(ids, s_in)
+                kl1, reg1, a1 = _loss(g1, s_out, mask, head_w)
+                g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
+                kl2, reg2, a2 = _loss(g2, s_out, mask, head_w)
+                loss = kl1 + kl2 + reg_weight * (reg1 + reg2)
+            losses.append(clipped_step(opt, sched, params, loss))
             step += 1
             if step % 100 == 0 or step == steps:
                 log(f"step {step}/{steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
@@ -193,8 +303,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     with torch.no_grad():  # the committed weights are fp16: train-time numbers use the rounded ones
         for p in params:
             p.copy_(p.half().float())
-    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features)
-    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features)
+    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll)
+    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll)
     log(f"held-out after: {after}; training sample after: {fit_after}")
     return {"steps": steps, "steps_done": step, "epochs": epochs, "lr": lr, "batch": batch, "reg_weight": reg_weight,
             "train_seconds": round(time.time() - t0, 1), "train_sequences": len(train_rows),
@@ -345,7 +455,8 @@ FINETUNE_RECIPE = {"data": "self:chat=8000,prose=2000,seed=0", "label_dtype": "b
                    "lr": 5e-4, "batch": 64, "held_out": 48, "autocast": True, "seed": 0, "version": 2}
 
 
-def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict, log=print) -> dict:
+def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict,
+                      max_seconds: Optional[float] = None, log=print) -> dict:
     """Warm-start the first stage's draft in ``out_dir`` on ``labels`` with ``recipe`` (keys of
     :data:`FINETUNE_RECIPE`) and commit it there again; the record keeps the first stage's recipe
     and statistics and adds ``finetune`` and ``training_finetune``. A draft fine-tuned already is
@@ -364,7 +475,8 @@ def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: d
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["autocast"]), cache_enabled=False):
         stats = train(draft, seqs, states, list(labels.prompt_lens), head_ids.to(device), epochs=recipe["epochs"],
                       lr=recipe["lr"], batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
-                      lm_head=target.lm_head.weight, log=log)
+                      lm_head=target.lm_head.weight, step_weights=recipe.get("step_weights", ()),
+                      max_seconds=max_seconds, log=log)
     stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     keep = {k: record[k] for k in ("recipe", "training") if k in record}
     save_committed(draft, target, tokenizer, head_ids, out_dir,
@@ -391,6 +503,9 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune", action="store_true",
                         help="only the second stage (FINETUNE_RECIPE with --seed), from the first stage's draft "
                              "committed in --out")
+    parser.add_argument("--step-weights", type=float, nargs="+", default=None, metavar="W",
+                        help="with --finetune: train decoding's view of a block, one loss weight per step "
+                             "(unrolled_guesses; e.g. 1 1 0.5 0.25)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.assemble:
@@ -409,7 +524,10 @@ def main(argv=None) -> int:
         labels = cached_labels(source, labelling_model(target, FINETUNE_RECIPE["label_dtype"]), tokenizer, [],
                                args.labels_cache)
         print(f"labelled {len(labels.sequences)} sequences in {time.time() - t0:.0f} s", flush=True)
-        stats = finetune_and_save(target, tokenizer, labels, args.out, dict(FINETUNE_RECIPE, seed=args.seed),
+        recipe = dict(FINETUNE_RECIPE, seed=args.seed)
+        if args.step_weights:
+            recipe["step_weights"] = args.step_weights
+        stats = finetune_and_save(target, tokenizer, labels, args.out, recipe, max_seconds=args.max_seconds,
                                   log=lambda m: print(m, flush=True))
         print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
         return 0
