@@ -13,7 +13,8 @@ exact state of the last verified token.
 Conventions shared by training (:mod:`training.text.feature_draft`) and decoding:
 
 * prompt positions carry no target state (zeros): the edge drafts block 0 before the cloud has
-  prefilled, and the prompt's states would be bytes on the link for little gain;
+  prefilled, and the prompt's states would be bytes on the link for no gain (measured:
+  scripts/experiments/feature_draft_prompt_states.py);
 * the first state the cloud returns is that of the last prompt token (the verify pass starts
   there), so the slot of generated token 0 already gets the target's state;
 * the model is the target's embeddings (shared, frozen), ``fc: [embedding; state] -> hidden``,

@@ -285,3 +285,23 @@ def test_fine_tuning_on_decodings_view_raises_what_a_block_keeps(tiny_target, ti
     assert len(after["agreement_steps"]) == 4 and after["agreement_steps"][0] == after["agreement_exact_input"]
     assert after["accepted_per_block"] > before["accepted_per_block"] + 0.1, (before, after)
     assert after["agreement_steps"][3] > before["agreement_steps"][3], (before, after)
+
+
+def test_prompt_states_are_the_targets_and_feed_the_prompt_positions(tiny_target, tiny_labels):
+    """``add_prompt_states`` fills the prompt's positions with the target's own states (batched with
+    right padding, as one sequence alone would give them) and ``_batch(prompt_states=True)`` feeds
+    them one position later; without it the prompt is fed zeros."""
+    model, _tok = tiny_target
+    seqs = [s.long() for s in tiny_labels.sequences[:6]]
+    prompt_lens = list(tiny_labels.prompt_lens[:6])
+    states = fd.target_states(tiny_labels, model.config.hidden_size)[:6]
+    fd.add_prompt_states(model, seqs, prompt_lens, states, batch=4)
+    for seq, p, st in zip(seqs, prompt_lens, states):
+        with torch.no_grad():
+            alone = model.model(seq[None, :p - 1]).last_hidden_state[0]
+        assert torch.allclose(st[:p - 1].float(), alone, atol=2e-3)
+    _ids, fed, _out, _mask = fd._batch(seqs, states, prompt_lens, [0, 1], prompt_states=True)
+    _ids, zeros, _out, _mask = fd._batch(seqs, states, prompt_lens, [0, 1])
+    p = prompt_lens[0]
+    assert torch.equal(fed[0, 1:p], states[0][:p - 1].float()) and not zeros[0, :p].any()
+    assert torch.equal(fed[0, p:], zeros[0, p:]) and not fed[0, 0].any()

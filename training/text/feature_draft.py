@@ -86,10 +86,12 @@ def frequent_tokens(sequences: Sequence[torch.Tensor], prompt_lens: Sequence[int
     return torch.tensor(sorted(order[:k]), dtype=torch.long)
 
 
-def _batch(seqs, states, prompt_lens, rows: Sequence[int], features=None):
+def _batch(seqs, states, prompt_lens, rows: Sequence[int], features=None, prompt_states: bool = False):
     """Right-padded ids, input states (state[s-1] from the last prompt token on, else 0), target
     states, and the mask of trained positions (from the last prompt token on). ``features``: per
-    sequence, what the draft is fed at s-1 when it is not ``states`` itself (wider rows)."""
+    sequence, what the draft is fed at s-1 when it is not ``states`` itself (wider rows).
+    ``prompt_states``: the prompt's positions are fed the target's states too (``states`` must
+    hold them: :func:`add_prompt_states`)."""
     features = states if features is None else features
     width = max(len(seqs[r]) for r in rows)
     hidden, fed = states[rows[0]].shape[1], features[rows[0]].shape[1]
@@ -102,9 +104,28 @@ def _batch(seqs, states, prompt_lens, rows: Sequence[int], features=None):
         n, p = len(seqs[r]), prompt_lens[r]
         ids[b, :n] = seqs[r]
         s_out[b, :n] = states[r].float()
-        s_in[b, p:n] = features[r][p - 1:n - 1].float()
+        first = 1 if prompt_states else p
+        s_in[b, first:n] = features[r][first - 1:n - 1].float()
         mask[b, p - 1:n - 1] = True  # the last position predicts past the sequence: no label
     return ids, s_in, s_out, mask
+
+
+@torch.no_grad()
+def add_prompt_states(target, seqs, prompt_lens, states, batch: int = 64) -> None:
+    """Fill each sequence's prompt positions (all but the last, which the labels hold) in
+    ``states`` with the target's final normed states (one batched, right-padded pass)."""
+    order = sorted(range(len(seqs)), key=lambda r: prompt_lens[r])
+    for i in range(0, len(order), batch):
+        rows = order[i:i + batch]
+        width = max(prompt_lens[r] for r in rows) - 1
+        if width <= 0:
+            continue
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=seqs[rows[0]].device)
+        for b, r in enumerate(rows):
+            ids[b, :prompt_lens[r] - 1] = seqs[r][:prompt_lens[r] - 1]
+        hidden = target.model(ids).last_hidden_state
+        for b, r in enumerate(rows):
+            states[r][:prompt_lens[r] - 1] = hidden[b, :prompt_lens[r] - 1].to(states[r].dtype)
 
 
 def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -> torch.Tensor:
@@ -113,6 +134,8 @@ def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -
     out = torch.zeros(*s_in.shape[:2], guess.shape[-1], dtype=guess.dtype, device=guess.device)
     for b, r in enumerate(rows):
         p = prompt_lens[r]
+        if s_in.shape[-1] == out.shape[-1]:  # zeros, or the target's prompt states (_batch's prompt_states)
+            out[b, :p] = s_in[b, :p]
         out[b, p:] = guess[b, p - 1:-1]
     return out
 
@@ -193,7 +216,8 @@ def _loss(draft_states, target_states_, mask, head_w, p_t=None):
 
 
 @torch.no_grad()
-def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, features=None, unroll: int = 0) -> dict:
+def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, features=None, unroll: int = 0,
+             prompt_states: bool = False) -> dict:
     """KL and top-1 agreement with the target's states in and with the draft's own guesses in
     everywhere. ``unroll``: also decoding's view (:func:`unrolled_guesses`) - the agreement at
     each step of a block and ``accepted_per_block``, the draft tokens a greedy verifier would
@@ -203,7 +227,7 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, fea
     step_hits, step_n, runs, blocks = [0.0] * unroll, [0] * unroll, 0.0, 0
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part, features)
+        ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, part, features, prompt_states)
         g1 = draft(ids, s_in)
         kl, _, a1 = _loss(g1, s_out, mask, head_w)
         g2 = draft(ids, _shift_guesses(g1, s_in, prompt_lens, part))
@@ -241,7 +265,7 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, fea
 def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
           batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
           train_fraction: float = 1.0, features=None, max_seconds: Optional[float] = None,
-          step_weights: Sequence[float] = (), log=print) -> dict:
+          step_weights: Sequence[float] = (), prompt_states: bool = False, log=print) -> dict:
     """``lm_head``: the target's LM head weight (its distribution is that head over its state).
     ``train_fraction``: train on that share of the training sequences only, the held-out ones
     unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py). ``features``:
@@ -263,8 +287,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     steps = max(1, int(math.ceil(len(train_rows) / batch) * epochs))
     sched = warmup_cosine(opt, steps)
     sample = train_rows[:held_out]  # training sequences scored like the held-out ones (fit vs generalisation)
-    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll)
-    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll)
+    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
+    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
     log(f"held-out before: {before}")
     t0 = time.time()
     step, losses = 0, []
@@ -277,7 +301,7 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
             if step >= steps or out_of_time:
                 break
             rows = [train_rows[j] for j in perm[i:i + batch]]
-            ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows, features)
+            ids, s_in, s_out, mask = _batch(seqs, states, prompt_lens, rows, features, prompt_states)
             if unroll:  # decoding's view, step by step (unrolled_guesses)
                 loss, agree = 0.0, []
                 with torch.no_grad():
@@ -303,8 +327,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     with torch.no_grad():  # the committed weights are fp16: train-time numbers use the rounded ones
         for p in params:
             p.copy_(p.half().float())
-    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll)
-    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll)
+    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
+    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
     log(f"held-out after: {after}; training sample after: {fit_after}")
     return {"steps": steps, "steps_done": step, "epochs": epochs, "lr": lr, "batch": batch, "reg_weight": reg_weight,
             "train_seconds": round(time.time() - t0, 1), "train_sequences": len(train_rows),
