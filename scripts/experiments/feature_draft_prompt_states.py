@@ -73,8 +73,8 @@ def main() -> None:
 
     draft, head_ids, record = fd.load_committed(committed, target)
     head_w = target.lm_head.weight.detach().float()[head_ids]
-    print(json.dumps({"committed_zeros": score(draft, head_w, False), "committed_prompt_states": score(draft, head_w, True)}),
-          flush=True)
+    print(json.dumps({"committed_zeros": score(draft, head_w, False),
+                      "committed_prompt_states": score(draft, head_w, True)}), flush=True)
 
     recipe = fd.FINETUNE_RECIPE
     labels = cached_labels(None, None, None, [], os.path.join(work, "self-8000-prose2000-bf16.pt"))
@@ -95,8 +95,8 @@ def main() -> None:
                           {"recipe": record["recipe"], "finetune": dict(recipe, prompt_states=True),
                            "training_finetune": stats})
     print(json.dumps({"train_seconds": stats["train_seconds"], "held_out_after": stats["held_out_after"],
-                      "trained_prompt_states": score(draft, head_w, True), "trained_zeros": score(draft, head_w, False)}),
-          flush=True)
+                      "trained_prompt_states": score(draft, head_w, True),
+                      "trained_zeros": score(draft, head_w, False)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -287,8 +287,9 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     steps = max(1, int(math.ceil(len(train_rows) / batch) * epochs))
     sched = warmup_cosine(opt, steps)
     sample = train_rows[:held_out]  # training sequences scored like the held-out ones (fit vs generalisation)
-    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
-    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
+    scoring = dict(features=features, unroll=unroll, prompt_states=prompt_states)
+    before = evaluate(draft, seqs, states, prompt_lens, held, head_w, **scoring)
+    fit_before = evaluate(draft, seqs, states, prompt_lens, sample, head_w, **scoring)
     log(f"held-out before: {before}")
     t0 = time.time()
     step, losses = 0, []
@@ -327,8 +328,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     with torch.no_grad():  # the committed weights are fp16: train-time numbers use the rounded ones
         for p in params:
             p.copy_(p.half().float())
-    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
-    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, features=features, unroll=unroll, prompt_states=prompt_states)
+    after = evaluate(draft, seqs, states, prompt_lens, held, head_w, **scoring)
+    fit_after = evaluate(draft, seqs, states, prompt_lens, sample, head_w, **scoring)
     log(f"held-out after: {after}; training sample after: {fit_after}")
     return {"steps": steps, "steps_done": step, "epochs": epochs, "lr": lr, "batch": batch, "reg_weight": reg_weight,
             "train_seconds": round(time.time() - t0, 1), "train_sequences": len(train_rows),
