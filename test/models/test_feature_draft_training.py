@@ -305,3 +305,17 @@ def test_prompt_states_are_the_targets_and_feed_the_prompt_positions(tiny_target
     p = prompt_lens[0]
     assert torch.equal(fed[0, 1:p], states[0][:p - 1].float()) and not zeros[0, :p].any()
     assert torch.equal(fed[0, p:], zeros[0, p:]) and not fed[0, 0].any()
+
+
+def test_top1_weight_adds_the_cross_entropy_on_the_targets_top_token():
+    torch.manual_seed(0)
+    draft_states, target_states = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    head_w = torch.randn(11, 8)
+    kl, reg, agree = fd._loss(draft_states, target_states, mask, head_w)
+    mixed, reg2, agree2 = fd._loss(draft_states, target_states, mask, head_w, top1_weight=0.5)
+    logp = torch.log_softmax(draft_states[mask] @ head_w.t(), -1)
+    top = (target_states[mask] @ head_w.t()).argmax(-1)
+    ce = -logp[torch.arange(len(top)), top].mean()
+    assert torch.allclose(mixed, kl + 0.5 * ce) and torch.equal(reg, reg2) and torch.equal(agree, agree2)

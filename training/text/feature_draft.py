@@ -13,7 +13,9 @@ Loss, on every position from the last prompt token on (the ones a draft is asked
   sees), same loss: a draft trained only on exact inputs falls apart after one step.
 
 Or, with ``step_weights`` (``--step-weights``), every step of a block as decoding feeds it
-(:func:`unrolled_guesses`): on the second stage it scores the same (the model card has the table).
+(:func:`unrolled_guesses`); ``top1_weight`` (``--top1-weight``) adds cross-entropy on the target's
+top token. On the second stage neither moves the engine's tokens per round (the model card has
+the numbers).
 
 The target's distribution is its LM head over its own state, so no top-k labels are stored.
 
@@ -200,10 +202,11 @@ def _step_mask(mask: torch.Tensor, prompt_lens, rows, step: int) -> torch.Tensor
     return out
 
 
-def _loss(draft_states, target_states_, mask, head_w, p_t=None):
+def _loss(draft_states, target_states_, mask, head_w, p_t=None, top1_weight: float = 0.0):
     """KL(target || draft) over the head's tokens, the smooth-L1 pull towards the target's state and
     the top-1 agreement, over ``mask``. ``p_t``: the target's distribution at ``mask`` when known
-    (the steps of a block share it)."""
+    (the steps of a block share it). ``top1_weight``: plus that much cross-entropy on the target's
+    top token, the only one a greedy verifier compares (added to the first value)."""
     h_d, h_t = draft_states[mask], target_states_[mask]
     logp_d = F.log_softmax(h_d @ head_w.t(), dim=-1)
     with torch.no_grad():
@@ -211,6 +214,8 @@ def _loss(draft_states, target_states_, mask, head_w, p_t=None):
             p_t = F.softmax(h_t @ head_w.t(), dim=-1)
         agree = (logp_d.argmax(-1) == p_t.argmax(-1)).float().mean()
     kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logp_d)).sum(-1).mean()
+    if top1_weight:
+        kl = kl + top1_weight * F.nll_loss(logp_d, p_t.argmax(-1))
     reg = F.smooth_l1_loss(h_d, h_t)
     return kl, reg, agree
 
@@ -265,7 +270,8 @@ def evaluate(draft, seqs, states, prompt_lens, rows, head_w, batch: int = 8, fea
 def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor, *, epochs: float, lr: float,
           batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
           train_fraction: float = 1.0, features=None, max_seconds: Optional[float] = None,
-          step_weights: Sequence[float] = (), prompt_states: bool = False, log=print) -> dict:
+          step_weights: Sequence[float] = (), prompt_states: bool = False, top1_weight: float = 0.0,
+          log=print) -> dict:
     """``lm_head``: the target's LM head weight (its distribution is that head over its state).
     ``train_fraction``: train on that share of the training sequences only, the held-out ones
     unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py). ``features``:
@@ -273,7 +279,7 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     ``max_seconds``: stop early past that much training time (a leased GPU's budget); the stats say
     at which step. ``step_weights``: train decoding's view of a block (:func:`unrolled_guesses`),
     one weight per step, instead of the target's states in and then the draft's guesses in
-    everywhere."""
+    everywhere. ``top1_weight``: see :func:`_loss`."""
     unroll = len(step_weights)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(seqs), generator=gen).tolist()
@@ -310,14 +316,14 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
                 for j, (g, w) in enumerate(zip(unrolled_guesses(draft, ids, s_in, prompt_lens, rows, unroll),
                                                step_weights)):
                     valid = _step_mask(mask, prompt_lens, rows, j)
-                    kl, reg, a = _loss(g, s_out, valid, head_w, p_all[valid[mask]])
+                    kl, reg, a = _loss(g, s_out, valid, head_w, p_all[valid[mask]], top1_weight)
                     loss, agree = loss + w * (kl + reg_weight * reg), agree + [a]
                 a1, a2 = agree[0], agree[1]
             else:
                 g1 = draft(ids, s_in)
-                kl1, reg1, a1 = _loss(g1, s_out, mask, head_w)
+                kl1, reg1, a1 = _loss(g1, s_out, mask, head_w, top1_weight=top1_weight)
                 g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
-                kl2, reg2, a2 = _loss(g2, s_out, mask, head_w)
+                kl2, reg2, a2 = _loss(g2, s_out, mask, head_w, top1_weight=top1_weight)
                 loss = kl1 + kl2 + reg_weight * (reg1 + reg2)
             losses.append(clipped_step(opt, sched, params, loss))
             step += 1
@@ -501,7 +507,7 @@ def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: d
         stats = train(draft, seqs, states, list(labels.prompt_lens), head_ids.to(device), epochs=recipe["epochs"],
                       lr=recipe["lr"], batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
                       lm_head=target.lm_head.weight, step_weights=recipe.get("step_weights", ()),
-                      max_seconds=max_seconds, log=log)
+                      top1_weight=recipe.get("top1_weight", 0.0), max_seconds=max_seconds, log=log)
     stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     keep = {k: record[k] for k in ("recipe", "training") if k in record}
     save_committed(draft, target, tokenizer, head_ids, out_dir,
@@ -528,6 +534,8 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune", action="store_true",
                         help="only the second stage (FINETUNE_RECIPE with --seed), from the first stage's draft "
                              "committed in --out")
+    parser.add_argument("--top1-weight", type=float, default=0.0,
+                        help="with --finetune: add this much cross-entropy on the target's top token")
     parser.add_argument("--step-weights", type=float, nargs="+", default=None, metavar="W",
                         help="with --finetune: train decoding's view of a block, one loss weight per step "
                              "(unrolled_guesses; e.g. 1 1 0.5 0.25)")
@@ -552,6 +560,8 @@ def main(argv=None) -> int:
         recipe = dict(FINETUNE_RECIPE, seed=args.seed)
         if args.step_weights:
             recipe["step_weights"] = args.step_weights
+        if args.top1_weight:
+            recipe["top1_weight"] = args.top1_weight
         stats = finetune_and_save(target, tokenizer, labels, args.out, recipe, max_seconds=args.max_seconds,
                                   log=lambda m: print(m, flush=True))
         print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
