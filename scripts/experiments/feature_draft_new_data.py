@@ -74,12 +74,14 @@ def unpack(labels, target) -> tuple:
     return seqs, fd.target_states(labels, target.config.hidden_size), list(labels.prompt_lens)
 
 
-def score(draft, data, kinds, head_w) -> dict:
+def score(draft, data, kinds, head_w, prompt_states: bool = False) -> dict:
+    """Chat and prose apart; ``prompt_states``: the prompt's positions fed the target's states
+    (``data``'s states must hold them: scripts/experiments/feature_draft_prompt_states.py)."""
     seqs, states, prompt_lens = data
     out = {}
     for kind in ("chat", "prose"):
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        r = fd.evaluate(draft, seqs, states, prompt_lens, rows, head_w, unroll=4)
+        r = fd.evaluate(draft, seqs, states, prompt_lens, rows, head_w, unroll=4, prompt_states=prompt_states)
         out[kind] = {"exact": r["agreement_exact_input"], "own": r["agreement_own_input"], "positions": r["positions"],
                      "steps": r["agreement_steps"], "accepted_per_block": r["accepted_per_block"]}
     n = sum(v["positions"] for v in out.values())

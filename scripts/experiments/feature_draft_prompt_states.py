@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from feature_draft_new_data import eval_source, unpack  # noqa: E402
+from feature_draft_new_data import eval_source, score, unpack  # noqa: E402
 from specdec.models import artefacts  # noqa: E402
 from training.teacher import labelling_model  # noqa: E402
 from training.text import feature_draft as fd  # noqa: E402
@@ -63,18 +63,13 @@ def main() -> None:
     fd.add_prompt_states(target, eseqs, eprompt, estates)
     print(json.dumps({"eval_prompt_states_s": round(time.time() - t0, 1)}), flush=True)
 
-    def score(draft, head_w, prompt_states: bool) -> dict:
-        out = {}
-        for kind in ("chat", "prose"):
-            rows = [i for i, k in enumerate(evaluation.kinds) if k == kind]
-            r = fd.evaluate(draft, eseqs, estates, eprompt, rows, head_w, unroll=4, prompt_states=prompt_states)
-            out[kind] = {"steps": r["agreement_steps"], "accepted_per_block": r["accepted_per_block"]}
-        return out
+    def scored(draft, head_w, prompt_states: bool) -> dict:
+        return score(draft, (eseqs, estates, eprompt), evaluation.kinds, head_w, prompt_states)
 
     draft, head_ids, record = fd.load_committed(committed, target)
     head_w = target.lm_head.weight.detach().float()[head_ids]
-    print(json.dumps({"committed_zeros": score(draft, head_w, False),
-                      "committed_prompt_states": score(draft, head_w, True)}), flush=True)
+    print(json.dumps({"committed_zeros": scored(draft, head_w, False),
+                      "committed_prompt_states": scored(draft, head_w, True)}), flush=True)
 
     recipe = fd.FINETUNE_RECIPE
     labels = cached_labels(None, None, None, [], os.path.join(work, "self-8000-prose2000-bf16.pt"))
@@ -95,8 +90,8 @@ def main() -> None:
                           {"recipe": record["recipe"], "finetune": dict(recipe, prompt_states=True),
                            "training_finetune": stats})
     print(json.dumps({"train_seconds": stats["train_seconds"], "held_out_after": stats["held_out_after"],
-                      "trained_prompt_states": score(draft, head_w, True),
-                      "trained_zeros": score(draft, head_w, False)}), flush=True)
+                      "trained_prompt_states": scored(draft, head_w, True),
+                      "trained_zeros": scored(draft, head_w, False)}), flush=True)
 
 
 if __name__ == "__main__":
