@@ -12,8 +12,16 @@ engine sees, on the held-out evaluation prompts (``models/smollm2_eval_prompts.j
 2. The engine (gamma 4, greedy, 24 new tokens, as ``make models-eval``): how often the first drafted
    token of a block is kept, per prompt kind, apart from the first round (drafted before the cloud
    returned any state).
+3. The engine replayed on the same teacher-forced answers (``replayed``): blocks of 4 as decoding
+   drafts them (:func:`training.text.feature_draft.unrolled_guesses`), each round starting where the
+   last one's first rejected token was; tokens per round over the first 24 tokens (what the engine
+   reports) and over the whole answers, and the drafts a block keeps when it starts right after a
+   position the draft missed (where the engine's rounds start) or after one it got right. With
+   ``--rejected-slot``: the verify pass also holds the target's prediction at the rejected slot (fed
+   the draft's wrong token) - how often it names the token after the correction, against the next
+   block's first draft token.
 
-    python scripts/experiments/feature_draft_chain.py --threads 2
+    python scripts/experiments/feature_draft_chain.py --threads 2 [--draft COMMITTED_DIR --skip-engine --rejected-slot]
 
 2026-12-05 (committed draft): the own-guess chain costs chat 6 points at the first step and 1-2
 after (59.9 -> 54.1 -> 52.4 -> 50.6 % at depths 0-3), prose 2 points over three (79.6 -> 77.8 %);
@@ -21,6 +29,14 @@ the head covers 98.0 / 99.3 % of the target's tokens. What costs most is where b
 first 24 positions agree 58.1 / 64.8 % and, among them, a position after a wrong one 53.3 / 56.6 %
 (chat / prose) - what the engine keeps of a block's first token (52.4 / 58.4 %). Training and
 decoding match; the positions after a rejection are the hard ones.
+
+2026-12-05, the replay (same draft): 2.04 (chat) / 2.21 (prose) tokens per round over the first 24
+tokens - the engine's 2.02 / 2.20 - and 2.09 / 2.99 over the whole answers (128 / 64 tokens; 2.29
+together). A block started after a miss keeps 1.00 / 1.81 drafts, after a hit 1.49 / 2.50; chat's
+rounds are almost all of the first kind, and prose's first 24 tokens are its hardest (a block
+started there keeps 1.62, later 2.79). ``--rejected-slot``: the target's prediction at the rejected
+slot names the next token 13.0 / 28.6 % of the time, the next block's first draft token 54.1 /
+59.6 % (316 / 203 rejections): a wrong token changes what the target says next; nothing to reuse.
 """
 
 from __future__ import annotations
@@ -66,9 +82,57 @@ def teacher_forced(draft, data, rows, head_w, head_ids) -> dict:
             inputs = fd._shift_guesses(guess, s_in, prompt_lens, [r])
         n += int(mask.sum())
     tokens = torch.cat([seqs[r][prompt_lens[r]:] for r in rows])
-    return {"by_depth": [round(x / n, 4) for x in by_depth], "first_positions": round(float(torch.cat(first).float().mean()), 4),
+    return {"by_depth": [round(x / n, 4) for x in by_depth],
+            "first_positions": round(float(torch.cat(first).float().mean()), 4),
             "after_a_wrong_one": round(sum(after_wrong) / max(1, len(after_wrong)), 4),
             "head_coverage": round(float(torch.isin(tokens, head_ids).float().mean()), 4), "positions": n}
+
+
+@torch.no_grad()
+def replayed(draft, data, rows, head_w, head_ids, target=None, gamma: int = 4) -> dict:
+    """The engine's greedy rounds replayed on the teacher-forced answers (item 3 of the docstring).
+    ``target``: also, in the first 24 tokens' rounds that end in a rejection, whether the target's
+    own prediction at the rejected slot - the verify pass computes it, fed the draft's wrong token -
+    names the token after the correction, against the next block's first draft token."""
+    seqs, states, prompt_lens = data
+    tally = {k: [0, 0] for k in ("first24", "whole", "after_miss", "after_hit", "draft_after_rejection",
+                                 "target_at_rejected_slot")}  # [sum, count]
+    for i in range(0, len(rows), 8):
+        part = rows[i:i + 8]
+        ids, s_in, s_out, _mask = fd._batch(seqs, states, prompt_lens, part)
+        want = (s_out @ head_w.t()).argmax(-1)
+        picks = torch.stack([(g @ head_w.t()).argmax(-1)
+                             for g in fd.unrolled_guesses(draft, ids, s_in, prompt_lens, part, gamma)])
+        hits = picks == want
+        for b, r in enumerate(part):
+            start, last = prompt_lens[r] - 1, len(seqs[r]) - 2  # the answer's first and last labelled position
+
+            def kept(t: int) -> int:  # the leading run of right guesses of a block started at t
+                k = 0
+                while k < gamma and t + k <= last and bool(hits[k, b, t + k]):
+                    k += 1
+                return k
+
+            for t in range(start + 1, last - gamma + 2):
+                side = tally["after_hit" if bool(hits[0, b, t - 1]) else "after_miss"]
+                side[0], side[1] = side[0] + kept(t), side[1] + 1
+            for name, length in (("first24", FIRST), ("whole", last - start + 1)):
+                t, done, total = start, 0, min(length, last - start + 1)
+                while done < total:
+                    k = kept(t)
+                    done, t = done + min(k + 1, total - done), t + k + 1
+                    tally[name][1] += 1
+                    if name == "first24" and target is not None and k < gamma and done < total:
+                        rejected = head_ids[picks[k, b, t - 1]].view(1)  # the draft's token for slot t
+                        fed = torch.cat([ids[b, :t], rejected])[None]
+                        right = int(target(fed).logits[0, -1].argmax()) == int(ids[b, t + 1])
+                        for key, hit in (("target_at_rejected_slot", right),
+                                         ("draft_after_rejection", bool(hits[0, b, t]))):
+                            tally[key][0], tally[key][1] = tally[key][0] + hit, tally[key][1] + 1
+                tally[name][0] += done
+    names = {"first24": "tokens_per_round_first24", "whole": "tokens_per_round_whole",
+             "after_miss": "kept_after_a_miss", "after_hit": "kept_after_a_hit"}
+    return {names.get(k, k): round(v[0] / max(1, v[1]), 3) for k, v in tally.items() if v[1]}
 
 
 def engine_first_token(target, tokenizer, draft_dir: str, prompts, kind: str) -> dict:
@@ -91,10 +155,15 @@ def engine_first_token(target, tokenizer, draft_dir: str, prompts, kind: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--draft", default=os.path.join(ROOT, "models", "smollm2-135m-feature-draft"),
+                        help="a committed-format draft for 1. and 3. (2. runs the assembled committed one)")
+    parser.add_argument("--skip-engine", action="store_true", help="leave out 2. (minutes)")
+    parser.add_argument("--rejected-slot", action="store_true",
+                        help="3. also scores the target's prediction at each rejected slot (a pass per round)")
     args = parser.parse_args()
     set_threads(args.threads)
     target, tokenizer = load_target(artefacts.text_target_dir(), torch.device("cpu"))
-    draft, head_ids, _ = fd.load_committed(os.path.join(ROOT, "models", "smollm2-135m-feature-draft"), target)
+    draft, head_ids, _ = fd.load_committed(args.draft, target)
     head_w = target.lm_head.weight.detach().float()[head_ids]
     evaluation = eval_source()
     labels = cached_labels(evaluation, target, tokenizer, [],
@@ -105,7 +174,10 @@ def main() -> None:
         rows = [i for i, k in enumerate(labels.kinds) if k == kind]
         prompts = [p for p in evaluation.prompts if p.kind == kind]
         print(json.dumps({"kind": kind, **teacher_forced(draft, data, rows, head_w, head_ids),
-                          **engine_first_token(target, tokenizer, draft_dir, prompts, kind)}), flush=True)
+                          "replayed": replayed(draft, data, rows, head_w, head_ids,
+                                               target if args.rejected_slot else None),
+                          **({} if args.skip_engine else engine_first_token(target, tokenizer, draft_dir, prompts,
+                                                                              kind))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -319,3 +319,27 @@ def test_top1_weight_adds_the_cross_entropy_on_the_targets_top_token():
     top = (target_states[mask] @ head_w.t()).argmax(-1)
     ce = -logp[torch.arange(len(top)), top].mean()
     assert torch.allclose(mixed, kl + 0.5 * ce) and torch.equal(reg, reg2) and torch.equal(agree, agree2)
+
+
+def test_miss_weight_weighs_the_positions_where_decoding_starts_a_block_after_a_rejection():
+    torch.manual_seed(0)
+    head_w = torch.randn(7, 4)
+    target_states = torch.randn(1, 6, 4)
+    want = (target_states @ head_w.t()).argmax(-1)[0]
+    draft_states = target_states.clone()
+    wrong = 3  # the draft misses the token after position 3: a block starts at 4 after a rejection
+    for _ in range(100):  # a state whose top token is another one
+        guess = torch.randn(4)
+        if int((guess @ head_w.t()).argmax()) != int(want[wrong]):
+            break
+    draft_states[0, wrong] = guess
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, 1:5] = True  # the prompt is two tokens long: positions 1 ... 4 are trained
+    weights = fd._after_miss_weights(draft_states, target_states, mask, head_w, [2], [0], 2.0)
+    # position 1 is the answer's first (round 0); 4 follows the miss; 2 and 3 follow hits
+    assert weights.tolist() == [3.0, 1.0, 1.0, 3.0]
+    assert fd._after_miss_weights(draft_states, target_states, mask, head_w, [2], [0], 0.0) is None
+    kl, _reg, _agree = fd._loss(draft_states, target_states, mask, head_w, weights=weights)
+    p_t = torch.softmax(target_states[mask] @ head_w.t(), -1)
+    per = (p_t * (p_t.log() - torch.log_softmax(draft_states[mask] @ head_w.t(), -1))).sum(-1)
+    assert torch.allclose(kl, (weights * per).sum() / weights.sum()) and not torch.allclose(kl, per.mean())

@@ -142,6 +142,23 @@ def _shift_guesses(guess: torch.Tensor, s_in: torch.Tensor, prompt_lens, rows) -
     return out
 
 
+@torch.no_grad()
+def _after_miss_weights(g1, s_out, mask, head_w, prompt_lens, rows, miss_weight: float):
+    """Per position at ``mask``: ``1 + miss_weight`` where a block starts in decoding after a
+    rejection - the draft's first-token guess at the position before missed the target's token, or
+    the answer's first position (round 0) - else 1; ``None`` for ``miss_weight`` 0. The engine's
+    rounds start there, and those blocks are the hard ones (chat: a block after a miss keeps 1.00
+    drafts, after a hit 1.49)."""
+    if not miss_weight:
+        return None
+    hit = (g1 @ head_w.t()).argmax(-1) == (s_out @ head_w.t()).argmax(-1)
+    after_miss = torch.ones_like(hit)
+    after_miss[:, 1:] = ~hit[:, :-1]
+    for b, r in enumerate(rows):
+        after_miss[b, prompt_lens[r] - 1] = True
+    return 1.0 + miss_weight * after_miss[mask].float()
+
+
 def _block_mask(width: int, step: int, device) -> torch.Tensor:
     """Which keys a query at block step ``step`` (0: the block's first token) sees, as decoding
     caches them: keys of steps 0..step side by side, ``[width, (step + 1) * width]``. The block
@@ -202,20 +219,22 @@ def _step_mask(mask: torch.Tensor, prompt_lens, rows, step: int) -> torch.Tensor
     return out
 
 
-def _loss(draft_states, target_states_, mask, head_w, p_t=None, top1_weight: float = 0.0):
+def _loss(draft_states, target_states_, mask, head_w, p_t=None, top1_weight: float = 0.0, weights=None):
     """KL(target || draft) over the head's tokens, the smooth-L1 pull towards the target's state and
     the top-1 agreement, over ``mask``. ``p_t``: the target's distribution at ``mask`` when known
     (the steps of a block share it). ``top1_weight``: plus that much cross-entropy on the target's
-    top token, the only one a greedy verifier compares (added to the first value)."""
+    top token, the only one a greedy verifier compares (added to the first value). ``weights``: per
+    position at ``mask``, the share of each in the first value (default: equal)."""
     h_d, h_t = draft_states[mask], target_states_[mask]
     logp_d = F.log_softmax(h_d @ head_w.t(), dim=-1)
     with torch.no_grad():
         if p_t is None:
             p_t = F.softmax(h_t @ head_w.t(), dim=-1)
         agree = (logp_d.argmax(-1) == p_t.argmax(-1)).float().mean()
-    kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logp_d)).sum(-1).mean()
+    per_position = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logp_d)).sum(-1)
     if top1_weight:
-        kl = kl + top1_weight * F.nll_loss(logp_d, p_t.argmax(-1))
+        per_position = per_position + top1_weight * F.nll_loss(logp_d, p_t.argmax(-1), reduction="none")
+    kl = per_position.mean() if weights is None else (weights * per_position).sum() / weights.sum()
     reg = F.smooth_l1_loss(h_d, h_t)
     return kl, reg, agree
 
@@ -271,7 +290,7 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
           batch: int, held_out: int, seed: int, lm_head: torch.Tensor, reg_weight: float = 0.5,
           train_fraction: float = 1.0, features=None, max_seconds: Optional[float] = None,
           step_weights: Sequence[float] = (), prompt_states: bool = False, top1_weight: float = 0.0,
-          log=print) -> dict:
+          miss_weight: float = 0.0, log=print) -> dict:
     """``lm_head``: the target's LM head weight (its distribution is that head over its state).
     ``train_fraction``: train on that share of the training sequences only, the held-out ones
     unchanged (a data-scaling study: scripts/experiments/feature_draft_scaling.py). ``features``:
@@ -279,8 +298,11 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
     ``max_seconds``: stop early past that much training time (a leased GPU's budget); the stats say
     at which step. ``step_weights``: train decoding's view of a block (:func:`unrolled_guesses`),
     one weight per step, instead of the target's states in and then the draft's guesses in
-    everywhere. ``top1_weight``: see :func:`_loss`."""
+    everywhere. ``top1_weight``: see :func:`_loss`. ``miss_weight``: see :func:`_after_miss_weights`
+    (the two-pass objective only)."""
     unroll = len(step_weights)
+    if unroll and miss_weight:
+        raise ValueError("miss_weight applies to the two-pass objective, not to step_weights")
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(seqs), generator=gen).tolist()
     held, train_rows = order[:held_out], order[held_out:]
@@ -321,7 +343,8 @@ def train(draft: FeatureDraft, seqs, states, prompt_lens, head_ids: torch.Tensor
                 a1, a2 = agree[0], agree[1]
             else:
                 g1 = draft(ids, s_in)
-                kl1, reg1, a1 = _loss(g1, s_out, mask, head_w, top1_weight=top1_weight)
+                weights = _after_miss_weights(g1, s_out, mask, head_w, prompt_lens, rows, miss_weight)
+                kl1, reg1, a1 = _loss(g1, s_out, mask, head_w, top1_weight=top1_weight, weights=weights)
                 g2 = draft(ids, _shift_guesses(g1.detach(), s_in, prompt_lens, rows))
                 kl2, reg2, a2 = _loss(g2, s_out, mask, head_w, top1_weight=top1_weight)
                 loss = kl1 + kl2 + reg_weight * (reg1 + reg2)
@@ -507,7 +530,8 @@ def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: d
         stats = train(draft, seqs, states, list(labels.prompt_lens), head_ids.to(device), epochs=recipe["epochs"],
                       lr=recipe["lr"], batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
                       lm_head=target.lm_head.weight, step_weights=recipe.get("step_weights", ()),
-                      top1_weight=recipe.get("top1_weight", 0.0), max_seconds=max_seconds, log=log)
+                      top1_weight=recipe.get("top1_weight", 0.0), miss_weight=recipe.get("miss_weight", 0.0),
+                      max_seconds=max_seconds, log=log)
     stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     keep = {k: record[k] for k in ("recipe", "training") if k in record}
     save_committed(draft, target, tokenizer, head_ids, out_dir,
@@ -536,6 +560,9 @@ def main(argv=None) -> int:
                              "committed in --out")
     parser.add_argument("--top1-weight", type=float, default=0.0,
                         help="with --finetune: add this much cross-entropy on the target's top token")
+    parser.add_argument("--miss-weight", type=float, default=0.0,
+                        help="with --finetune: weigh the first-token loss 1 + this where the draft missed the "
+                             "token before (where the engine's rounds start)")
     parser.add_argument("--step-weights", type=float, nargs="+", default=None, metavar="W",
                         help="with --finetune: train decoding's view of a block, one loss weight per step "
                              "(unrolled_guesses; e.g. 1 1 0.5 0.25)")
@@ -562,6 +589,8 @@ def main(argv=None) -> int:
             recipe["step_weights"] = args.step_weights
         if args.top1_weight:
             recipe["top1_weight"] = args.top1_weight
+        if args.miss_weight:
+            recipe["miss_weight"] = args.miss_weight
         stats = finetune_and_save(target, tokenizer, labels, args.out, recipe, max_seconds=args.max_seconds,
                                   log=lambda m: print(m, flush=True))
         print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
