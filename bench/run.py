@@ -522,6 +522,10 @@ def main(argv=None):
     parser.add_argument("--hint-min-confidence", type=float, default=0.0,
                         help="hinted modes pre-draft only on hints whose exit gives their outcome at least this "
                              "probability (DecodeConfig.hint_min_confidence; default 0: every hint)")
+    parser.add_argument("--text-draft", choices=("feature", "distilled"), default="feature",
+                        help="the text pair's edge draft in sections 1-4: the one conditioned on the target's states "
+                             "(every result then carries them; 2.09 tokens per round at gamma 4) or the distilled "
+                             "4-layer draft (1.42); section 5 runs both")
     parser.add_argument("--skip-assisted", action="store_true", help="(quick settings skip it anyway)")
     parser.add_argument("--assisted-only", action="store_true",
                         help="only section 5: transformers' assisted generation vs our engine, text pair in process")
@@ -571,6 +575,8 @@ def main(argv=None):
     for name in list(cfg.workloads) if not args.assisted_only else []:
         try:
             workload = workloads.build(name, *sizes[name])
+            if name == "text" and args.text_draft == "feature":
+                workload = workloads.with_feature_draft(workload)
             missing = workload.missing()
         except ImportError as exc:  # e.g. the Go2 VLM pair's module is not in this checkout
             workload, missing = None, [f"{type(exc).__name__}: {exc}"]

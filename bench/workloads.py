@@ -6,6 +6,7 @@ the benchmark runs where the training code (``training/``) is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -50,6 +51,13 @@ def text_workload(n_prompts: int, max_new_tokens: int) -> Workload:
                     artefacts.committed_text_exits_path(), [(p, None) for p in mixed[:n_prompts]], max_new_tokens,
                     "SmolLM2-135M-Instruct target / distilled draft; held-out chat and prose prompts", path,
                     feature_draft=artefacts.text_feature_draft_dir())
+
+
+def with_feature_draft(workload: Workload) -> Workload:
+    """The same workload drafted by its draft conditioned on the target's states."""
+    return dataclasses.replace(workload, draft=workload.feature_draft,
+                               description=workload.description.replace("distilled draft",
+                                                                        "draft conditioned on the target's states"))
 
 
 def go2_workload(n_frames: int, max_new_tokens: int, template: Optional[str] = None) -> Workload:

@@ -90,6 +90,16 @@ def test_committed_eval_prompts_are_the_corpus_held_out_set_and_feed_the_bench()
     assert [kinds[t] for t in texts] == ["chat", "prose"] * 3  # alternating, from the file
 
 
+def test_the_text_workload_can_be_drafted_by_the_feature_draft():
+    from bench.workloads import text_workload, with_feature_draft
+
+    workload = text_workload(2, 8)
+    featured = with_feature_draft(workload)
+    assert featured.draft == workload.feature_draft != workload.draft
+    assert (featured.items, featured.target, featured.exits) == (workload.items, workload.target, workload.exits)
+    assert "distilled" in workload.description and "target's states" in featured.description
+
+
 def test_text_workload_reports_a_missing_prompts_file(monkeypatch, tmp_path):
     from bench.workloads import text_workload
 
