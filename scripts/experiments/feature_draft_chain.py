@@ -16,7 +16,8 @@ engine sees, on the held-out evaluation prompts (``models/smollm2_eval_prompts.j
    drafts them (:func:`training.text.feature_draft.unrolled_guesses`), each round starting where the
    last one's first rejected token was; tokens per round over the first 24 tokens (what the engine
    reports) and over the whole answers, and the drafts a block keeps when it starts right after a
-   position the draft missed (where the engine's rounds start) or after one it got right. With
+   position the draft missed (where the engine's rounds start) or after one it got right, or in the
+   first 24 tokens or later; chat and prose apart, then together (``all``). With
    ``--rejected-slot``: the verify pass also holds the target's prediction at the rejected slot (fed
    the draft's wrong token) - how often it names the token after the correction, against the next
    block's first draft token.
@@ -98,8 +99,8 @@ def replayed(draft, data, rows, head_w, head_ids, target=None, gamma: int = 4) -
     own prediction at the rejected slot - the verify pass computes it, fed the draft's wrong token -
     names the token after the correction, against the next block's first draft token."""
     seqs, states, prompt_lens = data
-    tally = {k: [0, 0] for k in ("first24", "whole", "after_miss", "after_hit", "draft_after_rejection",
-                                 "target_at_rejected_slot")}  # [sum, count]
+    tally = {k: [0, 0] for k in ("first24", "whole", "after_miss", "after_hit", "starts_first24", "starts_later",
+                                 "draft_after_rejection", "target_at_rejected_slot")}  # [sum, count]
     for i in range(0, len(rows), 8):
         part = rows[i:i + 8]
         ids, s_in, s_out, _mask = fd._batch(seqs, states, prompt_lens, part)
@@ -116,9 +117,12 @@ def replayed(draft, data, rows, head_w, head_ids, target=None, gamma: int = 4) -
                     k += 1
                 return k
 
-            for t in range(start + 1, last - gamma + 2):
-                side = tally["after_hit" if bool(hits[0, b, t - 1]) else "after_miss"]
-                side[0], side[1] = side[0] + kept(t), side[1] + 1
+            for t in range(start, last - gamma + 2):
+                sides = [tally["starts_first24" if t - start < FIRST else "starts_later"]]
+                if t > start:
+                    sides.append(tally["after_hit" if bool(hits[0, b, t - 1]) else "after_miss"])
+                for side in sides:
+                    side[0], side[1] = side[0] + kept(t), side[1] + 1
             for name, length in (("first24", FIRST), ("whole", last - start + 1)):
                 t, done, total = start, 0, min(length, last - start + 1)
                 while done < total:
@@ -134,7 +138,8 @@ def replayed(draft, data, rows, head_w, head_ids, target=None, gamma: int = 4) -
                             tally[key][0], tally[key][1] = tally[key][0] + hit, tally[key][1] + 1
                 tally[name][0] += done
     names = {"first24": "tokens_per_round_first24", "whole": "tokens_per_round_whole",
-             "after_miss": "kept_after_a_miss", "after_hit": "kept_after_a_hit"}
+             "after_miss": "kept_after_a_miss", "after_hit": "kept_after_a_hit",
+             "starts_first24": "kept_starting_in_first24", "starts_later": "kept_starting_later"}
     return {names.get(k, k): round(v[0] / max(1, v[1]), 3) for k, v in tally.items() if v[1]}
 
 
@@ -190,6 +195,8 @@ def main() -> None:
                                                target if args.rejected_slot else None),
                           **({} if args.skip_engine else engine_first_token(target, tokenizer, draft_dir, prompts,
                                                                               kind))}), flush=True)
+    print(json.dumps({"kind": "all", "replayed": replayed(draft, data, list(range(len(labels.kinds))), head_w,
+                                                          head_ids)}), flush=True)
 
 
 if __name__ == "__main__":
