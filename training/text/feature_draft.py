@@ -14,8 +14,9 @@ Loss, on every position from the last prompt token on (the ones a draft is asked
 
 Or, with ``step_weights`` (``--step-weights``), every step of a block as decoding feeds it
 (:func:`unrolled_guesses`); ``top1_weight`` (``--top1-weight``) adds cross-entropy on the target's
-top token. On the second stage neither moves the engine's tokens per round (the model card has
-the numbers).
+top token; ``miss_weight`` (``--miss-weight``) weighs the positions where decoding starts a block
+after a rejection. On the second stage none moves the engine's tokens per round (the model card
+has the numbers).
 
 The target's distribution is its LM head over its own state, so no top-k labels are stored.
 
@@ -507,6 +508,9 @@ def train_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict
 # held-out split, 57.5 % on the evaluation chat).
 FINETUNE_RECIPE = {"data": "self:chat=8000,prose=2000,seed=0", "label_dtype": "bfloat16", "epochs": 1.0,
                    "lr": 5e-4, "batch": 64, "held_out": 48, "autocast": True, "seed": 0, "version": 2}
+# objective options of :func:`train` a second-stage recipe may add (flags of the same names; none moved
+# the engine's tokens per round: the model card)
+OBJECTIVE_OPTIONS = ("step_weights", "top1_weight", "miss_weight")
 
 
 def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: dict,
@@ -529,9 +533,8 @@ def finetune_and_save(target, tokenizer, labels: Labels, out_dir: str, recipe: d
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(recipe["autocast"]), cache_enabled=False):
         stats = train(draft, seqs, states, list(labels.prompt_lens), head_ids.to(device), epochs=recipe["epochs"],
                       lr=recipe["lr"], batch=recipe["batch"], held_out=recipe["held_out"], seed=recipe["seed"],
-                      lm_head=target.lm_head.weight, step_weights=recipe.get("step_weights", ()),
-                      top1_weight=recipe.get("top1_weight", 0.0), miss_weight=recipe.get("miss_weight", 0.0),
-                      max_seconds=max_seconds, log=log)
+                      lm_head=target.lm_head.weight, max_seconds=max_seconds, log=log,
+                      **{key: recipe[key] for key in OBJECTIVE_OPTIONS if key in recipe})
     stats["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     keep = {k: record[k] for k in ("recipe", "training") if k in record}
     save_committed(draft, target, tokenizer, head_ids, out_dir,
@@ -585,12 +588,7 @@ def main(argv=None) -> int:
                                args.labels_cache)
         print(f"labelled {len(labels.sequences)} sequences in {time.time() - t0:.0f} s", flush=True)
         recipe = dict(FINETUNE_RECIPE, seed=args.seed)
-        if args.step_weights:
-            recipe["step_weights"] = args.step_weights
-        if args.top1_weight:
-            recipe["top1_weight"] = args.top1_weight
-        if args.miss_weight:
-            recipe["miss_weight"] = args.miss_weight
+        recipe.update({key: getattr(args, key) for key in OBJECTIVE_OPTIONS if getattr(args, key)})
         stats = finetune_and_save(target, tokenizer, labels, args.out, recipe, max_seconds=args.max_seconds,
                                   log=lambda m: print(m, flush=True))
         print(json.dumps(stats, indent=2), f"\n{time.time() - t0:.0f} s in all")
