@@ -15,12 +15,15 @@ Acceptance rules (``AcceptFn``) take the target's logits for a block
   the residual ``max(0, p - q) / Z``; if all are accepted sample the bonus from
   ``p``. ``q`` is the draft's (sparse, top-k truncated) distribution the token was
   actually drawn from, so the output is distributed exactly as target sampling.
+
+:func:`choose_branches` picks which of a greedy block's alternatives the verifier runs as
+branches of its pass (they only add rows; acceptance stays :func:`greedy_accept`'s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -138,6 +141,33 @@ def rejection_accept(
     if not float(residual.sum()) > 1e-12:  # p == q numerically: the residual is empty, p itself is exact
         residual = p.cpu()
     return accepted, int(torch.multinomial(residual, 1, generator=generator))
+
+
+def choose_branches(tokens: Sequence[int], topk_ids: Sequence[int], topk_probs: Sequence[float], topk: int,
+                    stop: Collection[int], limit: int) -> List[Tuple[int, int]]:
+    """A greedy block's alternatives to verify as one-token branches: ``(position, token)``, distinct
+    and not the drafted token, none after a stop token, at most ``limit``, in the block's order.
+
+    Where there are more than ``limit``, the ones most likely to be the target's token at the first
+    rejection by the draft's own probabilities: reaching position ``i`` (the drafted tokens before it
+    accepted, prod q(t_j)) times the alternative there (q(a)) - EAGLE-2's ranking of tree nodes. A
+    block without usable probabilities keeps the nearest positions (where rounds most often end).
+    The choice only decides which rows the pass computes; what is committed is the target's."""
+    n, k = len(tokens), topk
+    usable = len(topk_probs) == n * k and all(0.0 <= p <= 1.0 for p in topk_probs)  # NaN fails both
+    candidates, reach = [], 1.0
+    for i, token in enumerate(tokens):
+        if token in stop:
+            break  # nothing after a stop token is verified
+        seen = {token}
+        for m in range(1, k):
+            alt = topk_ids[i * k + m]
+            if alt not in seen:
+                seen.add(alt)
+                candidates.append((reach * topk_probs[i * k + m] if usable else -len(candidates), i, alt))
+        reach *= topk_probs[i * k] if usable else 1.0
+    keep = set(sorted(range(len(candidates)), key=lambda c: -candidates[c][0])[:limit])  # stable: ties by position
+    return [(i, alt) for c, (_, i, alt) in enumerate(candidates) if c in keep]
 
 
 def derive_seed(seed: int, stream: str) -> int:

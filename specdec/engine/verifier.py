@@ -29,10 +29,10 @@ Message handling
 * ``DraftBlock`` for the expected round: one target forward over
   ``[last committed token] + tokens`` - plus, for a greedy block that offers the draft's next-best
   tokens (``topk > 1``) and has the pass to itself, those alternatives as one-token branches
-  (``VerifierSettings.max_branches``); the LM head runs once, when acceptance first reads a row, for
-  all the pass's rows. When the target's token at the first rejection is an alternative, its
-  branch row gives the token after it: the result commits one token more
-  (``VerifyResult.alternative``). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
+  (at most ``VerifierSettings.max_branches``, the draft's likeliest: ``sampling.choose_branches``);
+  the LM head runs once, when acceptance first reads a row, for all the pass's rows. When the
+  target's token at the first rejection is an alternative, its branch row gives the token after it:
+  the result commits one token more (``VerifyResult.alternative``). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
   layer sends an ``EarlyExitHint`` (predicted accepted count and next token) as the pass reaches
   it, its rows in one head call too. Then acceptance (greedy or rejection sampling, under the
   session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
@@ -84,7 +84,7 @@ from ..protocol import (
     VerifyResult,
 )
 from .grammar import GrammarError, compile_grammar
-from .sampling import AcceptFn, SamplingParams, greedy_accept, make_generator, rejection_accept
+from .sampling import AcceptFn, SamplingParams, choose_branches, greedy_accept, make_generator, rejection_accept
 from .stats import VerifierStats
 from .token_loop import TokenLoop, TokenPicker
 from .verifier_settings import VerifierSettings
@@ -740,21 +740,12 @@ class Verifier:
         return None
 
     def _branches(self, sess: _Session, msg: DraftBlock) -> List[Tuple[int, int]]:
-        """A greedy block's alternatives worth a branch: (position, token), distinct and not the
-        drafted token, at most ``max_branches``, nearest positions first (where rejections happen)."""
+        """A greedy block's alternatives run as branches of its pass, at most ``max_branches``
+        (:func:`~specdec.engine.sampling.choose_branches`)."""
         k, limit = msg.topk, self.settings.max_branches
         if sess.params.do_sample or k < 2 or not limit or not self.target.can_branch:
             return []
-        out = []
-        for i, token in enumerate(msg.tokens):
-            if token in sess.stop:
-                break  # nothing after a stop token is verified
-            seen = {token}
-            for alt in msg.topk_ids[i * k + 1:(i + 1) * k]:
-                if alt not in seen:
-                    seen.add(alt)
-                    out.append((i, alt))
-        return out[:limit]
+        return choose_branches(msg.tokens, msg.topk_ids, msg.topk_probs, k, sess.stop, limit)
 
     # -- model work: verification rounds and cloud-only steps, alone or batched ----------------
     def _run_batch(self, items, emit: Emit) -> None:

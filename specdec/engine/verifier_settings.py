@@ -23,7 +23,7 @@ class VerifierSettings:
     max_sessions: int = _setting(64, "open sessions, all robots")
     max_gamma: int = _setting(64, "longest draft block accepted")
     max_branches: int = _setting(16, "a greedy block's alternatives verified as branches of its pass, at most "
-                                     "(0: none; only when the block's pass is its own)")
+                                     "(the draft's likeliest; 0: none; only when the block's pass is its own)")
     max_new_tokens_limit: int = _setting(4096, "largest max_new_tokens accepted")
     max_prompt_tokens: int = _setting(8192, "longest encoded prompt (image tokens included)")
     max_prefill_wait_ms: float = _setting(1000.0, "longest a prefill waits for block 0 (merge_first_block)")

@@ -135,6 +135,49 @@ def test_max_branches_0_verifies_blocks_without_their_branches(tiny_pair, refere
         assert result.tokens == ref and runner.verifier.stats.branch_hits == 0
 
 
+def test_max_branches_1_verifies_one_branch_a_block(tiny_pair, reference, prompt):
+    """A verifier that takes one branch (max_branches 1) of a block without the draft's probabilities
+    takes the first drafted position's (a tree of gamma + 2 rows); with them, the one the draft gives the
+    best chance. Same output either way."""
+    from types import SimpleNamespace
+
+    from specdec.engine.verifier import Verifier
+
+    draft, target = tiny_pair("llama", noise=0.03)
+    sess = SimpleNamespace(params=SamplingParams(), stop=frozenset())
+    block = DraftBlock(session_id="s", seq=1, round=0, position=0, tokens=[5, 6, 7], topk=3,
+                       topk_ids=[5, 8, 9, 6, 10, 11, 7, 12, 13])
+    assert Verifier(target, max_branches=1)._branches(sess, block) == [(0, 8)]
+    assert Verifier(target, max_branches=3)._branches(sess, block) == [(0, 8), (0, 9), (1, 10)]
+    block.topk_probs = [0.9, 0.06, 0.04, 0.5, 0.4, 0.1, 0.6, 0.3, 0.1]  # sure of position 0, unsure at 1
+    assert Verifier(target, max_branches=1)._branches(sess, block) == [(1, 10)]
+    ref = reference(target, prompt, None, max_new_tokens=16)
+    taken = 0
+    with LocalSpeculativeDecoder(draft, target, alternatives=1, verifier_kwargs=dict(max_branches=1)) as runner:
+        for gamma in (2, 4):
+            result = runner.generate(prompt, None, DecodingMode.SPECULATIVE, gamma=gamma, max_new_tokens=16)
+            assert result.tokens == ref, gamma
+            taken += sum(r.alternative for r in result.stats.round_log)
+        assert taken == runner.verifier.stats.branch_hits
+    assert taken > 0  # else the check above had nothing to check
+
+
+def test_branches_are_chosen_by_the_drafts_chance_of_reaching_and_hitting_them():
+    from specdec.engine.sampling import choose_branches
+
+    tokens, ids = [5, 6, 7], [5, 8, 9, 6, 10, 11, 7, 12, 13]
+    # sure of position 0 (0.9), unsure at 1: reaching 1 and its first alternative there 0.9 x 0.4 = 0.36
+    # beats position 0's 0.06; position 2's 0.9 x 0.5 x 0.3 = 0.135 comes next
+    probs = [0.9, 0.06, 0.04, 0.5, 0.4, 0.1, 0.6, 0.3, 0.1]
+    assert choose_branches(tokens, ids, probs, 3, frozenset(), 1) == [(1, 10)]
+    assert choose_branches(tokens, ids, probs, 3, frozenset(), 2) == [(1, 10), (2, 12)]
+    assert len(choose_branches(tokens, ids, probs, 3, frozenset(), 16)) == 6  # all of them, block order
+    assert choose_branches(tokens, ids, probs, 3, frozenset({6}), 16) == [(0, 8), (0, 9)]  # none past a stop
+    for unusable in ([], probs[:-1], [float("nan")] + probs[1:], [2.0] + probs[1:]):  # nearest positions first
+        assert choose_branches(tokens, ids, unusable, 3, frozenset(), 2) == [(0, 8), (0, 9)]
+    assert choose_branches([5, 6], [5, 5, 6, 8], [0.5, 0.5, 0.5, 0.4], 2, frozenset(), 4) == [(1, 8)]  # not the drafted
+
+
 def test_sampling_ignores_alternatives(tiny_pair, prompt):
     """Alternatives are a greedy device: a sampled decision is the same draw with or without them
     (its blocks carry the draft's distribution, which rejection sampling needs as it is)."""
