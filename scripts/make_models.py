@@ -67,11 +67,12 @@ EXIT_RECIPE = {"data": TEXT_DATA, "layers": EXIT_LAYERS, "hint_layers": HINT_EXI
                "rank": 128, "least_squares_init": True, "epochs": 1.0, "batch": 512, "lr": 1e-4, "seed": SEED,
                "held_out_every": 10, "version": 1}
 # The held-out evaluation (>= 50 prompts; tokens per prompt sized so make models stays < 30 min).
-# "alternatives": the same decodes again with the draft's next-best token offered as a branch (a tree);
-# with exits, again with a hint from every exit layer (which layer to hint from: version 4; the
-# confidence a hint needs to be acted on, and where a selective exit fires: version 5).
+# "alternatives": the same decodes again with the draft's next-best token offered as branches (trees:
+# one branch a block, two, one at every position - version 6); with exits, again with a
+# hint from every exit layer (which layer to hint from: version 4; the confidence a hint needs to be
+# acted on, and where a selective exit fires: version 5).
 EVAL_RECIPE = {"gamma": 4, "max_new_tokens": 24, "n_chat": 32, "n_prose": 24, "all_positions": True,
-               "alternatives": [1], "version": 5}
+               "alternatives": ["1:1", "1:2", "1"], "version": 6}
 DRAFT_RECIPE = {"data": TEXT_DATA, "layers": 4, "init": "first-k-1+last", "epochs": 2.5, "lr": 1e-3,
                 "max_tokens": 512, "seed": SEED, "version": 1}
 

@@ -110,24 +110,38 @@ def _draft_loader(draft_dir: str, tokenizer, device: str = "cpu", dtype: torch.d
     return plain
 
 
+def tree_shape(spec: str) -> Tuple[int, Optional[int]]:
+    """``"K"`` or ``"K:B"``: the draft's K next-best tokens offered at each drafted position, the
+    verifier taking at most B of them as branches, those the draft's own probabilities rank likeliest
+    (its ``max_branches``, :func:`specdec.engine.sampling.choose_branches`; none given: its default)."""
+    k, _, b = str(spec).partition(":")
+    shape = (int(k), int(b) if b else None)
+    if shape[0] < 1 or (shape[1] is not None and shape[1] < 1):
+        raise ValueError(f"a tree is K or K:B with K, B >= 1, got {spec!r}")
+    return shape
+
+
 def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt], ref, gamma: int,
-                 max_new_tokens: int, alternatives: int, progress: bool, exit_heads=None) -> Tuple[List[dict], list]:
-    """Each prompt decoded speculatively (fixed ``gamma``, greedy, ``alternatives`` next-best tokens
-    offered as branches; with ``exit_heads``, progressive hints from each of their layers), one decoder
-    per prompt style (chat template on / off): a row per prompt, and the decisions' stats."""
+                 max_new_tokens: int, tree: str, progress: bool, exit_heads=None) -> Tuple[List[dict], list]:
+    """Each prompt decoded speculatively (fixed ``gamma``, greedy; ``tree`` "0": a chain, else the
+    draft's next-best tokens offered as branches, :func:`tree_shape`; with ``exit_heads``, progressive
+    hints from each of their layers), one decoder per prompt style (chat template on / off): a row per
+    prompt, and the decisions' stats."""
     from tqdm import tqdm
 
     LocalSpeculativeDecoder, wrap_model, DecodingMode = _engine()
     mode = DecodingMode.SPECULATIVE if exit_heads is None else DecodingMode.SPECULATIVE_EARLY_EXIT
     rows, stats, decoders = [], [], {}
+    alternatives, max_branches = tree_shape(tree) if tree != "0" else (0, None)
+    verifier = {} if max_branches is None else {"max_branches": max_branches}
     try:
         for kind in ("chat", "prose"):
             use_template = kind == "chat"
             decoders[kind] = LocalSpeculativeDecoder(
                 draft_adapter(use_template), wrap_model(target, tokenizer, use_chat_template=use_template),
                 exit_heads=exit_heads, gamma=gamma, max_new_tokens=max_new_tokens, draft_length="fixed",
-                alternatives=alternatives)
-        label = f"eval: {mode.name.lower()}" + (f", {alternatives} alternative(s)" if alternatives else "")
+                alternatives=alternatives, verifier_kwargs=verifier)
+        label = f"eval: {mode.name.lower()}" + (f", tree {tree}" if alternatives else "")
         for i, prompt in enumerate(tqdm(prompts, desc=label, disable=not progress, leave=False)):
             result = decoders[prompt.kind].generate(prompt.text, mode=mode)
             stats.append(result.stats)
@@ -141,6 +155,8 @@ def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt],
                 "rounds": s.rounds,
                 "drafted": s.drafted_tokens,
                 "accepted": s.accepted_tokens,
+                # verification passes of full blocks after the first (whose pass may carry the prefill)
+                "pass_ms": [round(r.verify_ms, 1) for r in s.round_log if r.round > 0 and r.drafted == gamma],
                 "alternatives_taken": sum(r.alternative for r in s.round_log),
                 "prompt": prompt.text[:60],
             })
@@ -148,6 +164,11 @@ def _engine_rows(draft_adapter, target, tokenizer, prompts: List[corpus.Prompt],
         for decoder in decoders.values():
             decoder.close()
     return rows, stats
+
+
+def _median(values: List[float]) -> float:
+    values = sorted(values)
+    return round(values[len(values) // 2], 1) if values else 0.0
 
 
 def _hint_layers(chain_stats, hint_stats, num_layers: int, gamma: int) -> dict:
@@ -207,15 +228,15 @@ def evaluate(
     n_prose: int = 24,
     progress: bool = True,
     all_positions: bool = False,
-    alternatives: Sequence[int] = (),
+    alternatives: Sequence[str] = (),
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     log=print,
 ) -> dict:
-    """The held-out engine evaluation. ``alternatives``: also run it with the draft's ``k`` next-best
-    tokens offered as one-token branches of each verification pass (a tree, ``DecodeConfig.alternatives``),
-    for each ``k``. ``device``/``dtype``: where and in which precision both models run (the per-token
-    CPU cost is measured on the CPU only)."""
+    """The held-out engine evaluation. ``alternatives``: also run it with the draft's next-best tokens
+    offered as one-token branches of each verification pass (a tree, ``DecodeConfig.alternatives``), for
+    each shape "K" or "K:B" (:func:`tree_shape`). ``device``/``dtype``: where and in which precision both
+    models run (the per-token CPU cost is measured on the CPU only)."""
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -239,15 +260,15 @@ def evaluate(
 
     # the engine: one decoder per prompt style (chat template on / off), plain speculative mode
     start = time.time()
-    rows, chain_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, 0,
+    rows, chain_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, "0",
                                      progress)
     spec_seconds = time.time() - start
-    tree_rows = {k: _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, k,
-                                 progress)[0] for k in alternatives}
+    tree_rows = {str(k): _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, str(k),
+                                      progress)[0] for k in alternatives}
     hint_layers = {}
     if heads is not None:  # progressive hints from every exit layer: which one to hint from
         hint_rows, hint_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens,
-                                             0, progress, exit_heads=heads)
+                                             "0", progress, exit_heads=heads)
         hint_layers = _hint_layers(chain_stats, hint_stats, target.config.num_hidden_layers, gamma)
         hint_layers["lossless"] = sum(r["lossless"] for r in hint_rows)
 
@@ -264,6 +285,7 @@ def evaluate(
             "lossless": sum(r["lossless"] for r in sel),
             "new_tokens": new,
             "rounds": rounds,
+            "pass_ms_median": _median([ms for r in sel for ms in r["pass_ms"]]),
         }
 
     exits = {}
@@ -284,7 +306,7 @@ def evaluate(
             }
             if after_all:
                 exits[str(layer)]["agreement_all_positions"] = round(after_all[layer]["agreement"], 4)
-    trees = {str(k): {"overall": summary(sel), "chat": summary([r for r in sel if r["kind"] == "chat"]),
+    trees = {k: {"overall": summary(sel), "chat": summary([r for r in sel if r["kind"] == "chat"]),
                       "prose": summary([r for r in sel if r["kind"] == "prose"]),
                       "rounds_taking_an_alternative": sum(r["alternatives_taken"] for r in sel)}
              for k, sel in tree_rows.items()}
@@ -334,23 +356,47 @@ def markdown(result: dict) -> str:
         )
     trees = result.get("alternatives") or {}
     if trees:
+        from specdec.engine.verifier_settings import VerifierSettings
+
+        gamma = result["gamma"]
+
+        def rows_at_most(spec: str) -> int:
+            k, b = tree_shape(spec)
+            return gamma + 1 + min(gamma * k, VerifierSettings().max_branches if b is None else b)
+
+        def per_pass_ms(s: dict) -> float:
+            return s["tokens_per_round"] / s["pass_ms_median"] if s.get("pass_ms_median") else 0.0
+
         lines += [
             "",
-            "The same decodes with the draft's next-best token(s) at each drafted position offered as one-token "
-            "branches of the same verification pass (`DecodeConfig.alternatives` = k: a tree of width 1 + k, "
-            f"gamma still {result['gamma']}, the pass {result['gamma']}k rows longer). A round that takes a branch "
-            "commits the branch token and the target's token after it:",
+            "The same decodes with the draft's next-best token(s) offered as one-token branches of the same "
+            "verification pass, a tree of depth gamma = " + str(gamma) + ": `K` offers the draft's K next-best "
+            "tokens at each drafted position (`DecodeConfig.alternatives`), `K:B` lets the verifier take at most B "
+            "of them, those the draft's own probabilities rank likeliest to be the target's token at the first "
+            "rejection (`VerifierSettings.max_branches`, `specdec.engine.sampling.choose_branches`: `1:1` verifies "
+            "one branch a block). A round that takes a branch commits the branch token and the target's token after "
+            "it. The pass is the verifier's median over full blocks after the first, as this run measured it "
+            "(the evaluation's target in PyTorch's default layout); the last column divides tokens per round by it, "
+            "relative to the chain:",
             "",
-            "| alternatives | prompts | tokens / round | rounds taking an alternative | lossless (= target alone) |",
-            "|---:|---|---:|---:|---:|",
+            "| tree | pass rows at most | prompts | tokens / round | rounds taking an alternative | pass, median "
+            "| tokens per pass-ms vs the chain | lossless (= target alone) |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
-        for k, tree in sorted(trees.items(), key=lambda kv: int(kv[0])):
+        chain = per_pass_ms(o)
+        lines.append(f"| chain | {gamma + 1} | all ({o['prompts']}) | {o['tokens_per_round']:.2f} | | "
+                     f"{o.get('pass_ms_median', 0.0):.1f} ms | 1.00x | {o['lossless']}/{o['prompts']} |")
+        for spec, tree in sorted(trees.items(), key=lambda kv: (tree_shape(kv[0])[0], tree_shape(kv[0])[1] or 99)):
             for name in ("overall", "chat", "prose"):
                 s = tree[name]
-                lines.append(f"| {k} | {'all' if name == 'overall' else name} ({s['prompts']}) | "
-                             f"{s['tokens_per_round']:.2f} | "
-                             + (f"{tree['rounds_taking_an_alternative']} of {s['rounds']}" if name == "overall" else "")
-                             + f" | {s['lossless']}/{s['prompts']} |")
+                first = name == "overall"
+                lines.append(
+                    f"| {spec} | {rows_at_most(spec)} | {'all' if first else name} ({s['prompts']}) | "
+                    f"{s['tokens_per_round']:.2f} | "
+                    + (f"{tree['rounds_taking_an_alternative']} of {s['rounds']} | "
+                       f"{s.get('pass_ms_median', 0.0):.1f} ms | {per_pass_ms(s) / chain:.2f}x" if first and chain
+                       else " | |")
+                    + f" | {s['lossless']}/{s['prompts']} |")
     if result["exit_agreement"]:
         has_all = all("agreement_all_positions" in row for row in result["exit_agreement"].values())
         taus = list(next(iter(result["exit_agreement"].values())).get("fires", {}))
@@ -428,8 +474,9 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", default=artefacts.repo_path("docs", "models", "eval_smollm2.md"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--all-positions", action="store_true", help="also score exits on prompt positions")
-    parser.add_argument("--alternatives", type=int, nargs="*", default=[],
-                        help="also decode with this many of the draft's next-best tokens offered as branches")
+    parser.add_argument("--alternatives", nargs="*", default=[],
+                        help="also decode with trees: K (the draft's K next-best tokens offered as branches at each "
+                             "position) or K:B (the verifier taking at most B of them, the draft's likeliest)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     args = parser.parse_args(argv)
