@@ -34,7 +34,10 @@ HF_SETTINGS = {  # name -> (block schedule, assistant_confidence_threshold, assi
     "hf_heuristic": ("heuristic", 0.0, None),
     "hf_heuristic_conf0.4": ("heuristic", 0.4, None),
 }
-OURS = {  # name -> (EdgeDecoder settings, decoding mode name, draft: the pair's "draft" or its "feature" draft)
+ONE_BRANCH = {"max_branches": 1}  # VerifierSettings: the block's likeliest alternative only (choose_branches)
+# name -> (LocalSpeculativeDecoder settings: the edge's, and verifier_kwargs for the cloud's;
+#          decoding mode name; draft: the pair's "draft" or its "feature" draft)
+OURS = {
     "ours_fixed": (dict(draft_length="fixed"), "SPECULATIVE", "draft"),
     "ours_confidence": (dict(draft_length="confidence", confidence_threshold=0.4), "SPECULATIVE", "draft"),
     "ours_adaptive": (dict(draft_length="adaptive"), "SPECULATIVE", "draft"),
@@ -48,6 +51,11 @@ OURS = {  # name -> (EdgeDecoder settings, decoding mode name, draft: the pair's
     "ours_feature_2_alt1": (dict(draft_length="fixed", gamma=2, alternatives=1), "SPECULATIVE", "feature"),
     "ours_feature_fixed_alt1": (dict(draft_length="fixed", alternatives=1), "SPECULATIVE", "feature"),  # gamma 4
     "ours_feature_adaptive_alt1": (dict(draft_length="adaptive", alternatives=1), "SPECULATIVE", "feature"),
+    # the same, the verifier taking one branch a block (a pass of gamma + 2 rows, not 2 gamma + 1)
+    "ours_feature_fixed_alt1_b1": (dict(draft_length="fixed", alternatives=1, verifier_kwargs=ONE_BRANCH),
+                                   "SPECULATIVE", "feature"),
+    "ours_feature_adaptive_alt1_b1": (dict(draft_length="adaptive", alternatives=1, verifier_kwargs=ONE_BRANCH),
+                                      "SPECULATIVE", "feature"),
 }
 # Every row of ours verifies block 0 in the target's prefill pass, as transformers' assisted generation
 # does (its first target pass is the prompt and the first candidates) and as the robot runs.

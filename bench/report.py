@@ -392,7 +392,9 @@ def write(report: dict, out_dir: str) -> str:
         f"{'Quick settings. ' if s['quick'] else ''}Block 0 merged with the cloud's prefill: "
         f"{'yes' if s['merge_first_block'] else 'no'}; the cloud finishes up to "
         f"{_finish_tokens(report)} token(s) itself after a verified block; greedy blocks offer "
-        f"{s.get('alternatives', 0)} alternative(s) per position; the edge pre-drafts on "
+        f"{s.get('alternatives', 0)} alternative(s) per position"
+        + (f" (the verifier taking at most {s['max_branches']}, the draft's likeliest)"
+           if s.get("max_branches") is not None else "") + "; the edge pre-drafts on "
         + (f"hints with an exit probability >= {s['hint_min_confidence']}" if s.get("hint_min_confidence")
            else "every hint")
         + f". Elapsed {report.get('elapsed_s', 0):.0f} s.", "",

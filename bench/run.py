@@ -84,6 +84,9 @@ class Settings:
     # greedy speculative modes: the draft's next-best tokens per block position, verified as branches
     # (DecodeConfig.alternatives; 0, the library's default, unless --alternatives sets it)
     alternatives: int = 0
+    # the verifier takes at most this many of them, the draft's likeliest
+    # (VerifierSettings.max_branches; None: the server's default, unless --max-branches sets it)
+    max_branches: Optional[int] = None
     # hinted modes act only on hints whose exit gives their outcome at least this probability
     # (DecodeConfig.hint_min_confidence; 0, every hint, unless --hint-min-confidence sets it)
     hint_min_confidence: float = 0.0
@@ -187,7 +190,11 @@ class WorkloadBench:
 
     def server(self, profile=None, robot_ids=("bench",)):
         w = self.workload
-        return cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=profile, robot_ids=robot_ids)
+        return cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=profile, robot_ids=robot_ids,
+                                    extra_args=self.verifier_flags())
+
+    def verifier_flags(self) -> List[str]:
+        return [] if self.cfg.max_branches is None else ["--max-branches", str(self.cfg.max_branches)]
 
     def link(self, cloud, rtt_ms: float, jitter_ms: float = 0.0, bandwidth_mbps: float = 0.0, loss: float = 0.0,
              robot_ids=None):
@@ -404,7 +411,8 @@ class WorkloadBench:
                 link_args = (pair.link.get("rtt_ms", 0.0), pair.link.get("jitter_ms", 0.0),
                              pair.link.get("bandwidth_mbps", 0.0), pair.link.get("loss", 0.0))
                 with cluster.cloud_server(w.target, w.exits, cores=self.cloud_cores, profile=path, robot_ids=ids,
-                                          extra_args=shared_cloud.verifier_flags(settings, k_count)) as cloud, \
+                                          extra_args=shared_cloud.verifier_flags(settings, k_count)
+                                          + self.verifier_flags()) as cloud, \
                         Edge(self.draft, clock):
                     for count in counts:
                         with self.link(cloud, *link_args, robot_ids=ids[:count]) as clients:
@@ -519,6 +527,9 @@ def main(argv=None):
     parser.add_argument("--alternatives", type=int, default=0,
                         help="greedy speculative modes send the draft's next-best N tokens per position, verified as "
                              "branches of the same pass (DecodeConfig.alternatives; default 0)")
+    parser.add_argument("--max-branches", type=int, default=None,
+                        help="the verifier takes at most this many alternatives as branches, those the draft's "
+                             "probabilities rank likeliest (VerifierSettings.max_branches; 1: one branch a block)")
     parser.add_argument("--hint-min-confidence", type=float, default=0.0,
                         help="hinted modes pre-draft only on hints whose exit gives their outcome at least this "
                              "probability (DecodeConfig.hint_min_confidence; default 0: every hint)")
@@ -551,6 +562,7 @@ def main(argv=None):
     cfg.merge_first_block = not args.no_merge_first_block
     cfg.cloud_finish_tokens = args.cloud_finish_tokens
     cfg.alternatives = args.alternatives
+    cfg.max_branches = args.max_branches
     cfg.hint_min_confidence = args.hint_min_confidence
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
