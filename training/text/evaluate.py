@@ -264,7 +264,7 @@ def evaluate(
                                      progress)
     spec_seconds = time.time() - start
     tree_rows = {str(k): _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens, str(k),
-                                      progress)[0] for k in alternatives}
+                                      progress)[0] for k in alternatives}  # keys: the shapes as given
     hint_layers = {}
     if heads is not None:  # progressive hints from every exit layer: which one to hint from
         hint_rows, hint_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens,
@@ -307,8 +307,8 @@ def evaluate(
             if after_all:
                 exits[str(layer)]["agreement_all_positions"] = round(after_all[layer]["agreement"], 4)
     trees = {k: {"overall": summary(sel), "chat": summary([r for r in sel if r["kind"] == "chat"]),
-                      "prose": summary([r for r in sel if r["kind"] == "prose"]),
-                      "rounds_taking_an_alternative": sum(r["alternatives_taken"] for r in sel)}
+                 "prose": summary([r for r in sel if r["kind"] == "prose"]),
+                 "rounds_taking_an_alternative": sum(r["alternatives_taken"] for r in sel)}
              for k, sel in tree_rows.items()}
     result = {
         "target": os.path.basename(os.path.normpath(target_dir)),
