@@ -155,6 +155,7 @@ def choose_branches(tokens: Sequence[int], topk_ids: Sequence[int], topk_probs: 
     The choice only decides which rows the pass computes; what is committed is the target's."""
     n, k = len(tokens), topk
     usable = len(topk_probs) == n * k and all(0.0 <= p <= 1.0 for p in topk_probs)  # NaN fails both
+    probs = topk_probs if usable else [1.0] * (n * k)  # all tied: the sort below keeps position order
     candidates, reach = [], 1.0
     for i, token in enumerate(tokens):
         if token in stop:
@@ -164,8 +165,8 @@ def choose_branches(tokens: Sequence[int], topk_ids: Sequence[int], topk_probs: 
             alt = topk_ids[i * k + m]
             if alt not in seen:
                 seen.add(alt)
-                candidates.append((reach * topk_probs[i * k + m] if usable else -len(candidates), i, alt))
-        reach *= topk_probs[i * k] if usable else 1.0
+                candidates.append((reach * probs[i * k + m], i, alt))
+        reach *= probs[i * k]
     keep = set(sorted(range(len(candidates)), key=lambda c: -candidates[c][0])[:limit])  # stable: ties by position
     return [(i, alt) for c, (_, i, alt) in enumerate(candidates) if c in keep]
 

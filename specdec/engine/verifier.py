@@ -32,9 +32,9 @@ Message handling
   (at most ``VerifierSettings.max_branches``, the draft's likeliest: ``sampling.choose_branches``);
   the LM head runs once, when acceptance first reads a row, for all the pass's rows. When the
   target's token at the first rejection is an alternative, its branch row gives the token after it:
-  the result commits one token more (``VerifyResult.alternative``). With early-exit heads in ``SPECULATIVE_EARLY_EXIT`` mode, every exit
-  layer sends an ``EarlyExitHint`` (predicted accepted count and next token) as the pass reaches
-  it, its rows in one head call too. Then acceptance (greedy or rejection sampling, under the
+  the result commits one token more (``VerifyResult.alternative``). With early-exit heads in
+  ``SPECULATIVE_EARLY_EXIT`` mode, every exit layer sends an ``EarlyExitHint`` (predicted accepted
+  count and next token) as the pass reaches it, its rows in one head call too. Then acceptance (greedy or rejection sampling, under the
   session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
   ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
   the target's states), the pass's final hidden states of the committed positions. When
