@@ -34,9 +34,9 @@ Message handling
   target's token at the first rejection is an alternative, its branch row gives the token after it:
   the result commits one token more (``VerifyResult.alternative``). With early-exit heads in
   ``SPECULATIVE_EARLY_EXIT`` mode, every exit layer sends an ``EarlyExitHint`` (predicted accepted
-  count and next token) as the pass reaches it, its rows in one head call too. Then acceptance (greedy or rejection sampling, under the
-  session's grammar when it has one), stop-token / ``max_new_tokens`` truncation,
-  ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
+  count and next token) as the pass reaches it, its rows in one head call too. Then acceptance
+  (greedy or rejection sampling, under the session's grammar when it has one), stop-token /
+  ``max_new_tokens`` truncation, ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
   the target's states), the pass's final hidden states of the committed positions. When
   generation is finished the session is closed and ``SessionEnd(COMPLETED)`` with the cost totals
   follows the final result.
