@@ -36,10 +36,10 @@ Message handling
   ``SPECULATIVE_EARLY_EXIT`` mode, every exit layer sends an ``EarlyExitHint`` (predicted accepted
   count and next token) as the pass reaches it, its rows in one head call too. Then acceptance
   (greedy or rejection sampling, under the session's grammar when it has one), stop-token /
-  ``max_new_tokens`` truncation, ``VerifyResult`` - carrying, when the session asked (``return_states``: a draft conditioned on
-  the target's states), the pass's final hidden states of the committed positions. When
-  generation is finished the session is closed and ``SessionEnd(COMPLETED)`` with the cost totals
-  follows the final result.
+  ``max_new_tokens`` truncation, ``VerifyResult`` - carrying, when the session asked
+  (``return_states``: a draft conditioned on the target's states), the pass's final hidden states of
+  the committed positions. When generation is finished the session is closed and
+  ``SessionEnd(COMPLETED)`` with the cost totals follows the final result.
 * Duplicates - a block whose ``seq`` was already seen, or a block for an already verified round
   with the same tokens - are answered by resending the cached ``VerifyResult`` (no target
   forward), also for a while (``linger_s``) after the session closed. They do not count as
