@@ -62,6 +62,11 @@ def test_committed_exits_load_on_the_real_target(target, committed):
     assert (heads.exit_layers[0] + 1) / model.config.num_hidden_layers <= 0.75
     sweep = EarlyExitHeads.load(model, artefacts.committed_text_exits_sweep_path())
     assert len(sweep.exit_layers) > 1
+    # the hint file is the chosen layer of the sweep file, copied bit for bit (choosing never retrains)
+    assert heads.exit_layers == [_load_script().HINT_EXIT_LAYER]
+    layer = str(heads.exit_layers[0])
+    for name, value in heads.adapters[layer].state_dict().items():
+        assert torch.equal(value, sweep.adapters[layer].state_dict()[name]), name
     ids = tok("The robot walked to the door and", return_tensors="pt")["input_ids"]
     seen = {}
     with heads.attach(lambda layer, logits: seen.setdefault(layer, logits)):
