@@ -234,7 +234,8 @@ def _assemble_run(ctx: Context) -> None:
     if _draft_meta() is None:
         raise SystemExit(f"no committed draft in {artefacts.committed_text_draft_dir()}: run scripts/make_models.py "
                          "without --ensure to train it")
-    assemble(artefacts.committed_text_draft_dir(), artefacts.text_target_dir(), artefacts.text_draft_dir(), force=ctx.force, log=log)
+    assemble(artefacts.committed_text_draft_dir(), artefacts.text_target_dir(), artefacts.text_draft_dir(),
+             force=ctx.force, log=log)
 
 
 def _feature_meta() -> Optional[dict]:
@@ -467,7 +468,8 @@ def _go2_eval_run(ctx: Context) -> None:
 
     report = evaluate_and_save(log=log)
     card.write()
-    log(f"go2 eval: target success {report['target']['success_rate']:.2f}, draft {report['draft']['success_rate']:.2f}, "
+    log(f"go2 eval: target success {report['target']['success_rate']:.2f}, "
+        f"draft {report['draft']['success_rate']:.2f}, "
         f"acceptance {report['speculative']['acceptance_rate']:.2f}")
 
 
@@ -532,7 +534,8 @@ def main(argv=None) -> int:
     _load_extra_steps()
     if args.list:
         for step in STEPS:
-            print(f"{step.name:10s} {'done' if step.is_done() else 'TODO':5s} {'(ensure) ' if step.ensure else ''}{step.help}")
+            state = "done" if step.is_done() else "TODO"
+            print(f"{step.name:10s} {state:5s} {'(ensure) ' if step.ensure else ''}{step.help}")
         return 0
     from training.train_exits import set_threads
     from tqdm import tqdm
