@@ -43,6 +43,17 @@ from training.text.evaluate import reference_decode  # noqa: E402
 from training.train_exits import evaluate_exits, load_target, set_threads, train_exit_heads  # noqa: E402
 
 
+def eval_reference(target, tokenizer, layer: int, work: str) -> Labels:
+    """The target's 24-token greedy decodes of the 56 held-out prompts with ``layer``'s states, every
+    position (what ``make models-eval`` scores are its generated rows); cached in ``work``."""
+    path = os.path.join(work, f"exit-eval-ref-{layer}.pt")
+    if os.path.isfile(path):
+        return Labels.from_dict(torch.load(path, weights_only=False))
+    ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, [layer])
+    torch.save(ref.to_dict(), path)
+    return ref
+
+
 def score(heads: EarlyExitHeads, ref: Labels, layer: int) -> dict:
     out = {}
     for kind in ("chat", "prose", "all"):
@@ -84,13 +95,7 @@ def main() -> None:
             print(json.dumps({"exits": args.score, "layer": layer, "eval": score(heads, ref, layer)}), flush=True)
         return
     layer = args.layer
-
-    path = os.path.join(work, f"exit-eval-ref-{layer}.pt")
-    if os.path.isfile(path):
-        ref = Labels.from_dict(torch.load(path, weights_only=False))
-    else:
-        ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, [layer])
-        torch.save(ref.to_dict(), path)
+    ref = eval_reference(target, tokenizer, layer, work)
     ref = ref.subset(ref.generated_rows())
     committed = EarlyExitHeads.load(target, artefacts.committed_text_exits_sweep_path())
     committed.exit_layers = [layer]

@@ -50,14 +50,14 @@ from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from text_exit_data import eval_reference  # noqa: E402
 from specdec.models import artefacts  # noqa: E402
 from training.losses import candidate_set, kl_on_candidates  # noqa: E402
 from training.optim import warmup_cosine  # noqa: E402
 from training.teacher import Labels, labelling_model  # noqa: E402
-from training.text import corpus  # noqa: E402
 from training.text.data import cached_labels, make_source, text_source  # noqa: E402
-from training.text.evaluate import reference_decode  # noqa: E402
 from training.train_exits import _norm, load_target, set_threads  # noqa: E402
 
 LAYER = 21
@@ -186,12 +186,7 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     target, tokenizer = load_target(artefacts.text_target_dir(), torch.device("cpu"))
 
-    ref_path = os.path.join(work, f"exit-eval-ref-{LAYER}.pt")
-    if os.path.isfile(ref_path):
-        ref = Labels.from_dict(torch.load(ref_path, weights_only=False))
-    else:
-        ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, [LAYER])
-        torch.save(ref.to_dict(), ref_path)
+    ref = eval_reference(target, tokenizer, LAYER, work)
     labeller = labelling_model(target, "bfloat16")
     source = text_source(chat=args.chat, prose=args.prose, new=args.new, batch_size=128)
     base = cached_labels(source, labeller, tokenizer, [LAYER],
