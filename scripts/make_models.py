@@ -527,9 +527,16 @@ def main(argv=None) -> int:
                         help="train the text draft and exits with this seed instead of their recipes' (a second "
                              "training, for the spread between trainings; the artefact's recipe records it, so a "
                              "later make models retrains the committed recipe)")
+    parser.add_argument("--hint-layer", type=int, default=None,
+                        help="step hint_exit: copy this layer of the sweep file as the hint head instead of "
+                             "HINT_EXIT_LAYER (to benchmark another layer; a later make models restores the "
+                             "committed one)")
     args = parser.parse_args(argv)
     if args.seed is not None:
         _use_seed(args.seed)
+    if args.hint_layer is not None:
+        global HINT_EXIT_LAYER
+        HINT_EXIT_LAYER = args.hint_layer
 
     _load_extra_steps()
     if args.list:
