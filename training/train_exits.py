@@ -221,30 +221,48 @@ def train_exit_heads(
 @torch.no_grad()
 def least_squares_init(heads: EarlyExitHeads, labels: Labels, final_norm, ridge: float = 1e-3, chunk: int = 4096):
     """Closed-form affine part of each MLP adapter: ridge regression of the normalised exit stream
-    onto the final layer's normalised stream (the input of the final norm, rescaled to unit RMS).
-
-    The final norm is ``g * y / rms(y)``, so reaching ``y = f / g`` (``f``: the target's final normed
-    hidden state, stored in ``labels.final``) reproduces the final logits exactly.
-    """
-    gain = final_norm.weight.detach().float().cpu()
-    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)
-    hidden = heads.hidden_size
+    onto the final layer's normalised stream (:func:`final_stream`)."""
+    gain = final_gain(final_norm)
     for layer in heads.exit_layers:
         module = heads.adapters[str(layer)]
-        xtx = torch.zeros(hidden + 1, hidden + 1, dtype=torch.float64)
-        xtz = torch.zeros(hidden + 1, hidden, dtype=torch.float64)
-        for start in range(0, len(labels), chunk):
-            x = module.normalise(labels.hidden[layer][start : start + chunk].float())
-            z = labels.final[start : start + chunk].float() / gain
-            z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6)
-            xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).double()
-            xtx += xa.t() @ xa
-            xtz += xa.t() @ (z - x).double()
-        lam = ridge * xtx.diagonal().mean()
-        sol = torch.linalg.solve(xtx + lam * torch.eye(hidden + 1, dtype=torch.float64), xtz)
-        device = module.proj.weight.device
-        module.proj.weight.copy_(sol[:hidden].t().to(device, module.proj.weight.dtype))
-        module.proj.bias.copy_(sol[hidden].to(device, module.proj.bias.dtype))
+
+        def chunks(module=module, layer=layer):
+            for start in range(0, len(labels), chunk):
+                x = module.normalise(labels.hidden[layer][start : start + chunk].float())
+                yield x, final_stream(labels.final[start : start + chunk], gain) - x
+
+        weight, bias = ridge_affine(chunks(), ridge)
+        module.proj.weight.copy_(weight.to(module.proj.weight.device, module.proj.weight.dtype))
+        module.proj.bias.copy_(bias.to(module.proj.bias.device, module.proj.bias.dtype))
+
+
+def final_gain(final_norm) -> torch.Tensor:
+    """The final norm's gain ``g``, kept away from zero (it divides)."""
+    gain = final_norm.weight.detach().float().cpu()
+    return torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)
+
+
+def final_stream(final: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The final layer's stream at unit RMS, from the target's final *normed* state ``f``: the final
+    norm is ``g * y / rms(y)``, so reaching ``y = f / g`` reproduces the final logits exactly."""
+    z = final.float() / gain
+    return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def ridge_affine(chunks, ridge: float = 1e-3):
+    """(weight [out, in], bias [out]) of the ridge regression ``y ~ W x + b`` over ``(x, y)`` chunks,
+    accumulated in float64; the penalty is ``ridge`` times the mean diagonal of the Gram matrix."""
+    xtx = xty = None
+    for x, y in chunks:
+        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).double()
+        if xtx is None:
+            xtx = torch.zeros(xa.shape[1], xa.shape[1], dtype=torch.float64)
+            xty = torch.zeros(xa.shape[1], y.shape[1], dtype=torch.float64)
+        xtx += xa.t() @ xa
+        xty += xa.t() @ y.double()
+    n = xtx.shape[0]
+    sol = torch.linalg.solve(xtx + ridge * xtx.diagonal().mean() * torch.eye(n, dtype=torch.float64), xty)
+    return sol[: n - 1].t(), sol[n - 1]
 
 
 def _norm(norm_module, y: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,13 @@ from training.text.evaluate import reference_decode  # noqa: E402
 from training.train_exits import evaluate_exits, load_target, set_threads, train_exit_heads  # noqa: E402
 
 
-def eval_reference(target, tokenizer, layer: int, work: str) -> Labels:
-    """The target's 24-token greedy decodes of the 56 held-out prompts with ``layer``'s states, every
-    position (what ``make models-eval`` scores are its generated rows); cached in ``work``."""
-    path = os.path.join(work, f"exit-eval-ref-{layer}.pt")
+def eval_reference(target, tokenizer, layers, work: str) -> Labels:
+    """The target's 24-token greedy decodes of the 56 held-out prompts with the states of ``layers``,
+    every position (what ``make models-eval`` scores are its generated rows); cached in ``work``."""
+    path = os.path.join(work, f"exit-eval-ref-{'-'.join(str(layer) for layer in layers)}.pt")
     if os.path.isfile(path):
         return Labels.from_dict(torch.load(path, weights_only=False))
-    ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, [layer])
+    ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, list(layers))
     torch.save(ref.to_dict(), path)
     return ref
 
@@ -88,14 +88,14 @@ def main() -> None:
     target, tokenizer = load_target(artefacts.text_target_dir(), torch.device("cpu"))
     if args.score:
         heads = EarlyExitHeads.load(target, args.score)
-        ref = reference_decode(target, tokenizer, corpus.eval_prompts(), 24, heads.exit_layers)
+        ref = eval_reference(target, tokenizer, heads.exit_layers, work)
         ref = ref.subset(ref.generated_rows())
         for layer in list(heads.exit_layers):
             heads.exit_layers = [layer]
             print(json.dumps({"exits": args.score, "layer": layer, "eval": score(heads, ref, layer)}), flush=True)
         return
     layer = args.layer
-    ref = eval_reference(target, tokenizer, layer, work)
+    ref = eval_reference(target, tokenizer, [layer], work)
     ref = ref.subset(ref.generated_rows())
     committed = EarlyExitHeads.load(target, artefacts.committed_text_exits_sweep_path())
     committed.exit_layers = [layer]

@@ -58,7 +58,8 @@ from training.losses import candidate_set, kl_on_candidates  # noqa: E402
 from training.optim import warmup_cosine  # noqa: E402
 from training.teacher import Labels, labelling_model  # noqa: E402
 from training.text.data import cached_labels, make_source, text_source  # noqa: E402
-from training.train_exits import _norm, load_target, set_threads  # noqa: E402
+from training.train_exits import (  # noqa: E402
+    _norm, final_gain, final_stream, load_target, ridge_affine, set_threads)
 
 LAYER = 21
 
@@ -110,23 +111,18 @@ class Inputs:
 
 @torch.no_grad()
 def least_squares_init(head: ContextExit, inputs: Inputs, rows: torch.Tensor, final_norm) -> None:
-    """As :func:`training.train_exits.least_squares_init`: ridge regression onto the final stream."""
-    gain = final_norm.weight.detach().float()
-    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3), gain)
-    width = head.proj.in_features
-    xtx = torch.zeros(width + 1, width + 1, dtype=torch.float64)
-    xtz = torch.zeros(width + 1, head.up.out_features, dtype=torch.float64)
-    for start in range(0, len(rows), 8192):
-        r = rows[start : start + 8192]
-        xs = inputs(r)
-        z = inputs.labels.final[r].float() / gain
-        z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6)
-        xa = torch.cat([xs.flatten(1), torch.ones(len(r), 1)], 1).double()
-        xtx += xa.t() @ xa
-        xtz += xa.t() @ (z - xs[:, 0]).double()
-    sol = torch.linalg.solve(xtx + 1e-3 * xtx.diagonal().mean() * torch.eye(width + 1, dtype=torch.float64), xtz)
-    head.proj.weight.copy_(sol[:width].t().float())
-    head.proj.bias.copy_(sol[width].float())
+    """As :func:`training.train_exits.least_squares_init`, with the wider input."""
+    gain = final_gain(final_norm)
+
+    def chunks():
+        for start in range(0, len(rows), 8192):
+            r = rows[start : start + 8192]
+            xs = inputs(r)
+            yield xs.flatten(1), final_stream(inputs.labels.final[r], gain) - xs[:, 0]
+
+    weight, bias = ridge_affine(chunks())
+    head.proj.weight.copy_(weight.float())
+    head.proj.bias.copy_(bias.float())
 
 
 def train(target, inputs: Inputs, rows: torch.Tensor, *, rank=128, epochs=3.0, lr=1e-3, batch=512, seed=0):
@@ -186,7 +182,7 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     target, tokenizer = load_target(artefacts.text_target_dir(), torch.device("cpu"))
 
-    ref = eval_reference(target, tokenizer, LAYER, work)
+    ref = eval_reference(target, tokenizer, [LAYER], work)
     labeller = labelling_model(target, "bfloat16")
     source = text_source(chat=args.chat, prose=args.prose, new=args.new, batch_size=128)
     base = cached_labels(source, labeller, tokenizer, [LAYER],
