@@ -171,7 +171,7 @@ class WorkloadBench:
     """Everything measured for one workload (see the module docstring, steps 1-4)."""
 
     def __init__(self, workload, cfg: Settings, cores, out_dir: str, log):
-        from specdec.models.loading import load_model
+        from specdec.models.loading import freeze_loaded_objects, load_model
 
         self.workload = workload
         self.cfg = cfg
@@ -179,6 +179,7 @@ class WorkloadBench:
         self.out_dir = out_dir
         self.log = log
         self.draft = load_model(workload.draft, name="draft")
+        freeze_loaded_objects()  # as the edge node does: no full collections of the loaded objects mid-cell
         finish = cfg.cloud_finish_tokens
         if finish is None:
             finish = CLOUD_FINISH_TOKENS.get(workload.name, 0)

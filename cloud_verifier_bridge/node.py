@@ -110,6 +110,8 @@ class CloudVerifierBridge(Node):
 
     # -- local: the target runs in this process --------------------------------------------
     def _start_local(self):
+        from specdec.models.loading import freeze_loaded_objects
+
         from .target import build_verifier
 
         p = self.p
@@ -117,6 +119,7 @@ class CloudVerifierBridge(Node):
             raise ValueError("mode local needs parameter target_model (a model folder)")
         self.verifier = build_verifier(p["target_model"], p["exit_adapters"] or None, p["exit_layer"],
                                        p["dtype"], p["device"], settings=build_dataclass(VerifierSettings, p))
+        freeze_loaded_objects()  # no 100+ ms full collections of the target's objects mid-pass
         self._keep_running("verifier", lambda: self.verifier.serve(self.transport, self.stop_event))
         self.get_logger().info(f"serving target {p['target_model']} in-process (exit layer {self.verifier.exit_layer})")
 

@@ -161,6 +161,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from specdec.models.loading import freeze_loaded_objects
+
     from .target import build_verifier
 
     try:
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
 
             clock = ComputeClock(ProfilePair.load(args.compute_profile).cloud)
             verifier.target.use_clock(clock)
+        freeze_loaded_objects()  # no 100+ ms full collections of the target's objects mid-pass
     except Exception as exc:  # missing/mismatched files: say which and stop
         print(f"verifier_server: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -72,7 +72,13 @@ def test_effective_profile_dilates_time_and_rescales_image_tokens(tmp_path):
     fast = {"edge": [(1, 40, 0, 0.1, "k=1")], "cloud": [(5, 40, 0, 0.1, "k=5")]}
     fast_device = ProfilePair.load(_profile(tmp_path / "h100.yaml", cloud_ms=5.0, edge_ms=50.0))
     assert emulation.dilation(fast_device, fast) == emulation.MIN_PASS_MS / 5.0
-    # prefills are not covered by k: what they add per decision is bounded from the calibration
+    # k covers prefills, the cloud's (in the server) with the repeated passes' margin, the edge's with less:
+    # the smallest half-step that keeps the calibrated prefill that many times inside the device's
+    for side, device_ms in (("cloud", 25.0), ("edge", 70.0)):
+        k = emulation.prefill_dilation(pair, {side: [(100, 0, 0, 300.0, "prefill")]})
+        assert (k - 0.5) * device_ms < emulation.PREFILL_MARGIN[side] * 300.0 <= k * device_ms
+    assert emulation.PREFILL_MARGIN["cloud"] == emulation.DILATION_MARGIN > emulation.PREFILL_MARGIN["edge"]
+    # where they still overrun, what they add per decision is bounded from the calibration
     prefills = {"cloud": [(100, 0, 0, 300.0, "prefill")], "edge": [(100, 0, 0, 1.0, "prefill")]}
     assert emulation.prefill_excess_ms(pair, prefills, 4.0) == pytest.approx((300.0 - 4 * 25.0) / 4)
 

@@ -9,7 +9,7 @@ from specdec.engine.local import speculative_generate
 from specdec.engine.stats import MSG_FIELDS, DecisionStats
 from specdec.engine.verifier import Verifier
 from specdec.models.adapters import Qwen2VLAdapter, TextAdapter, VisionLanguageAdapter
-from specdec.models.loading import ModelLoadError, load_model
+from specdec.models.loading import ModelLoadError, freeze_loaded_objects, load_model
 from specdec.models.early_exit import EarlyExitError, EarlyExitHeads
 from specdec.models.tiny import build_tiny, perturbed_copy
 
@@ -96,6 +96,35 @@ def test_exit_head_files_refused(tmp_path, tiny_pair):
     assert verifier.exit_layer == 2
     with pytest.raises(ValueError, match="exit layer"):
         Verifier(target, good, exit_layer=0)
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_freeze_loaded_objects():
+    """The loaded objects leave the collector's view; garbage made before goes first, and garbage
+    made after is still collected."""
+    import gc
+    import weakref
+
+    loaded = [{"weights": [1.0]}]
+    before = _Cycle()
+    dropped = weakref.ref(before)
+    del before  # a cycle: only the collector frees it
+    try:
+        frozen = freeze_loaded_objects()
+        assert dropped() is None  # collected, not frozen
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(obj is loaded for obj in gc.get_objects())  # out of the collector's view
+        after = _Cycle()
+        later = weakref.ref(after)
+        del after
+        gc.collect()
+        assert later() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_stats_fields_match_ros_message():
