@@ -113,21 +113,28 @@ def build_arg_parser():
     return parser
 
 
-def bounded_malloc(arenas: int = 2, mmap_threshold: int = 256 * 1024, trim_every_s: float = 10.0) -> bool:
+def bounded_malloc(arenas: int = 2, mmap_threshold: int = 4 * 1024 * 1024, trim_threshold: int = 64 * 1024 * 1024,
+                   trim_every_s: float = 10.0) -> bool:
     """Keep glibc's heap from ratcheting RSS up after bursts of large requests (test/faults/soak.py):
     cap the malloc arenas (like MALLOC_ARENA_MAX; each connection thread would otherwise grow a heap
-    of its own), and fix the mmap threshold, so a block of this size or more (big tensors, frames,
-    oversized prompts) is mapped on its own and returned to the OS when freed. Left dynamic, glibc
-    raises the threshold after the first large free, and later large blocks fragment the heap. A
-    daemon thread gives the heap's free pages back every ``trim_every_s`` (``malloc_trim``). Returns
-    whether glibc took the settings."""
+    of its own), and fix the mmap threshold, so a block of this size or more (camera frames, oversized
+    prompts) is mapped on its own and returned to the OS when freed. Left dynamic, glibc raises the
+    threshold after the first large free, and later large blocks fragment the heap. Fixing it also
+    stops glibc's dynamic trim threshold, which then falls to 128 KiB: every free at the heap's top
+    would hand the pages back and the next forward pass fault them in again. With the old settings
+    (256 KiB, trim at 128 KiB) a 110-token SmolLM2 prefill took 233 ms against 205-215 with glibc's
+    defaults or these, a 5-token verification 72-75 ms against 69 (``scripts/experiments/server_heap.py``,
+    2026-12-05, 2-core Xeon; in the server itself 245-256 ms against 210-220). So the heap's top keeps
+    up to ``trim_threshold``, a pass's activations reuse the heap, and a daemon thread gives the heap's
+    free pages back every ``trim_every_s`` (``malloc_trim``). Returns whether glibc took the settings."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         applied = libc.mallopt(-8, arenas) == 1  # M_ARENA_MAX
-        # M_MMAP_THRESHOLD (setting it also stops the dynamic raise)
+        # M_MMAP_THRESHOLD (setting it also stops the dynamic raise) and M_TRIM_THRESHOLD
         applied = libc.mallopt(-3, mmap_threshold) == 1 and applied
+        applied = libc.mallopt(-1, trim_threshold) == 1 and applied
         trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to do
         return False
