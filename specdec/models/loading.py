@@ -313,10 +313,11 @@ def load_model(
 def freeze_loaded_objects() -> int:
     """Move every object the process holds now out of the cyclic garbage collector's view
     (``gc.freeze``); returns how many. Call it once a long-lived process has loaded its models:
-    they hold some 370,000 tracked objects, and a full collection walks them all - 100-120 ms on a
+    they hold some 370,000 tracked objects, and a full collection walks them all - 96-157 ms on a
     2-core Xeon, a stall of whatever forward pass waits on the interpreter then
     (``scripts/experiments/gc_pauses.py``). Objects made later are collected as usual; frozen ones
-    are freed by reference counting, so only cyclic garbage made before the call stays."""
+    are still freed by reference counting, and only those that end up in reference cycles stay
+    (until ``gc.unfreeze()``)."""
     import gc
 
     gc.collect()  # what is garbage already goes first, not into the frozen generation
