@@ -63,8 +63,9 @@ DILATION_MARGIN = 1.5  # real compute may take this much longer than calibrated 
 MIN_PASS_MS = 15.0  # no emulated pass shorter than this (scheduling noise on a shared machine)
 # the same for prefills, per side: one long pass per decision, calibrated on its own prompts. The edge
 # prefills in the process that calibrated it; the cloud in the verifier server, where the slowest
-# 110-token text prefill of a run took 1.14x the calibrated time (valid runs) to 1.48x (hinted text
-# cells INVALID in 2 of 3 full runs of 2026-12-05 at margin 1.2): it gets the repeated passes' margin
+# 110-token text prefill of a run took up to 1.48x the calibrated time (hinted text cells INVALID in 2
+# of 3 full runs at margin 1.2) before its heap settings were fixed (2026-12-05) and still 1.06-1.27x
+# after: it gets the repeated passes' margin
 PREFILL_MARGIN = {"edge": 1.2, "cloud": DILATION_MARGIN}
 # a batched prefill of K prompts, estimated from the single-prompt fit: at margin 1.2 (k = 21) one batch of 8
 # text prompts per cell still overran (2026-12-02 full run): the estimate gets more room than a measured pass
