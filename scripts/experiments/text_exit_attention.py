@@ -70,13 +70,16 @@ class AttentionExit(torch.nn.Module):
         self.rotary = model.model.rotary_emb
         self.norm, self.head = model.model.norm, model.lm_head
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """states [B, T, H] (right-padded) -> logits [B, T, V]."""
+    def stream(self, states: torch.Tensor) -> torch.Tensor:
+        """states [B, T, H] (right-padded) -> the exit's residual stream [B, T, H], before the final norm."""
         x = self.adapter(states)
         pos = torch.arange(x.shape[1]).unsqueeze(0).expand(x.shape[0], -1)
         out = self.layer(x, attention_mask=None, position_ids=pos, position_embeddings=self.rotary(x, pos))
-        out = out[0] if isinstance(out, tuple) else out
-        return self.head(self.norm(out))
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """states [B, T, H] (right-padded) -> logits [B, T, V]."""
+        return self.head(self.norm(self.stream(states)))
 
 
 def pad(batch):
