@@ -31,6 +31,7 @@ import ssl
 import sys
 import threading
 import time
+from typing import Optional
 
 import yaml
 
@@ -113,7 +114,8 @@ def build_arg_parser():
     return parser
 
 
-def bounded_malloc(arenas: int = 2, mmap_threshold: int = 4 * 1024 * 1024, trim_threshold: int = 64 * 1024 * 1024,
+def bounded_malloc(arenas: int = 2, mmap_threshold: int = 4 * 1024 * 1024,
+                   trim_threshold: Optional[int] = 64 * 1024 * 1024,
                    trim_every_s: float = 10.0) -> bool:
     """Keep glibc's heap from ratcheting RSS up after bursts of large requests (test/faults/soak.py):
     cap the malloc arenas (like MALLOC_ARENA_MAX; each connection thread would otherwise grow a heap
@@ -134,7 +136,8 @@ def bounded_malloc(arenas: int = 2, mmap_threshold: int = 4 * 1024 * 1024, trim_
         applied = libc.mallopt(-8, arenas) == 1  # M_ARENA_MAX
         # M_MMAP_THRESHOLD (setting it also stops the dynamic raise) and M_TRIM_THRESHOLD
         applied = libc.mallopt(-3, mmap_threshold) == 1 and applied
-        applied = libc.mallopt(-1, trim_threshold) == 1 and applied
+        if trim_threshold is not None:  # None: glibc's own (what a fixed mmap threshold leaves it: 128 KiB)
+            applied = libc.mallopt(-1, trim_threshold) == 1 and applied
         trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to do
         return False

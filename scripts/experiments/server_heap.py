@@ -33,17 +33,12 @@ SETTINGS = {
 }
 
 CHILD = r"""
-import ctypes, json, os, statistics, sys, time
+import json, os, statistics, sys, time
 sys.path.insert(0, {root!r})
 setting = json.loads({setting!r})
 if setting is not None:
     from cloud_verifier_bridge.server import bounded_malloc
-    if setting.get("trim_threshold", 0) is None:  # the old settings: no trim threshold of its own
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 2)
-        libc.mallopt(-3, setting["mmap_threshold"])
-    else:
-        bounded_malloc(**setting, trim_every_s=3600)
+    bounded_malloc(**setting, trim_every_s=3600)  # trim_threshold None: the old settings, glibc's own
 import torch
 torch.set_num_threads(1)
 from bench import workloads
