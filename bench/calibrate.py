@@ -117,8 +117,9 @@ def time_passes(adapter, items, gamma: int, steps: int, repeats: int = 3, exit_h
                         out.append(Pass(f"k={k}", new, cached, img, ms))
                     if exit_heads is not None:
                         k = gamma + 1
-                        hooks = exit_heads.attach(lambda layer, h: int(torch.argmax(
-                            exit_heads.exit_logits(layer, h[0, -1:])[0])), hidden=True)
+                        # as the verifier's hint: the block's rows, after the cache (an exit that attends reads it)
+                        hooks = exit_heads.attach(lambda layer, h: int(torch.argmax(exit_heads.exit_logits(
+                            layer, h[0], exit_heads.past(state.cache, layer), k)[0])), hidden=True)
                         try:
                             hidden = adapter.forward_hidden(state, [filler] * k, keep=1)
                             int(torch.argmax(adapter.head_logits(hidden)[0]))

@@ -287,3 +287,128 @@ def format_table(report: dict) -> str:
             f"| {row['kl']:.3f} | {100 * row['lens_agreement']:.1f}% | {100 * row.get('ls_agreement', float('nan')):.1f}% |"
         )
     return "\n".join(lines)
+
+
+# -- exits that attend over the sequence (``attention`` kind) ----------------------------------------
+class SequenceStates:
+    """Per labelled sequence, the exit layer's states of every position up to the last labelled one,
+    and the rows of ``labels`` by position: what an exit that attends trains and is scored on. Label
+    files leave the chat template's constant system prefix unlabelled; its states are the target's
+    own, computed once per distinct prefix."""
+
+    def __init__(self, labels: Labels, target, layer: int):
+        self.labels, self.layer = labels, layer
+        order = torch.argsort(labels.seq * 1_000_000 + labels.pos)
+        counts = torch.bincount(labels.seq, minlength=len(labels.sequences)).tolist()
+        self.rows = list(torch.split(order, counts))
+        prefixes, self.states = {}, []
+        for s, rows in enumerate(self.rows):
+            first = int(labels.pos[rows[0]])
+            if int(labels.pos[rows[-1]]) - first + 1 != len(rows):
+                raise ValueError(f"sequence {s}: its labelled positions are not contiguous")
+            parts = [labels.hidden[layer][rows]]
+            if first:
+                key = tuple(labels.sequences[s][:first].tolist())
+                if key not in prefixes:
+                    with torch.no_grad():
+                        out = target(input_ids=torch.tensor([key]), output_hidden_states=True)
+                    prefixes[key] = out.hidden_states[layer + 1][0].to(parts[0].dtype)
+                parts.insert(0, prefixes[key])
+            self.states.append(torch.cat(parts))
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def batch(self, seqs: Sequence[int]):
+        """(states [B, T, H] float32, right-padded; per sequence the positions it labels and their rows)."""
+        width = max(len(self.states[s]) for s in seqs)
+        x = torch.zeros(len(seqs), width, self.states[seqs[0]].shape[-1])
+        for b, s in enumerate(seqs):
+            x[b, :len(self.states[s])] = self.states[s].float()
+        return x, [(self.labels.pos[self.rows[s]], self.rows[s]) for s in seqs]
+
+
+def train_attention_exit(model, states: SequenceStates, train_seqs: Sequence[int], init: EarlyExitHeads, *,
+                         epochs: float = 5.0, lr: float = 1e-3, batch: int = 16, n_random: int = 2048,
+                         seed: int = 0, log=print) -> EarlyExitHeads:
+    """An ``attention`` exit at ``states.layer`` whose adapter starts as ``init``'s (a trained ``mlp``
+    head of that layer: the untrained layer adds nothing, so training starts from it), trained on
+    every labelled position of ``train_seqs`` with the position-wise heads' loss (KL to the
+    target's top-k on a candidate vocabulary), whole sequences a batch, bfloat16 autocast."""
+    layer = states.layer
+    torch.manual_seed(seed)
+    heads = EarlyExitHeads(model, [layer], adapter="attention", rank=init.adapter_rank)
+    exit_module = heads.adapters[str(layer)]
+    exit_module.adapter.load_state_dict(init.adapters[str(layer)].state_dict())
+    heads.to(dtype=torch.float32).train()
+    params = [p for p in heads.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    layout = decoder_layout(model)
+    weight, norm, labels = layout.lm_head.weight.detach(), layout.final_norm, states.labels
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    total = int(epochs * math.ceil(len(train_seqs) / batch))
+    sched = warmup_cosine(opt, total)
+    gen = torch.Generator().manual_seed(seed)
+    step, start = 0, time.time()
+    while step < total:
+        order = [train_seqs[i] for i in torch.randperm(len(train_seqs), generator=gen).tolist()]
+        for i in range(0, len(order), batch):
+            if step >= total:
+                break
+            x, where = states.batch(order[i:i + batch])
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                out = exit_module(x)
+            rows = torch.cat([r for _, r in where])
+            picked = torch.cat([out[b, pos] for b, (pos, _) in enumerate(where)]).float()
+            ids = labels.topk_ids[rows]
+            cand = candidate_set(ids, weight.shape[0], n_random, gen)
+            logits = _norm(norm, picked) @ weight[cand].float().t()
+            loss = kl_on_candidates(logits, torch.searchsorted(cand, ids), labels.topk_logp[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 200 == 0 or step == total:
+                log(f"attention exit: step {step}/{total}, kl {float(loss.detach()):.3f} ({time.time() - start:.0f} s)")
+    heads.eval().requires_grad_(False)
+    return heads
+
+
+@torch.no_grad()
+def attention_exit_hits(heads: EarlyExitHeads, states: SequenceStates, rows: torch.Tensor):
+    """(rows, whether the exit's top token is the target's, the exit's top probability) for the
+    labelled ``rows`` of ``states``, each sequence run from its start as a verifier would see it."""
+    layer = states.layer
+    wanted = torch.zeros(len(states.labels), dtype=torch.bool)
+    wanted[rows] = True
+    done, right, top_p = [], [], []
+    for s in range(len(states)):
+        x, [(pos, seq_rows)] = states.batch([s])
+        keep = wanted[seq_rows]
+        if not bool(keep.any()):
+            continue
+        dtype = heads._layout.lm_head.weight.dtype
+        logits = heads.exit_logits(layer, x[0].to(dtype))[pos[keep]].float()
+        done.append(seq_rows[keep])
+        right.append(logits.argmax(-1) == states.labels.topk_ids[seq_rows[keep], 0])
+        top_p.append(torch.softmax(logits, -1).amax(-1))
+    return torch.cat(done), torch.cat(right), torch.cat(top_p)
+
+
+@torch.no_grad()
+def exit_hits(heads: EarlyExitHeads, labels: Labels, target, rows: Optional[torch.Tensor] = None):
+    """(rows, whether the first exit's top token is the target's, its top probability) on ``rows`` of
+    ``labels`` (all when None), however the exit reads the sequence."""
+    layer = heads.exit_layers[0]
+    rows = torch.arange(len(labels)) if rows is None else rows
+    if heads.attends:
+        return attention_exit_hits(heads, SequenceStates(labels, target, layer), rows)
+    layout, right, top_p = heads._layout, [], []
+    for start in range(0, len(rows), 1024):
+        r = rows[start:start + 1024]
+        logits = heads.exit_logits(layer, labels.hidden[layer][r].to(layout.lm_head.weight.dtype)).float()
+        right.append(logits.argmax(-1) == labels.topk_ids[r, 0])
+        top_p.append(torch.softmax(logits, -1).amax(-1))
+    return rows, torch.cat(right), torch.cat(top_p)

@@ -14,11 +14,15 @@ init, 3 epochs at lr 1e-3, batches of 512, seed 0):
   ``plus=self:chat=3000``: questions the target writes itself, :class:`training.text.data.SelfWrittenSource`,
   instead of the templated ones only: the evaluation's hand-written chat is where the exit is weakest);
   ``SPEC+SPEC`` adds several sources;
-* ``attention[=SPEC]``: the exit of ``text_exit_attention.py`` - the committed layer-21 adapter,
-  then one decoder layer (a copy of layer 22, outputs zeroed: it starts as the committed head) that
-  attends over the sequence's layer-21 states - trained on whole sequences (``--attention-epochs``,
-  ``--attention-lr``, batches of 16 sequences, bfloat16 autocast); also scored on the held-out
-  training-style sequences (every 10th). In a verifier it would keep a KV cache of its own.
+* ``attention[=SPEC]``: an exit that attends - the committed layer-21 adapter, then one decoder
+  layer (a copy of layer 22, outputs zeroed: it starts as the committed head) over the sequence's
+  layer-21 states - trained on whole sequences (``--attention-epochs``, ``--attention-lr``, batches
+  of 16 sequences, bfloat16 autocast); also scored on the held-out training-style sequences (every
+  10th). Until 2026-12-06 (the results below) the layer's keys and values were its own, so a
+  verifier would have needed a KV cache for it; since then the variant trains the committed
+  ``attention`` kind (:class:`specdec.models.early_exit.AttentionExitAdapter`,
+  :func:`training.train_exits.train_attention_exit`), whose keys and values are the target's
+  layer 22's, read from the target's own cache.
 
 Each is scored on the 1,288 positions ``make models-eval`` scores (the target's 24-token greedy
 decodes of the 56 held-out prompts): top-1 agreement with the final layer, and the selective exit
@@ -79,7 +83,8 @@ from training.optim import warmup_cosine  # noqa: E402
 from training.teacher import Labels, labelling_model  # noqa: E402
 from training.text.data import cached_labels, make_source, text_source  # noqa: E402
 from training.train_exits import (  # noqa: E402
-    _norm, final_gain, final_stream, load_target, ridge_affine, set_threads)
+    SequenceStates, _norm, attention_exit_hits, final_gain, final_stream, load_target, ridge_affine, set_threads,
+    train_attention_exit)
 
 LAYER = 21
 
@@ -192,102 +197,20 @@ def _scored(labels: Labels, rows: torch.Tensor, right: torch.Tensor, top_p: torc
         "share": round(float(fires.float().mean()), 4), "agreement": round(float(right[fires].float().mean()), 4)}}
 
 
-# -- attention: one decoder layer over the sequence's layer-21 states ----------------------------
-class SequenceStates:
-    """Per sequence, the layer-21 states of every position up to the last labelled one, and the
-    rows of ``labels`` by position. The caches leave the chat template's constant system prefix
-    unlabelled; its states are the target's own, computed once per distinct prefix."""
-
-    def __init__(self, labels: Labels, target):
-        self.labels = labels
-        order = torch.argsort(labels.seq * 1_000_000 + labels.pos)
-        counts = torch.bincount(labels.seq, minlength=len(labels.sequences)).tolist()
-        self.rows = list(torch.split(order, counts))
-        prefixes, self.states = {}, []
-        for s, rows in enumerate(self.rows):
-            first = int(labels.pos[rows[0]])
-            if int(labels.pos[rows[-1]]) - first + 1 != len(rows):
-                raise ValueError(f"sequence {s}: its labelled positions are not contiguous")
-            parts = [labels.hidden[LAYER][rows]]
-            if first:
-                key = tuple(labels.sequences[s][:first].tolist())
-                if key not in prefixes:
-                    with torch.no_grad():
-                        out = target(input_ids=torch.tensor([key]), output_hidden_states=True)
-                    prefixes[key] = out.hidden_states[LAYER + 1][0].to(torch.float16)
-                parts.insert(0, prefixes[key])
-            self.states.append(torch.cat(parts))
-
-    def batch(self, seqs):
-        """(states [B, T, H] right-padded, per sequence the positions and rows it labels)."""
-        width = max(len(self.states[s]) for s in seqs)
-        x = torch.zeros(len(seqs), width, self.states[seqs[0]].shape[-1])
-        for b, s in enumerate(seqs):
-            x[b, :len(self.states[s])] = self.states[s].float()
-        return x, [(self.labels.pos[self.rows[s]], self.rows[s]) for s in seqs]
-
-
-def train_attention(target, seq_states: SequenceStates, train_seqs, *, epochs=2.0, lr=3e-4, batch=16, seed=0):
-    """``text_exit_attention.AttentionExit`` (the committed layer-21 adapter, then a copy of layer
-    22 with its outputs zeroed: it starts as the committed head) trained on every labelled position
-    of ``train_seqs`` with the position-wise heads' loss (KL to the target's top-16 on a candidate
-    vocabulary), bfloat16 autocast."""
-    from text_exit_attention import AttentionExit
-
+# -- attention: the committed ``attention`` exit kind ---------------------------------------------
+def train_attention(target, seq_states: SequenceStates, train_seqs, *, epochs=2.0, lr=3e-4, seed=0):
+    """An ``attention`` exit at layer 21 (:class:`specdec.models.early_exit.AttentionExitAdapter`)
+    starting from the committed layer-21 head, trained by :func:`training.train_exits.train_attention_exit`."""
     from specdec.models.early_exit import EarlyExitHeads
 
-    torch.manual_seed(seed)
-    heads = EarlyExitHeads.load(target, artefacts.committed_text_exits_sweep_path())
-    exit_head = AttentionExit(target, heads.adapters[str(LAYER)], LAYER + 1)
-    params = list(exit_head.layer.parameters()) + list(exit_head.adapter.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    weight, norm, labels = target.lm_head.weight.detach(), target.model.norm, seq_states.labels
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    total = int(epochs * math.ceil(len(train_seqs) / batch))
-    sched = warmup_cosine(opt, total)
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < total:
-        order = [train_seqs[i] for i in torch.randperm(len(train_seqs), generator=gen).tolist()]
-        for i in range(0, len(order), batch):
-            if step >= total:
-                break
-            x, where = seq_states.batch(order[i:i + batch])
-            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
-                out = exit_head.stream(x)
-            rows = torch.cat([r for _, r in where])
-            picked = torch.cat([out[b, pos] for b, (pos, _) in enumerate(where)]).float()
-            ids = labels.topk_ids[rows]
-            cand = candidate_set(ids, weight.shape[0], 2048, gen)
-            logits = _norm(norm, picked) @ weight[cand].float().t()
-            loss = kl_on_candidates(logits, torch.searchsorted(cand, ids), labels.topk_logp[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step % 100 == 0:
-                print(f"  step {step}/{total} loss {float(loss):.3f}", flush=True)
-    return exit_head
+    init = EarlyExitHeads.load(target, artefacts.committed_text_exits_sweep_path())
+    return train_attention_exit(target, seq_states, train_seqs, init, epochs=epochs, lr=lr, seed=seed)
 
 
-@torch.no_grad()
-def score_attention(target, exit_head, seq_states: SequenceStates, rows: torch.Tensor) -> dict:
+def score_attention(exit_heads, seq_states: SequenceStates, rows: torch.Tensor) -> dict:
     """As :func:`score`, on ``rows`` of ``seq_states.labels`` (float32, one sequence at a time)."""
-    wanted = torch.zeros(len(seq_states.labels), dtype=torch.bool)
-    wanted[rows] = True
-    done, right, top_p = [], [], []
-    for s in range(len(seq_states.rows)):
-        x, [(pos, seq_rows)] = seq_states.batch([s])
-        keep = wanted[seq_rows]
-        if not bool(keep.any()):
-            continue
-        logits = target.lm_head(_norm(target.model.norm, exit_head.stream(x)[0, pos[keep]]))
-        done.append(seq_rows[keep])
-        right.append(logits.argmax(-1) == seq_states.labels.topk_ids[seq_rows[keep], 0])
-        top_p.append(torch.softmax(logits, -1).amax(-1))
-    return _scored(seq_states.labels, torch.cat(done), torch.cat(right), torch.cat(top_p))
+    done, right, top_p = attention_exit_hits(exit_heads, seq_states, rows)
+    return _scored(seq_states.labels, done, right, top_p)
 
 
 def main() -> None:
@@ -332,16 +255,16 @@ def main() -> None:
         t0 = time.time()
         if name == "attention":
             train_seqs = [s for s in range(len(labels.sequences)) if s % 10 != 9]
-            seq_states = SequenceStates(labels, target)
+            seq_states = SequenceStates(labels, target, LAYER)
             exit_head = train_attention(target, seq_states, train_seqs, epochs=args.attention_epochs,
                                         lr=args.attention_lr, seed=args.attention_seed)
             seconds = round(time.time() - t0, 1)
             print(json.dumps({"variant": variant, "epochs": args.attention_epochs, "lr": args.attention_lr,
                               "seed": args.attention_seed,
                               "train_positions": len(rows), "train_seconds": seconds,
-                              "held_out": score_attention(target, exit_head, seq_states,
+                              "held_out": score_attention(exit_head, seq_states,
                                                           torch.nonzero(held).flatten())["agreement"],
-                              "eval": score_attention(target, exit_head, SequenceStates(ref, target),
+                              "eval": score_attention(exit_head, SequenceStates(ref, target, LAYER),
                                                       ref.generated_rows())}), flush=True)
             continue
         head = train(target, Inputs(labels, prev), rows)

@@ -34,7 +34,8 @@ Message handling
   target's token at the first rejection is an alternative, its branch row gives the token after it:
   the result commits one token more (``VerifyResult.alternative``). With early-exit heads in
   ``SPECULATIVE_EARLY_EXIT`` mode, every exit layer sends an ``EarlyExitHint`` (predicted accepted
-  count and next token) as the pass reaches it, its rows in one head call too. Then acceptance
+  count and next token) as the pass reaches it, its rows in one head call too (an exit that attends
+  reads the rows before the block from the target's own cache, so rollbacks need nothing of it). Then acceptance
   (greedy or rejection sampling, under the session's grammar when it has one), stop-token /
   ``max_new_tokens`` truncation, ``VerifyResult`` - carrying, when the session asked
   (``return_states``: a draft conditioned on the target's states), the pass's final hidden states of
@@ -1003,8 +1004,12 @@ class Verifier:
             hints = []
             for row, job in rows:
                 n, end = len(job.tokens), hidden.shape[1] if job.feed is None else len(job.feed)
+                # an exit that attends reads every row this pass feeds (a prefill's: the whole prompt) after
+                # what the target's cache holds, which the pass has not yet extended past this layer
+                fed = len(job.feed) if job.feed is not None else len(job.sess.inputs.input_ids) + n
+                past = heads.past(job.sess.state.cache, layer) if heads.attends and job.sess.state else None
                 # every row in one head call (one pass over the head's weights), read until a disagreement
-                exit_logits = heads.exit_logits(layer, hidden[row, end - (n + 1):end]).float()
+                exit_logits = heads.exit_logits(layer, hidden[row, end - fed:end], past, n + 1).float()
                 accepted = 0
                 while True:
                     guess = int(torch.argmax(exit_logits[accepted]))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .fingerprint import model_fingerprint
-from .layout import decoder_layout
+from .layout import decoder_layout, text_decoder
 
 ADAPTER_FORMAT = "specdec-early-exit/1"
 ADAPTER_FILENAME = "early_exit.safetensors"
@@ -88,14 +88,92 @@ class MLPExitAdapter(nn.Module):
         return x + self.proj(x) + self.up(nn.functional.silu(self.down(x * self.norm_weight)))
 
 
-ADAPTER_KINDS = ("linear", "mlp")
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def make_adapter(kind: str, hidden_size: int, rank: int = 128) -> nn.Module:
+class AttentionExitAdapter(nn.Module):
+    """The ``mlp`` adapter, then one decoder layer that attends over the sequence, then (as every
+    kind) the target's final norm and LM head.
+
+    Position-wise heads cannot move information between positions, which the target's remaining
+    layers still do. This exit's layer can, at no cache of its own: its keys and values are those
+    of the target's next decoder layer (that layer's input norm and key/value projections, frozen,
+    applied to the exit layer's output), so for the positions before a pass it reads the target's
+    own KV cache, which every rollback already keeps right. Its queries, output projection, norms
+    and MLP are its own (copies of the next layer's, the output projections zeroed: an untrained
+    exit is its ``mlp`` adapter). Text stacks with 1-D rotary positions (Llama, Qwen2)."""
+
+    kind = "attention"
+
+    def __init__(self, next_layer: nn.Module, rotary: nn.Module, hidden_size: int, rank: int = 128):
+        super().__init__()
+        import copy
+
+        attention = next_layer.self_attn
+        if getattr(rotary, "mrope_section", None) is not None or not hasattr(attention, "k_proj"):
+            raise EarlyExitError("attention exits need a decoder with 1-D rotary positions and q/k/v projections")
+        self.adapter = MLPExitAdapter(hidden_size, rank)
+        self.attn_norm = copy.deepcopy(next_layer.input_layernorm)
+        self.q_proj = copy.deepcopy(attention.q_proj)
+        self.o_proj = copy.deepcopy(attention.o_proj)
+        self.mlp_norm = copy.deepcopy(next_layer.post_attention_layernorm)
+        self.mlp = copy.deepcopy(next_layer.mlp)
+        nn.init.zeros_(self.o_proj.weight)
+        nn.init.zeros_(self.mlp.down_proj.weight)
+        self.head_dim = int(attention.head_dim)
+        # the target's, shared and frozen: kept out of the module tree (not ours to train or save)
+        object.__setattr__(self, "_next", next_layer)
+        object.__setattr__(self, "_rotary", rotary)
+
+    def keys_values(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """The next layer's keys and values [B, kv_heads, T, head_dim] of exit-layer states [B, T, H]:
+        what that layer puts in the target's KV cache for them."""
+        attention = self._next.self_attn
+        normed = self._next.input_layernorm(hidden)
+        shape = (*hidden.shape[:2], -1, self.head_dim)
+        keys = attention.k_proj(normed).view(shape).transpose(1, 2)
+        return _rotate(keys, cos, sin), attention.v_proj(normed).view(shape).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, past=None, rows: Optional[int] = None) -> torch.Tensor:
+        """Exit-layer states of consecutive positions [B, T, H] (right-padded, or [T, H]) after
+        ``past`` = the next layer's cached (keys, values) of the positions before them (None: the
+        sequence starts here) -> the exit's stream [B, rows, H] of the last ``rows`` positions
+        (all when None), before the final norm."""
+        flat = hidden.dim() == 2
+        hidden = hidden.unsqueeze(0) if flat else hidden
+        batch, count = hidden.shape[:2]
+        rows = count if rows is None else rows
+        start = 0 if past is None else int(past[0].shape[-2])
+        positions = torch.arange(start, start + count, device=hidden.device).expand(batch, -1)
+        cos, sin = self._rotary(hidden, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        keys, values = self.keys_values(hidden, cos, sin)
+        if past is not None:
+            keys, values = torch.cat([past[0], keys], -2), torch.cat([past[1], values], -2)
+        x = self.adapter(hidden[:, count - rows:])
+        query = self.q_proj(self.attn_norm(x)).view(batch, rows, -1, self.head_dim).transpose(1, 2)
+        query = _rotate(query, cos[:, :, count - rows:], sin[:, :, count - rows:])
+        seen = torch.arange(start + count, device=hidden.device) <= \
+            torch.arange(start + count - rows, start + count, device=hidden.device)[:, None]
+        out = nn.functional.scaled_dot_product_attention(query, keys.to(query.dtype), values.to(query.dtype),
+                                                         attn_mask=seen, enable_gqa=True)
+        x = x + self.o_proj(out.transpose(1, 2).reshape(batch, rows, -1))
+        x = x + self.mlp(self.mlp_norm(x))
+        return x[0] if flat else x
+
+
+ADAPTER_KINDS = ("linear", "mlp", "attention")
+
+
+def make_adapter(kind: str, hidden_size: int, rank: int = 128, next_layer=None, rotary=None) -> nn.Module:
     if kind == "linear":
         return ExitAdapter(hidden_size)
     if kind == "mlp":
         return MLPExitAdapter(hidden_size, rank)
+    if kind == "attention":
+        return AttentionExitAdapter(next_layer, rotary, hidden_size, rank)
     raise EarlyExitError(f"unknown exit adapter kind {kind!r} (known: {', '.join(ADAPTER_KINDS)})")
 
 
@@ -121,18 +199,40 @@ class EarlyExitHeads(nn.Module):
         self.base_fingerprint = model_fingerprint(model)
         self.adapter_kind = adapter
         self.adapter_rank = int(rank) if adapter != "linear" else 0
+        rotary = getattr(text_decoder(model), "rotary_emb", None)
         self.adapters = nn.ModuleDict(
-            {str(layer): make_adapter(adapter, self.hidden_size, rank) for layer in self.exit_layers}
+            {str(layer): make_adapter(adapter, self.hidden_size, rank, layout.layers[layer + 1], rotary)
+             for layer in self.exit_layers}
         )
         # Shared, frozen parts of the target. Kept out of state_dict (not ours to save).
         object.__setattr__(self, "_layout", layout)
         self.to(dtype=layout.lm_head.weight.dtype, device=layout.lm_head.weight.device)
 
     # -- inference -------------------------------------------------------------------------
-    def exit_logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits predicted from ``hidden`` (output of decoder ``layer``)."""
-        adapted = self.adapters[str(layer)](hidden)
+    @property
+    def attends(self) -> bool:
+        """Whether an exit reads the positions before the rows it predicts (``attention`` kind):
+        :meth:`exit_logits` then needs ``past`` and every row fed after it."""
+        return self.adapter_kind == "attention"
+
+    def exit_logits(self, layer: int, hidden: torch.Tensor, past=None, rows: Optional[int] = None) -> torch.Tensor:
+        """Next-token logits predicted from ``hidden`` (output of decoder ``layer``). An exit that
+        attends takes the consecutive positions fed after ``past`` (:meth:`past`) and predicts for
+        the last ``rows`` of them."""
+        if self.attends:
+            adapted = self.adapters[str(layer)](hidden, past, rows)
+        else:
+            adapted = self.adapters[str(layer)](hidden if rows is None else hidden[..., hidden.shape[-2] - rows:, :])
         return self._layout.lm_head(self._layout.final_norm(adapted))
+
+    @staticmethod
+    def past(cache, layer: int):
+        """What an exit at ``layer`` that attends reads of a target's KV cache (a DynamicCache, its
+        batch of one): the next layer's keys and values; None for an empty cache."""
+        if cache is None or cache.get_seq_length() == 0:
+            return None
+        entry = cache.layers[layer + 1]
+        return entry.keys, entry.values
 
     def attach(self, callback: ExitCallback, layers: Optional[Sequence[int]] = None, *, hidden: bool = False):
         """Call ``callback(layer, logits)`` from inside the forward pass of the target - or, with
@@ -144,6 +244,9 @@ class EarlyExitHeads(nn.Module):
         Returns a handle whose ``remove()`` detaches the hooks (use as a context manager).
         ``logits`` / ``hidden_states`` have shape [batch, seq, ...] for the tokens of that pass.
         """
+        if self.attends and not hidden:
+            raise EarlyExitError("an exit that attends needs the target's cache: attach(..., hidden=True) and "
+                                 "exit_logits(layer, states, past, rows)")
         owner = threading.get_ident()
         handles = []
         for layer in layers if layers is not None else self.exit_layers:

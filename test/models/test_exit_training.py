@@ -161,3 +161,22 @@ def test_selective_exit_reports_where_it_fires_and_how_often_it_agrees_there(tin
             if mask.any():
                 assert fires[tau]["agreement"] == pytest.approx(float(right[mask].float().mean()))
         assert fires[0.05]["share"] >= fires[0.2]["share"]
+
+
+def test_attention_exit_trains_past_its_position_wise_start(tiny_target, tiny_labels):
+    """An ``attention`` exit starts as the position-wise head it is given (the same hits) and training
+    its layer over whole sequences raises agreement on them; :func:`exit_hits` scores both kinds."""
+    from training.train_exits import SequenceStates, exit_hits, train_attention_exit
+
+    model, _tok = tiny_target
+    init, _ = train_exit_heads(model, tiny_labels, [1], adapter="mlp", rank=16, epochs=2, batch=256, lr=3e-4,
+                               n_random=64, progress=False)
+    states = SequenceStates(tiny_labels, model, 1)
+    untrained = train_attention_exit(model, states, list(range(len(states))), init, epochs=0, log=lambda *_: None)
+    rows, start, _ = exit_hits(untrained, tiny_labels, model)
+    rows_pw, position_wise, _ = exit_hits(init, tiny_labels, model)
+    assert torch.equal(start, position_wise[torch.argsort(rows_pw)][rows])
+    trained = train_attention_exit(model, states, list(range(len(states))), init, epochs=20, lr=1e-3, batch=8,
+                                   n_random=64, log=lambda *_: None)
+    _, after, _ = exit_hits(trained, tiny_labels, model)
+    assert after.float().mean() > start.float().mean() + 0.05, (after.float().mean(), start.float().mean())

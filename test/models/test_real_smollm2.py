@@ -62,16 +62,22 @@ def test_committed_exits_load_on_the_real_target(target, committed):
     assert (heads.exit_layers[0] + 1) / model.config.num_hidden_layers <= 0.75
     sweep = EarlyExitHeads.load(model, artefacts.committed_text_exits_sweep_path())
     assert len(sweep.exit_layers) > 1
-    # the hint file is the chosen layer of the sweep file, copied bit for bit (choosing never retrains)
-    assert heads.exit_layers == [_load_script().HINT_EXIT_LAYER]
-    layer = str(heads.exit_layers[0])
-    for name, value in heads.adapters[layer].state_dict().items():
-        assert torch.equal(value, sweep.adapters[layer].state_dict()[name]), name
+    # the hint file is the hint exit the recipe trains on the sweep's head of the chosen layer
+    script = _load_script()
+    assert heads.exit_layers == [script.HINT_EXIT_LAYER] and heads.adapter_kind == "attention"
+    assert script._hint_exit_done()
     ids = tok("The robot walked to the door and", return_tensors="pt")["input_ids"]
     seen = {}
-    with heads.attach(lambda layer, logits: seen.setdefault(layer, logits)):
-        out = model(ids)
-    assert seen[heads.exit_layers[0]].shape == out.logits.shape
+    with torch.inference_mode(), heads.attach(lambda layer, states: seen.setdefault(layer, states), hidden=True):
+        out = model(ids, use_cache=True)
+    layer = heads.exit_layers[0]
+    with torch.inference_mode():
+        whole = heads.exit_logits(layer, seen[layer][0])
+        assert whole.shape == out.logits.shape[1:]
+        # the last rows again after a cache of the rest: what a verifier's round computes
+        cache = model(ids[:, :-3], use_cache=True).past_key_values
+        tail = heads.exit_logits(layer, seen[layer][0, -3:], EarlyExitHeads.past(cache, layer), rows=2)
+    assert torch.allclose(tail, whole[-2:], atol=1e-3)
 
 
 def test_assembled_draft_equals_committed_weights(target, committed):

@@ -217,10 +217,32 @@ def _hint_layers(chain_stats, hint_stats, num_layers: int, gamma: int) -> dict:
             "exit_ms": round(exit_ms, 2), "gates": [0.0, *FIRE_THRESHOLDS], "layers": layers, "best": best}
 
 
+def _exit_scores(heads, target, ref, all_positions: bool) -> dict:
+    """The first exit of ``heads`` on the reference decodes, as the verifier runs it (an exit that
+    attends sees each sequence from its start): top-1 agreement with the final layer on the generated
+    positions (and by prompt kind, and on all positions), and where it fires at each of
+    ``FIRE_THRESHOLDS``."""
+    from ..train_exits import FIRE_THRESHOLDS, exit_hits
+
+    layer = heads.exit_layers[0]
+    rows, right, top_p = exit_hits(heads, ref, target, ref.generated_rows())
+    kinds = [ref.kinds[int(i)] for i in ref.seq[rows]]
+    out = {"layer": layer, "depth": round((layer + 1) / target.config.num_hidden_layers, 3),
+           "agreement": round(float(right.float().mean()), 4), "positions": int(right.numel()),
+           **{kind: round(float(right[[k == kind for k in kinds]].float().mean()), 4) for kind in ("chat", "prose")},
+           "fires": {str(tau): {"share": round(float((top_p >= tau).float().mean()), 4),
+                                "agreement": round(float(right[top_p >= tau].float().mean()), 4)
+                                if bool((top_p >= tau).any()) else 0.0} for tau in FIRE_THRESHOLDS}}
+    if all_positions:
+        out["agreement_all_positions"] = round(float(exit_hits(heads, ref, target)[1].float().mean()), 4)
+    return out
+
+
 def evaluate(
     target_dir: Optional[str] = None,
     draft_dir: Optional[str] = None,
     exits_path: Optional[str] = None,
+    hint_exit_path: Optional[str] = None,
     *,
     gamma: int = 4,
     max_new_tokens: int = 32,
@@ -250,12 +272,15 @@ def evaluate(
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval().requires_grad_(False)
     draft_adapter = _draft_loader(draft_dir, tokenizer, device, dtype)
     heads = EarlyExitHeads.load(target, exits_path) if exits_path and os.path.exists(exits_path) else None
+    hint_exit_path = artefacts.committed_text_exits_path() if hint_exit_path is None else hint_exit_path
+    hint_heads = EarlyExitHeads.load(target, hint_exit_path) \
+        if hint_exit_path and os.path.exists(hint_exit_path) else None
     prompts = corpus.eval_prompts(n_chat=n_chat, n_prose=n_prose)
 
     start = time.time()
+    capture = sorted({*(heads.exit_layers if heads else ()), *(hint_heads.exit_layers if hint_heads else ())})
     with tqdm(total=len(prompts), desc="eval: target alone", disable=not progress, leave=False) as bar:
-        ref = reference_decode(target, tokenizer, prompts, max_new_tokens,
-                               heads.exit_layers if heads else (), progress=bar)
+        ref = reference_decode(target, tokenizer, prompts, max_new_tokens, capture, progress=bar)
     ref_seconds = time.time() - start
 
     # the engine: one decoder per prompt style (chat template on / off), plain speculative mode
@@ -271,6 +296,14 @@ def evaluate(
                                              "0", progress, exit_heads=heads)
         hint_layers = _hint_layers(chain_stats, hint_stats, target.config.num_hidden_layers, gamma)
         hint_layers["lossless"] = sum(r["lossless"] for r in hint_rows)
+    hint_exit = {}
+    if hint_heads is not None:  # the exit the verifier hints from: how often right, and what it saves
+        hint_rows, hint_stats = _engine_rows(draft_adapter, target, tokenizer, prompts, ref, gamma, max_new_tokens,
+                                             "0", progress, exit_heads=hint_heads)
+        hint_exit = {"exits": os.path.relpath(hint_exit_path, artefacts.REPO_ROOT), "kind": hint_heads.adapter_kind,
+                     **_exit_scores(hint_heads, target, ref, all_positions),
+                     "priced": _hint_layers(chain_stats, hint_stats, target.config.num_hidden_layers, gamma),
+                     "lossless": sum(r["lossless"] for r in hint_rows)}
 
     def summary(sel):
         drafted = sum(r["drafted"] for r in sel)
@@ -323,6 +356,7 @@ def evaluate(
         "prose": summary([r for r in rows if r["kind"] == "prose"]),
         "alternatives": trees,
         "hint_layers": hint_layers,
+        "hint_exit": hint_exit,
         "exit_agreement": exits,
         "exit_positions": int(gen_rows.numel()),
         "exit_positions_all": len(ref),
@@ -451,6 +485,7 @@ def markdown(result: dict) -> str:
                          f"| {row['saving_ms']:.2f} ms{mark['eager']} | {every['saving_ms']:.2f} ms "
                          f"| {gate['min_confidence']} | {100 * gate['acted']:.0f}% | {100 * gate['right_when_acted']:.1f}% "
                          f"| {gate['saving_ms']:.2f} ms{mark['hint']} |")
+    lines += _hint_exit_markdown(result.get("hint_exit") or {}, result.get("exit_agreement") or {}, o["prompts"])
     cost = result.get("per_token_cost")
     if cost:
         lines += ["", f"Per-token cost (`training.costs`: one decoded token, one torch thread, thread CPU time, best of 5):"
@@ -461,6 +496,42 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hint_exit_markdown(hint: dict, sweep: dict, prompts: int) -> List[str]:
+    if not hint:
+        return []
+    layer, priced = hint["layer"], hint["priced"]
+    row = priced["layers"].get(str(layer), {})
+    every, gate = row["hint_policy"]["every"], row["hint_policy"]["best_gate"]
+    plain = sweep.get(str(layer))
+    taus = list(hint["fires"])
+    lines = [
+        "",
+        f"The hint exit ({hint['exits']}, kind `{hint['kind']}`: the exit the verifier sends hints from"
+        + (", one decoder layer of its own over the sweep's head that attends over the sequence, reading the "
+           "target's next-layer keys and values from its cache" if hint["kind"] == "attention" else "")
+        + f"), scored the same way on the {hint['positions']} generated positions, run as the verifier runs it"
+        + (f"; the sweep's position-wise head of layer {layer} above for comparison" if plain else "") + ":",
+        "",
+        "| exit | depth | top-1 agreement | chat | prose |" + "".join(f" p = {tau}: fires / agrees |" for tau in taus)
+        + (" all positions |" if "agreement_all_positions" in hint else ""),
+        "|---|---:|---:|---:|---:|" + "---:|" * len(taus) + ("---:|" if "agreement_all_positions" in hint else ""),
+        f"| layer {layer}, {hint['kind']} | {layer + 1}/30 ({hint['depth']:.2f}) | **{100 * hint['agreement']:.1f}%** "
+        f"| {100 * hint['chat']:.1f}% | {100 * hint['prose']:.1f}% |"
+        + "".join(f" {100 * hint['fires'][tau]['share']:.0f}% / {100 * hint['fires'][tau]['agreement']:.1f}% |"
+                  for tau in taus)
+        + (f" {100 * hint['agreement_all_positions']:.1f}% |" if "agreement_all_positions" in hint else ""),
+        "",
+        f"Its hints, priced as above from the same decodes with hints from this exit alone (lossless "
+        f"{hint['lossless']}/{prompts}): "
+        f"right {100 * row['right']:.1f}%, exit cost {priced['exit_ms']} ms a pass, drafting hidden "
+        f"{row['hidden_ms']:.2f} ms a round; saving per round {row['saving_ms']:.2f} ms eager, "
+        f"{every['saving_ms']:.2f} ms with the paper's policy on every hint, {gate['saving_ms']:.2f} ms with it at "
+        f"min confidence {gate['min_confidence']} ({100 * gate['acted']:.0f}% acted on, "
+        f"{100 * gate['right_when_acted']:.1f}% right when acted on).",
+    ]
+    return lines
+
+
 def main(argv=None) -> int:
     from ..train_exits import set_threads
 
@@ -468,6 +539,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", default=None)
     parser.add_argument("--draft", default=None)
     parser.add_argument("--exits", default=None)
+    parser.add_argument("--hint-exit", default=None, help="the hint exit's file (default: the committed one; '': none)")
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--json", default=artefacts.text_eval_report_path())
@@ -483,7 +555,8 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     from specdec.models.loading import resolve_device, resolve_dtype
 
-    result = evaluate(args.target, args.draft, args.exits, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+    result = evaluate(args.target, args.draft, args.exits, args.hint_exit, gamma=args.gamma,
+                      max_new_tokens=args.max_new_tokens,
                       all_positions=args.all_positions, alternatives=args.alternatives,
                       device=resolve_device(args.device),
                       dtype=resolve_dtype(args.dtype))
