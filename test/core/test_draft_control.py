@@ -261,9 +261,10 @@ def test_a_hint_predicts_the_result_as_it_is_cut_at_the_stop_token(tiny_pair, re
     block = ref[:j + 1] + [7, 8]  # the answer, its stop token, then tokens past the end
     heads = EarlyExitHeads(target.model, [1])
 
-    def oracle(layer, hidden):  # an exit head that always names the target's token (row i: position i)
-        logits = torch.full((hidden.shape[0], target.vocab_size), -10.0)
-        for i in range(hidden.shape[0]):
+    def oracle(layer, hidden, past=None, rows=None):  # an exit head that always names the target's token
+        rows = hidden.shape[0] if rows is None else rows  # (row i of the block's: position i)
+        logits = torch.full((rows, target.vocab_size), -10.0)
+        for i in range(rows):
             logits[i, ref[i]] = 10.0
         return logits
 
