@@ -384,12 +384,12 @@ def attention_exit_hits(heads: EarlyExitHeads, states: SequenceStates, rows: tor
     wanted = torch.zeros(len(states.labels), dtype=torch.bool)
     wanted[rows] = True
     done, right, top_p = [], [], []
+    dtype = heads._layout.lm_head.weight.dtype
     for s in range(len(states)):
         x, [(pos, seq_rows)] = states.batch([s])
         keep = wanted[seq_rows]
         if not bool(keep.any()):
             continue
-        dtype = heads._layout.lm_head.weight.dtype
         logits = heads.exit_logits(layer, x[0].to(dtype))[pos[keep]].float()
         done.append(seq_rows[keep])
         right.append(logits.argmax(-1) == states.labels.topk_ids[seq_rows[keep], 0])
