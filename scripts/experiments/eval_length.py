@@ -46,6 +46,10 @@ def repeated_share(tokens, n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def _mean(values) -> str:
+    return f"{statistics.mean(values):.2f}" if values else "-"  # no prompt above the median: all tie
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", required=True, help="training.text.evaluate's JSON report")
@@ -83,8 +87,8 @@ def main(argv=None) -> int:
         middle = statistics.median(s[0] + s[1] for s in whole)
         above = [s[2] for s in whole if s[0] + s[1] > middle]
         below = [s[2] for s in whole if s[0] + s[1] <= middle]
-        print(f"{kind}: {first:.2f} / {second:.2f}; tokens per round {statistics.mean(above):.2f} / "
-              f"{statistics.mean(below):.2f} (pooled over the kind: {report[kind]['tokens_per_round']:.2f})")
+        print(f"{kind}: {first:.2f} / {second:.2f}; tokens per round {_mean(above)} / {_mean(below)} "
+              f"(pooled over the kind: {report[kind]['tokens_per_round']:.2f})")
     return 0
 
 
