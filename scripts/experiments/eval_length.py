@@ -4,9 +4,9 @@
 `make models-eval` decodes the first 24 tokens of each held-out prompt. Decoding 128 instead
 (`python -m training.text.evaluate --max-new-tokens 128 --json FILE ...`) raises the pooled
 tokens per round; this script says where the rise comes from. For every held-out prompt it
-decodes the target alone, greedily (EOS ends a decode; the prompt encoded as the evaluation
-encodes it), and counts the share of repeated 4-grams in the first and the second half of the
-decode, and reads each prompt's tokens per round from the evaluation's JSON report (its
+decodes the target alone, greedily, as the evaluation does (``reference_decode``: the decodes its
+lossless check compares against), counts the share of repeated 4-grams in the first and the second
+half of the decode, and reads the prompt's tokens per round from the evaluation's JSON report (its
 ``per_prompt`` rows are in the same order as the prompts).
 
     python -m training.text.evaluate --draft .cache/models/smollm2-135m-feature-draft --exits '' \\
@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 from specdec.models import artefacts  # noqa: E402
 from training.text import corpus  # noqa: E402
-from training.text.data import prompt_ids  # noqa: E402
+from training.text.evaluate import reference_decode  # noqa: E402
 
 
 def repeated_share(tokens, n: int = 4) -> float:
@@ -68,15 +68,12 @@ def main(argv=None) -> int:
     if [p.text[:60] for p in prompts] != [r["prompt"] for r in rows]:
         raise SystemExit("eval_length: the report's prompts are not this corpus's evaluation prompts")
     tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target).eval()
+    target = AutoModelForCausalLM.from_pretrained(args.target).eval().requires_grad_(False)
+    ref = reference_decode(target, tokenizer, prompts, length)  # the decodes the evaluation checks against
     half = length // 2
     stats = {"chat": [], "prose": []}
-    for prompt, row in zip(prompts, rows):
-        ids = torch.tensor([prompt_ids(tokenizer, prompt)])
-        with torch.no_grad():
-            out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=length, do_sample=False,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-        new = out[0, ids.shape[1]:].tolist()
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+        new = ref.sequences[i][ref.prompt_lens[i]:].tolist()
         stats[prompt.kind].append((repeated_share(new[:half]), repeated_share(new[half:]),
                                    row["new_tokens"] / row["rounds"]))
     print(f"{length} tokens; per kind: median repeated 4-grams (tokens 1-{half} / {half + 1}-{length}); "
