@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 from specdec.models import artefacts  # noqa: E402
 from training.text import corpus  # noqa: E402
 from training.text.evaluate import reference_decode  # noqa: E402
+from training.train_exits import load_target, set_threads  # noqa: E402
 
 
 def repeated_share(tokens, n: int = 4) -> float:
@@ -56,10 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", default=artefacts.text_target_dir())
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    set_threads(args.threads)
     with open(args.report) as handle:
         report = json.load(handle)
     rows = report["per_prompt"]
@@ -67,8 +65,7 @@ def main(argv=None) -> int:
     prompts = corpus.eval_prompts(report["chat"]["prompts"], report["prose"]["prompts"])
     if [p.text[:60] for p in prompts] != [r["prompt"] for r in rows]:
         raise SystemExit("eval_length: the report's prompts are not this corpus's evaluation prompts")
-    tokenizer = AutoTokenizer.from_pretrained(args.target)
-    target = AutoModelForCausalLM.from_pretrained(args.target).eval().requires_grad_(False)
+    target, tokenizer = load_target(args.target, torch.device("cpu"))
     ref = reference_decode(target, tokenizer, prompts, length)  # the decodes the evaluation checks against
     half = length // 2
     stats = {"chat": [], "prose": []}
